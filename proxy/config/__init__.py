@@ -1,0 +1,1 @@
+"""Configuration: YAML -> frozen, validated model; every error with file, line and key path."""

@@ -1,0 +1,431 @@
+"""The frozen configuration model: one class per YAML mapping of `config-contract.yaml`.
+
+Owns the schema: key names (exactly the YAML keys), types, defaults and per-field checks (durations,
+sizes, addresses, regexes, weights). Durations become float seconds, sizes int bytes, addresses
+`Address`. Cross-references between sections are checked in `validate.py`; YAML and line numbers are
+`load.py`'s. Must not import runtime code: each runtime owner compiles what it needs from here once.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)\s*$")
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+_SIZE = re.compile(r"^\s*(\d+)\s*(B|KiB|MiB|GiB|KB|MB|GB)?\s*$")
+_SIZE_UNITS = {None: 1, "B": 1, "KiB": 1024, "MiB": 1024**2, "GiB": 1024**3, "KB": 1000, "MB": 1000**2,
+               "GB": 1000**3}
+
+
+def parse_duration(value: Any) -> float:
+    """'250ms' | '2s' | '1m' | '1h' -> seconds. A bare number is refused: the unit is part of the value."""
+    if isinstance(value, bool) or not isinstance(value, str):
+        if value == 0 and not isinstance(value, bool):
+            return 0.0
+        raise ValueError(f"a duration needs a unit, like '250ms' or '2s' (got {value!r})")
+    found = _DURATION.match(value)
+    if not found:
+        raise ValueError(f"bad duration {value!r}: use a number with ms, s, m or h, like '250ms'")
+    return float(found.group(1)) * _DURATION_UNITS[found.group(2)]
+
+
+def parse_size(value: Any) -> int:
+    """'64KiB' | '1MiB' | 1024 -> bytes."""
+    if isinstance(value, bool):
+        raise ValueError(f"bad size {value!r}")
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError(f"a size cannot be negative (got {value})")
+        return value
+    if not isinstance(value, str):
+        raise ValueError(f"bad size {value!r}: use bytes or a unit, like '64KiB'")
+    found = _SIZE.match(value)
+    if not found:
+        raise ValueError(f"bad size {value!r}: use a number with B, KiB, MiB or GiB, like '64KiB'")
+    return int(found.group(1)) * _SIZE_UNITS[found.group(2)]
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+Size = Annotated[int, BeforeValidator(parse_size)]
+
+
+class Address(BaseModel):
+    """host:port; '[::1]:8080' for IPv6; port 0 = pick a free port."""
+
+    model_config = ConfigDict(frozen=True)
+    host: str
+    port: int
+
+    @classmethod
+    def parse(cls, value: Any) -> Address:
+        if isinstance(value, Address):
+            return value
+        if not isinstance(value, str):
+            raise ValueError(f"an address is a 'host:port' string (got {value!r})")
+        text = value.strip()
+        if text.startswith("["):
+            close = text.find("]")
+            if close < 0 or not text[close + 1:].startswith(":"):
+                raise ValueError(f"bad IPv6 address {value!r}: use '[::1]:8080'")
+            host, port_text = text[1:close], text[close + 2:]
+        else:
+            host, sep, port_text = text.rpartition(":")
+            if not sep or not host or ":" in host:
+                raise ValueError(f"bad address {value!r}: use 'host:port' ('[::1]:8080' for IPv6)")
+        if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+            raise ValueError(f"bad port in {value!r}: a number from 0 to 65535")
+        return cls(host=host, port=int(port_text))
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+AddressField = Annotated[Address, BeforeValidator(Address.parse)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+
+class Node(_Model):
+    service: str | None = None
+    namespace: str | None = None
+
+
+class Admin(_Model):
+    address: AddressField = Field(default_factory=lambda: Address(host="127.0.0.1", port=15000))
+
+
+class HttpSettings(_Model):
+    max_request_headers: Size = 60 * 1024
+    max_headers: int = Field(100, ge=1)
+    header_read_timeout: Duration = 10.0
+    idle_timeout: Duration = 300.0
+    stream_idle_timeout: Duration = 300.0
+    max_request_body: Size = 0
+    max_requests_in_flight: int = Field(10000, ge=0)
+
+
+class ListenerTls(_Model):
+    cert: str
+    key: str
+    ca: str | None = None
+    require_client_cert: bool = False
+
+
+class StringMatcher(_Model):
+    """Exactly one of exact / prefix / regex / present."""
+
+    exact: str | None = None
+    prefix: str | None = None
+    regex: str | None = None
+    present: bool | None = None
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> StringMatcher:
+        given = [k for k in ("exact", "prefix", "regex", "present") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of exact, prefix, regex, present")
+        return self
+
+    @field_validator("regex")
+    @classmethod
+    def _compiles(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"bad regex {value!r}: {exc}") from None
+        return value
+
+
+class RouteMatch(_Model):
+    host: str | None = None
+    exact: str | None = None
+    prefix: str | None = None
+    regex: str | None = None
+    headers: dict[str, StringMatcher] = Field(default_factory=dict)
+    query: dict[str, StringMatcher] = Field(default_factory=dict)
+    methods: list[str] | None = None
+
+    @model_validator(mode="after")
+    def _one_path_kind(self) -> RouteMatch:
+        given = [k for k in ("exact", "prefix", "regex") if getattr(self, k) is not None]
+        if len(given) > 1:
+            raise ValueError("give at most one of exact, prefix, regex")
+        return self
+
+    @field_validator("regex")
+    @classmethod
+    def _compiles(cls, value: str | None) -> str | None:
+        return StringMatcher._compiles(value)
+
+    @field_validator("methods")
+    @classmethod
+    def _methods(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None:
+            if not value:
+                raise ValueError("methods must not be empty (omit it to match any method)")
+            for method in value:
+                if not re.fullmatch(r"[A-Za-z]+", method):
+                    raise ValueError(f"bad method {method!r}")
+            return [m.upper() for m in value]
+        return value
+
+    @field_validator("host")
+    @classmethod
+    def _host(cls, value: str | None) -> str | None:
+        if value is not None and (not value or "*" in value.removeprefix("*.")):
+            raise ValueError(f"bad host {value!r}: an exact name or a leading '*.' wildcard")
+        return value
+
+
+class SplitEntry(_Model):
+    cluster: str
+    weight: int = Field(gt=0)
+
+
+class Backoff(_Model):
+    """Either full-jitter exponential (base, max) or a fixed schedule."""
+
+    base: Duration | None = None
+    max: Duration | None = None
+    schedule: list[Duration] | None = None
+
+    @model_validator(mode="after")
+    def _one_form(self) -> Backoff:
+        exponential = self.base is not None or self.max is not None
+        if exponential and self.schedule is not None:
+            raise ValueError("give either base/max or schedule, not both")
+        if self.schedule is not None and not self.schedule:
+            raise ValueError("schedule must not be empty")
+        if self.base is not None and self.max is not None and self.max < self.base:
+            raise ValueError("max must be at least base")
+        return self
+
+
+class RetryBudget(_Model):
+    ratio: float = Field(0.2, ge=0)
+    min_per_second: float = Field(10, ge=0)
+    max_concurrent: int = Field(50, ge=0)
+
+
+RETRY_CONDITIONS = ("connect-failure", "reset", "gateway-error", "5xx", "retriable-4xx")
+
+
+class RetryPolicy(_Model):
+    attempts: int = Field(1, ge=0)
+    per_try_timeout: Duration | None = None
+    on: list[str] = Field(default_factory=lambda: ["connect-failure", "reset", "gateway-error"])
+    backoff: Backoff = Field(default_factory=lambda: Backoff(base=0.025, max=0.25))
+    budget: RetryBudget = Field(default_factory=RetryBudget)
+    replay_buffer: Size = 64 * 1024
+    max_retry_after: Duration = 5.0
+
+    @field_validator("on", mode="before")
+    @classmethod
+    def _conditions(cls, value: Any) -> Any:
+        if not isinstance(value, list):
+            return value
+        out = []
+        for item in value:
+            text = str(item)
+            if text not in RETRY_CONDITIONS and not (text.isdigit() and 100 <= int(text) <= 599):
+                raise ValueError(
+                    f"unknown retry condition {item!r}: use {', '.join(RETRY_CONDITIONS)} or a status code")
+            out.append(text)
+        return out
+
+
+class RateLimitKey(_Model):
+    header: str
+
+
+class RateLimit(_Model):
+    requests_per_second: float = Field(gt=0)
+    burst: int = Field(gt=0)
+    key: RateLimitKey | None = None
+    max_keys: int = Field(10000, ge=1)
+
+
+class FaultDelay(_Model):
+    fixed: Duration
+    percent: float = Field(ge=0, le=100)
+
+
+class FaultAbort(_Model):
+    status: int = Field(ge=200, le=599)
+    percent: float = Field(ge=0, le=100)
+
+
+class Fault(_Model):
+    delay: FaultDelay | None = None
+    abort: FaultAbort | None = None
+
+
+class HeaderOps(_Model):
+    set: dict[str, str] = Field(default_factory=dict)
+    add: dict[str, str] = Field(default_factory=dict)
+    remove: list[str] = Field(default_factory=list)
+
+
+class HeaderRules(_Model):
+    request: HeaderOps | None = None
+    response: HeaderOps | None = None
+
+
+class Rewrite(_Model):
+    prefix: str | None = None
+    host: str | None = None
+
+
+class Authz(_Model):
+    allow_identities: list[str]
+
+
+class Route(_Model):
+    name: str
+    match: RouteMatch = Field(default_factory=RouteMatch)
+    cluster: str | None = None
+    split: list[SplitEntry] | None = None
+    timeout: Duration | None = None
+    retries: RetryPolicy | None = None
+    rate_limit: RateLimit | None = None
+    fault: Fault | None = None
+    headers: HeaderRules | None = None
+    rewrite: Rewrite | None = None
+    authz: Authz | None = None
+
+    @model_validator(mode="after")
+    def _one_target(self) -> Route:
+        if (self.cluster is None) == (self.split is None):
+            raise ValueError("give exactly one of cluster or split")
+        if self.split is not None and not self.split:
+            raise ValueError("split must name at least one cluster")
+        return self
+
+
+class Listener(_Model):
+    name: str
+    address: AddressField
+    http: HttpSettings = Field(default_factory=HttpSettings)
+    tls: ListenerTls | None = None
+    routes: list[Route] = Field(default_factory=list)
+
+
+class KubernetesDiscovery(_Model):
+    service: str
+    namespace: str = "default"
+    port: int | str
+    labels: dict[str, str] = Field(default_factory=dict)
+
+
+class DnsDiscovery(_Model):
+    name: str
+    port: int = Field(ge=1, le=65535)
+    refresh: Duration = 30.0
+
+
+class Discovery(_Model):
+    kubernetes: KubernetesDiscovery | None = None
+    dns: DnsDiscovery | None = None
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> Discovery:
+        if (self.kubernetes is None) == (self.dns is None):
+            raise ValueError("give exactly one of kubernetes or dns")
+        return self
+
+
+class ClusterTls(_Model):
+    cert: str | None = None
+    key: str | None = None
+    ca: str
+    expect_identity: str | None = None
+    server_name: str | None = None
+
+
+class CircuitBreaker(_Model):
+    min_requests: int = Field(5, ge=1)
+    failure_ratio: float = Field(0.5, gt=0, le=1)
+    interval: Duration = 10.0
+    open_timeout: Duration = 30.0
+    half_open_requests: int = Field(1, ge=1)
+
+
+class Limits(_Model):
+    max_requests: int = Field(1024, ge=1)
+    max_pending: int = Field(1024, ge=0)
+    pending_timeout: Duration = 1.0
+
+
+class OutlierDetection(_Model):
+    consecutive_5xx: int = Field(5, ge=1)
+    interval: Duration = 10.0
+    base_ejection_time: Duration = 30.0
+    max_ejection_percent: float = Field(10, ge=0, le=100)
+
+
+class Pool(_Model):
+    max_idle_per_endpoint: int = Field(64, ge=0)
+    idle_timeout: Duration = 60.0
+    max_requests_per_connection: int = Field(0, ge=0)
+
+
+LoadBalancer = Literal["round_robin", "least_request", "peak_ewma", "ring_hash"]
+
+
+class Cluster(_Model):
+    name: str
+    endpoints: list[AddressField] | None = None
+    discovery: Discovery | None = None
+    load_balancer: LoadBalancer = "round_robin"
+    connect_timeout: Duration = 5.0
+    tls: ClusterTls | None = None
+    circuit_breaker: CircuitBreaker | None = None
+    limits: Limits | None = None
+    outlier_detection: OutlierDetection | None = None
+    pool: Pool = Field(default_factory=Pool)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Cluster:
+        if (self.endpoints is None) == (self.discovery is None):
+            raise ValueError("give exactly one of endpoints or discovery")
+        return self
+
+
+class Otlp(_Model):
+    endpoint: str
+
+
+class Tracing(_Model):
+    propagation: list[Literal["w3c", "b3"]] = Field(default_factory=lambda: ["w3c"])
+    sampling: float = Field(0.01, ge=0, le=1)
+    otlp: Otlp | None = None
+
+
+class AccessLog(_Model):
+    format: Literal["json", "text"] = "json"
+    path: str = "stdout"
+
+
+class Config(_Model):
+    node: Node = Field(default_factory=Node)
+    workers: int | Literal["auto"] = 1
+    drain_delay: Duration = 0.0
+    drain_timeout: Duration = 30.0
+    admin: Admin = Field(default_factory=Admin)
+    listeners: list[Listener] = Field(default_factory=list)
+    clusters: list[Cluster] = Field(default_factory=list)
+    tracing: Tracing = Field(default_factory=Tracing)
+    access_log: AccessLog | None = None
+
+    @field_validator("workers")
+    @classmethod
+    def _workers(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and value < 1:
+            raise ValueError("workers must be at least 1 (or 'auto')")
+        return value

@@ -1,0 +1,1 @@
+"""Discovery: static, DNS and Kubernetes sources, each yielding immutable endpoint-set snapshots."""

@@ -1,0 +1,1 @@
+"""Synchronous per-request hooks: rate limit, trace context, header rules, authz."""

@@ -1,0 +1,114 @@
+"""The one place where the sidecar's own answers are made.
+
+Owns the mapping cause -> status, RFC 9209 `Proxy-Status` error token and body, per the table in
+CONTRACT.md ("Local replies"). Every local reply in the sidecar comes from `local_reply(...)`; no other
+module invents a status code or a Proxy-Status value. Must not do I/O.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from proxy.errors import FailureKind
+from proxy.message import Headers, ResponseHead
+
+PROXY_NAME = b"sidecar"
+
+
+class Cause(enum.Enum):
+    """Why the sidecar answered itself: (status, Proxy-Status error, default details)."""
+
+    NO_ROUTE = (404, "destination_not_found", "no route matched")
+    RATE_LIMITED = (429, "http_request_denied", "rate limited")
+    AUTHZ_DENIED = (403, "http_request_denied", "peer identity not allowed")
+    CLUSTER_LIMIT = (503, "connection_limit_reached", "cluster limits full")
+    PENDING_TIMEOUT = (503, "connection_limit_reached", "pending timeout")
+    LISTENER_LIMIT = (503, "connection_limit_reached", "listener limit")
+    UNAVAILABLE = (503, "destination_unavailable", "no healthy endpoint")
+    FAULT_ABORT = (503, "proxy_internal_response", "fault injected")
+    CONNECT_REFUSED = (503, "connection_refused", "connect refused")
+    CONNECT_TIMEOUT = (503, "connection_timeout", "connect timeout")
+    UNROUTABLE = (503, "destination_ip_unroutable", "destination unroutable")
+    UPSTREAM_RESET = (502, "http_response_incomplete", "upstream reset")
+    UPSTREAM_PROTOCOL = (502, "http_protocol_error", "upstream protocol error")
+    TIMEOUT = (504, "http_response_timeout", "timeout")
+    BAD_REQUEST = (400, "http_request_error", "malformed request")
+    HEAD_TOO_LARGE = (431, "http_request_error", "request head too large")
+    BODY_TOO_LARGE = (413, "http_request_error", "request body too large")
+    HEAD_TIMEOUT = (408, "http_request_error", "request head not received in time")
+    METHOD_NOT_ALLOWED = (405, "http_request_error", "CONNECT is not supported")
+    HTTP2_PREFACE = (505, "http_protocol_error", "HTTP/2 is not supported on this listener")
+
+    @property
+    def status(self) -> int:
+        return self.value[0]
+
+    @property
+    def error(self) -> str:
+        return self.value[1]
+
+
+FAILURE_CAUSES: dict[FailureKind, Cause] = {
+    FailureKind.CONNECT_REFUSED: Cause.CONNECT_REFUSED,
+    FailureKind.CONNECT_TIMEOUT: Cause.CONNECT_TIMEOUT,
+    FailureKind.UNROUTABLE: Cause.UNROUTABLE,
+    FailureKind.RESET: Cause.UPSTREAM_RESET,
+    FailureKind.TIMEOUT: Cause.TIMEOUT,
+    FailureKind.PROTOCOL: Cause.UPSTREAM_PROTOCOL,
+}
+
+REASONS: dict[int, bytes] = {
+    400: b"Bad Request", 403: b"Forbidden", 404: b"Not Found", 405: b"Method Not Allowed",
+    408: b"Request Timeout", 413: b"Content Too Large", 429: b"Too Many Requests",
+    431: b"Request Header Fields Too Large", 500: b"Internal Server Error", 502: b"Bad Gateway",
+    503: b"Service Unavailable", 504: b"Gateway Timeout", 505: b"HTTP Version Not Supported",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class LocalReply:
+    """A complete answer the sidecar makes itself; `close` asks the codec to close after it."""
+
+    cause: Cause
+    head: ResponseHead
+    body: bytes
+    close: bool
+
+
+def _quote(details: str) -> str:
+    return details.replace("\\", "\\\\").replace('"', '\\"')
+
+
+def local_reply(
+    cause: Cause,
+    details: str | None = None,
+    *,
+    status: int | None = None,
+    retry_after: int | None = None,
+    close: bool | None = None,
+) -> LocalReply:
+    """Build the reply for `cause`; `status` overrides (fault aborts), `retry_after` adds the header."""
+    code = status if status is not None else cause.status
+    text = details if details is not None else cause.value[2]
+    proxy_status = b'%s; error=%s; details="%s"' % (
+        PROXY_NAME, cause.error.encode(), _quote(text).encode("utf-8", "replace"))
+    body = b"%d %s: %s\n" % (code, cause.error.encode(), text.encode("utf-8", "replace"))
+    headers: Headers = [
+        (b"content-type", b"text/plain; charset=utf-8"),
+        (b"content-length", str(len(body)).encode()),
+        (b"proxy-status", proxy_status),
+    ]
+    if retry_after is not None:
+        headers.append((b"retry-after", str(retry_after).encode()))
+    # Protocol-level errors close the connection: the stream position can no longer be trusted.
+    must_close = close if close is not None else cause.error in ("http_request_error", "http_protocol_error")
+    if must_close:
+        headers.append((b"connection", b"close"))
+    head = ResponseHead(code, REASONS.get(code, b"Error"), headers, keep_alive=not must_close)
+    return LocalReply(cause, head, body, must_close)
+
+
+def failure_reply(kind: FailureKind, context: str) -> LocalReply:
+    """The reply for an attempt that produced no response (after any retries)."""
+    return local_reply(FAILURE_CAUSES[kind], context)

@@ -1,0 +1,1 @@
+"""Resilience policy cores (pure, clock-injected): classifier, retry, backoff, budget, limits, breaker."""

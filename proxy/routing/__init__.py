@@ -1,0 +1,1 @@
+"""Routing: compiled matchers, the immutable route table and weighted splits."""

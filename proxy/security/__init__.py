@@ -1,0 +1,1 @@
+"""Security: TLS contexts, SPIFFE identity, and the development CA tooling."""

@@ -1,0 +1,1 @@
+"""Telemetry: metric families, trace context, access logs."""

@@ -1,0 +1,1 @@
+"""Upstream: endpoints, balancers, connection pools and clusters."""
