@@ -1,0 +1,1 @@
+"""Benchmarks: micro (per hot module) and end-to-end (see BENCHMARKS.md)."""

@@ -1,0 +1,1 @@
+"""Micro-benchmarks, one per hot module (DESIGN.md "Hot-path rules")."""
