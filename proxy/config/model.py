@@ -71,6 +71,8 @@ class Address(BaseModel):
             if close < 0 or not text[close + 1:].startswith(":"):
                 raise ValueError(f"bad IPv6 address {value!r}: use '[::1]:8080'")
             host, port_text = text[1:close], text[close + 2:]
+            if not host:
+                raise ValueError(f"bad IPv6 address {value!r}: use '[::1]:8080'")
         else:
             host, sep, port_text = text.rpartition(":")
             if not sep or not host or ":" in host:
@@ -101,12 +103,12 @@ class Admin(_Model):
 
 class HttpSettings(_Model):
     max_request_headers: Size = 60 * 1024
-    max_headers: int = Field(100, ge=1)
+    max_headers: int = Field(default=100, ge=1)
     header_read_timeout: Duration = 10.0
     idle_timeout: Duration = 300.0
     stream_idle_timeout: Duration = 300.0
     max_request_body: Size = 0
-    max_requests_in_flight: int = Field(10000, ge=0)
+    max_requests_in_flight: int = Field(default=10000, ge=0)
 
 
 class ListenerTls(_Model):
@@ -114,6 +116,13 @@ class ListenerTls(_Model):
     key: str
     ca: str | None = None
     require_client_cert: bool = False
+
+    @model_validator(mode="after")
+    def _ca_for_clients(self) -> ListenerTls:
+        # Without a CA there is nothing to verify a client certificate against.
+        if self.require_client_cert and self.ca is None:
+            raise ValueError("require_client_cert needs ca (the CA that client certificates must chain to)")
+        return self
 
 
 class StringMatcher(_Model):
@@ -178,7 +187,7 @@ class RouteMatch(_Model):
     @field_validator("host")
     @classmethod
     def _host(cls, value: str | None) -> str | None:
-        if value is not None and (not value or "*" in value.removeprefix("*.")):
+        if value is not None and (not value.removeprefix("*.") or "*" in value.removeprefix("*.")):
             raise ValueError(f"bad host {value!r}: an exact name or a leading '*.' wildcard")
         return value
 
@@ -208,19 +217,20 @@ class Backoff(_Model):
 
 
 class RetryBudget(_Model):
-    ratio: float = Field(0.2, ge=0)
-    min_per_second: float = Field(10, ge=0)
-    max_concurrent: int = Field(50, ge=0)
+    ratio: float = Field(default=0.2, ge=0)
+    min_per_second: float = Field(default=10, ge=0)
+    max_concurrent: int = Field(default=50, ge=0)
 
 
 RETRY_CONDITIONS = ("connect-failure", "reset", "gateway-error", "5xx", "retriable-4xx")
 
 
 class RetryPolicy(_Model):
-    attempts: int = Field(1, ge=0)
+    attempts: int = Field(default=1, ge=0)
     per_try_timeout: Duration | None = None
     on: list[str] = Field(default_factory=lambda: ["connect-failure", "reset", "gateway-error"])
-    backoff: Backoff = Field(default_factory=lambda: Backoff(base=0.025, max=0.25))
+    # Built from strings: parse_duration refuses bare numbers, so Backoff(base=0.025) would always fail.
+    backoff: Backoff = Field(default_factory=lambda: Backoff.model_validate({"base": "25ms", "max": "250ms"}))
     budget: RetryBudget = Field(default_factory=RetryBudget)
     replay_buffer: Size = 64 * 1024
     max_retry_after: Duration = 5.0
@@ -248,7 +258,7 @@ class RateLimit(_Model):
     requests_per_second: float = Field(gt=0)
     burst: int = Field(gt=0)
     key: RateLimitKey | None = None
-    max_keys: int = Field(10000, ge=1)
+    max_keys: int = Field(default=10000, ge=1)
 
 
 class FaultDelay(_Model):
@@ -347,32 +357,39 @@ class ClusterTls(_Model):
     expect_identity: str | None = None
     server_name: str | None = None
 
+    @model_validator(mode="after")
+    def _cert_with_key(self) -> ClusterTls:
+        # A client certificate is useless without its key, and a key alone presents nothing.
+        if (self.cert is None) != (self.key is None):
+            raise ValueError("give both cert and key (a client certificate and its private key), or neither")
+        return self
+
 
 class CircuitBreaker(_Model):
-    min_requests: int = Field(5, ge=1)
-    failure_ratio: float = Field(0.5, gt=0, le=1)
+    min_requests: int = Field(default=5, ge=1)
+    failure_ratio: float = Field(default=0.5, gt=0, le=1)
     interval: Duration = 10.0
     open_timeout: Duration = 30.0
-    half_open_requests: int = Field(1, ge=1)
+    half_open_requests: int = Field(default=1, ge=1)
 
 
 class Limits(_Model):
-    max_requests: int = Field(1024, ge=1)
-    max_pending: int = Field(1024, ge=0)
+    max_requests: int = Field(default=1024, ge=1)
+    max_pending: int = Field(default=1024, ge=0)
     pending_timeout: Duration = 1.0
 
 
 class OutlierDetection(_Model):
-    consecutive_5xx: int = Field(5, ge=1)
+    consecutive_5xx: int = Field(default=5, ge=1)
     interval: Duration = 10.0
     base_ejection_time: Duration = 30.0
-    max_ejection_percent: float = Field(10, ge=0, le=100)
+    max_ejection_percent: float = Field(default=10, ge=0, le=100)
 
 
 class Pool(_Model):
-    max_idle_per_endpoint: int = Field(64, ge=0)
+    max_idle_per_endpoint: int = Field(default=64, ge=0)
     idle_timeout: Duration = 60.0
-    max_requests_per_connection: int = Field(0, ge=0)
+    max_requests_per_connection: int = Field(default=0, ge=0)
 
 
 LoadBalancer = Literal["round_robin", "least_request", "peak_ewma", "ring_hash"]
@@ -401,9 +418,17 @@ class Otlp(_Model):
     endpoint: str
 
 
+Propagation = Literal["w3c", "b3"]
+
+
+def _w3c_only() -> list[Propagation]:
+    # A typed factory: mypy infers a bare `lambda: ["w3c"]` as list[str].
+    return ["w3c"]
+
+
 class Tracing(_Model):
-    propagation: list[Literal["w3c", "b3"]] = Field(default_factory=lambda: ["w3c"])
-    sampling: float = Field(0.01, ge=0, le=1)
+    propagation: list[Propagation] = Field(default_factory=_w3c_only)
+    sampling: float = Field(default=0.01, ge=0, le=1)
     otlp: Otlp | None = None
 
 

@@ -1,0 +1,585 @@
+"""Loading a config file: bytes -> YAML nodes -> plain data with a line map -> a validated `Config`.
+
+Owns: reading the file, YAML 1.2 scalar resolution (only true/false are booleans; `on:` is the key "on"),
+duplicate keys, turning every pydantic and cross-check error into one `FILE:LINE: key.path: message`
+`Problem`, resolving relative file paths against the config file's directory, the version hash, and the
+redacted dump served by /config_dump.
+
+Must not: define the schema (that is `model.py`), decide cross-references (that is `validate.py`), or touch
+anything at run time (no sockets, no watchers, no logging setup): `sidecar validate`, start-up and reload
+all call `load_config` and act on its result or its `ConfigError`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+from pydantic_core import ErrorDetails
+
+from proxy.config.model import Config
+from proxy.config.validate import Issue, Loc, cross_check
+
+__all__ = [
+    "REDACTED",
+    "ConfigError",
+    "LoadedConfig",
+    "Problem",
+    "format_path",
+    "load_config",
+    "redacted_dump",
+]
+
+REDACTED = "[redacted]"
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with a config file, printed as `FILE:LINE: key.path: message`."""
+
+    file: str
+    line: int
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        if self.path:
+            return f"{self.file}:{self.line}: {self.path}: {self.message}"
+        return f"{self.file}:{self.line}: {self.message}"
+
+
+class ConfigError(Exception):
+    """Every problem found in one config file (never just the first), ordered by line."""
+
+    def __init__(self, problems: list[Problem]) -> None:
+        self.problems: list[Problem] = sorted(problems, key=lambda p: (p.line, p.path))
+        super().__init__("\n".join(str(p) for p in self.problems))
+
+
+@dataclass(frozen=True)
+class LoadedConfig:
+    """A valid config and where it came from. `path` is absolute but not symlink-resolved, so a watcher
+    on it follows a Kubernetes ConfigMap's symlink swap."""
+
+    config: Config
+    path: Path
+    base_dir: Path
+    version_hash: str
+    source_text: str
+
+
+def format_path(loc: Loc) -> str:
+    """('listeners', 1, 'routes', 0, 'cluster') -> 'listeners[1].routes[0].cluster'."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else part
+    return out
+
+
+def load_config(path: str | Path) -> LoadedConfig:
+    """Read, parse and validate one config file; raise `ConfigError` listing every problem."""
+    label = str(path)
+    absolute = Path(os.path.abspath(path))
+    base_dir = absolute.parent
+    try:
+        raw = absolute.read_bytes()
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise ConfigError([Problem(label, 1, "", f"cannot read the config file: {reason}")]) from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise ConfigError([Problem(label, line, "", "the config file is not UTF-8 text")]) from None
+    config = _build(text, label, base_dir)
+    return LoadedConfig(
+        config=config,
+        path=absolute,
+        base_dir=base_dir,
+        version_hash=hashlib.sha256(raw).hexdigest(),
+        source_text=text,
+    )
+
+
+def redacted_dump(loaded: LoadedConfig) -> dict[str, Any]:
+    """The effective config as JSON-able data for /config_dump: `version_hash` first, durations in seconds,
+    addresses as 'host:port', private key paths and secret-looking values replaced by "[redacted]"."""
+    config = loaded.config
+    dumped: dict[str, Any] = config.model_dump(mode="json")
+    # Addresses read better (and parse back) as the strings users wrote than as {host, port}.
+    dumped["admin"]["address"] = str(config.admin.address)
+    for listener_dump, listener in zip(dumped["listeners"], config.listeners, strict=True):
+        listener_dump["address"] = str(listener.address)
+    for cluster_dump, cluster in zip(dumped["clusters"], config.clusters, strict=True):
+        if cluster.endpoints is not None:
+            cluster_dump["endpoints"] = [str(a) for a in cluster.endpoints]
+    redacted = _redact(dumped)
+    assert isinstance(redacted, dict)
+    return {"version_hash": loaded.version_hash, **redacted}
+
+
+# --- YAML 1.2 ---------------------------------------------------------------------------------------------
+
+
+class _Yaml12Loader(yaml.SafeLoader):
+    """SafeLoader whose implicit scalar types are YAML 1.2 core's: PyYAML's 1.1 rules would turn `on:` into
+    the boolean True, `1:30` into 90 and `2024-01-01` into a date."""
+
+
+_Yaml12Loader.yaml_implicit_resolvers = {}
+for _tag, _pattern, _first in (
+    ("tag:yaml.org,2002:null", r"^(?:~|null|Null|NULL|)$", ["~", "n", "N", ""]),
+    ("tag:yaml.org,2002:bool", r"^(?i:true|false)$", list("tTfF")),
+    # int before float: both claim digits, and the first matching resolver wins.
+    ("tag:yaml.org,2002:int", r"^(?:[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+)$", list("-+0123456789")),
+    (
+        "tag:yaml.org,2002:float",
+        r"^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$",
+        list("-+.0123456789"),
+    ),
+):
+    _Yaml12Loader.add_implicit_resolver(_tag, re.compile(_pattern), _first)
+
+
+@dataclass(frozen=True)
+class _Lines:
+    key: int  # line of the key introducing the value (the item's own line for list items)
+    value: int  # line where the value starts
+    collection: bool
+
+
+class _LineMap:
+    """Key path -> lines, so any error located by key path can name a line."""
+
+    def __init__(self) -> None:
+        self._lines: dict[Loc, _Lines] = {}
+
+    def record(self, loc: Loc, key_line: int, node: yaml.Node) -> None:
+        collection = isinstance(node, yaml.MappingNode | yaml.SequenceNode)
+        self._lines[loc] = _Lines(key_line, node.start_mark.line + 1, collection)
+
+    def _nearest(self, loc: Loc) -> _Lines:
+        while loc not in self._lines and loc:
+            loc = loc[:-1]
+        return self._lines.get(loc, _Lines(1, 1, True))
+
+    def key_line(self, loc: Loc) -> int:
+        return self._nearest(loc).key
+
+    def value_line(self, loc: Loc) -> int:
+        """A scalar is reported where it is written; a mapping or list at the key that introduces it (its
+        first child's line would point at an innocent key)."""
+        found = self._nearest(loc)
+        return found.key if found.collection else found.value
+
+
+class _Builder:
+    """Composed YAML nodes -> plain Python data, recording lines and collecting (not raising) problems so
+    that one run reports them all."""
+
+    def __init__(self) -> None:
+        self.lines = _LineMap()
+        self.problems: list[tuple[int, Loc, str]] = []
+        self._active: set[int] = set()
+
+    def build(self, node: yaml.Node, loc: Loc) -> Any:
+        if id(node) in self._active:  # an alias of one of its own ancestors
+            self.problems.append((node.start_mark.line + 1, loc, "recursive YAML alias"))
+            return None
+        self._active.add(id(node))
+        try:
+            if isinstance(node, yaml.MappingNode):
+                return self._mapping(node, loc)
+            if isinstance(node, yaml.SequenceNode):
+                items = []
+                for index, item in enumerate(node.value):
+                    self.lines.record((*loc, index), item.start_mark.line + 1, item)
+                    items.append(self.build(item, (*loc, index)))
+                return items
+            assert isinstance(node, yaml.ScalarNode)
+            return self._scalar(node, loc)
+        finally:
+            self._active.discard(id(node))
+
+    def _mapping(self, node: yaml.MappingNode, loc: Loc) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        first_line: dict[str, int] = {}
+        for key_node, value_node in node.value:
+            key_line = key_node.start_mark.line + 1
+            if not isinstance(key_node, yaml.ScalarNode):
+                self.problems.append((key_line, loc, "a key must be a plain string"))
+                continue
+            # Keys are the text as written ("on", "503"), never resolved to booleans or numbers.
+            key = str(key_node.value)
+            if key in first_line:
+                message = f"duplicate key (first at line {first_line[key]})"
+                self.problems.append((key_line, (*loc, key), message))
+                continue
+            first_line[key] = key_line
+            self.lines.record((*loc, key), key_line, value_node)
+            out[key] = self.build(value_node, (*loc, key))
+        return out
+
+    def _scalar(self, node: yaml.ScalarNode, loc: Loc) -> Any:
+        text: str = node.value
+        tag = node.tag
+        try:
+            if tag == "tag:yaml.org,2002:str":
+                return text
+            if tag == "tag:yaml.org,2002:null":
+                return None
+            if tag == "tag:yaml.org,2002:bool":
+                if text.lower() not in ("true", "false"):
+                    raise ValueError(text)
+                return text.lower() == "true"
+            if tag == "tag:yaml.org,2002:int":
+                digits = text.lstrip("+-")
+                sign = -1 if text.startswith("-") else 1
+                if digits.startswith("0o"):
+                    return sign * int(digits[2:], 8)
+                if digits.startswith("0x"):
+                    return sign * int(digits[2:], 16)
+                return sign * int(digits, 10)
+            if tag == "tag:yaml.org,2002:float":
+                lowered = text.lower()
+                if lowered.endswith(".inf"):
+                    return float("-inf") if lowered.startswith("-") else float("inf")
+                if lowered == ".nan":
+                    return float("nan")
+                return float(text)
+        except ValueError:
+            kind = tag.rsplit(":", 1)[-1]
+            self.problems.append((node.start_mark.line + 1, loc, f"{text!r} is not a valid {kind}"))
+            return None
+        self.problems.append((node.start_mark.line + 1, loc, f"unsupported YAML tag {tag}"))
+        return None
+
+
+# --- validation and error mapping -------------------------------------------------------------------------
+
+
+def _build(text: str, label: str, base_dir: Path) -> Config:
+    try:
+        root = yaml.compose(text, Loader=_Yaml12Loader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark is not None else 1
+        detail = " ".join(part for part in (exc.context, exc.problem) if part)
+        raise ConfigError([Problem(label, line, "", f"YAML syntax error: {detail}")]) from None
+    except yaml.YAMLError as exc:
+        raise ConfigError([Problem(label, 1, "", f"YAML syntax error: {exc}")]) from None
+    if root is None:
+        raise ConfigError([Problem(label, 1, "", "the config is empty: expected a mapping of settings")])
+    if not isinstance(root, yaml.MappingNode):
+        raise ConfigError(
+            [Problem(label, root.start_mark.line + 1, "", "the top level must be a mapping of settings")])
+
+    builder = _Builder()
+    builder.lines.record((), root.start_mark.line + 1, root)
+    data = builder.build(root, ())
+    problems = [Problem(label, line, format_path(loc), msg) for line, loc, msg in builder.problems]
+    lines = builder.lines
+
+    def at_value(issue: Issue) -> Problem:
+        return Problem(label, lines.value_line(issue.loc), format_path(issue.loc), issue.message)
+
+    try:
+        # strict: a YAML `true` is not the integer 1, nor 1 the string "1".
+        config = Config.model_validate(data, strict=True)
+    except ValidationError as exc:
+        trimmed = [(_trim(error["loc"], data, error["type"]), error) for error in exc.errors()]
+        problems += _schema_problems(trimmed, lines, label)
+        # Cross-references are still checked on what did validate, so one run shows everything.
+        salvaged = _salvage(data, [loc for (loc, _), _ in trimmed])
+        if salvaged is not None:
+            partial, remap, dropped_clusters, admin_known = salvaged
+            issues = cross_check(_resolve_paths(partial, base_dir), base_dir,
+                                 assume_clusters=dropped_clusters, check_admin=admin_known)
+            problems += [at_value(Issue(remap(issue.loc), issue.message)) for issue in issues]
+        raise ConfigError(problems) from None
+
+    config = _resolve_paths(config, base_dir)
+    problems += [at_value(issue) for issue in cross_check(config, base_dir)]
+    if problems:
+        raise ConfigError(problems)
+    return config
+
+
+def _trim(loc: tuple[int | str, ...], data: Any, kind: str) -> tuple[Loc, bool]:
+    """Pydantic's loc with union-branch tags ('int', "literal['auto']") dropped: only real keys and indices
+    remain. Also says whether a tag was dropped (errors from branches of one union are merged)."""
+    out: list[str | int] = []
+    current = data
+    skipped = False
+    for position, part in enumerate(loc):
+        in_dict = isinstance(current, dict) and isinstance(part, str) and part in current
+        in_list = isinstance(current, list) and isinstance(part, int) and 0 <= part < len(current)
+        if in_dict or in_list:
+            current = current[part]
+            out.append(part)
+        elif kind == "missing" and position == len(loc) - 1:
+            out.append(part)
+        else:
+            skipped = True
+    return tuple(out), skipped
+
+
+_TYPE_MESSAGES = {
+    "extra_forbidden": "unknown key",
+    "missing": "required key missing",
+    "string_type": "must be a string",
+    "int_type": "must be an integer",
+    "int_parsing": "must be an integer",
+    "int_from_float": "must be a whole number",
+    "float_type": "must be a number",
+    "float_parsing": "must be a number",
+    "bool_type": "must be true or false",
+    "bool_parsing": "must be true or false",
+    "dict_type": "must be a mapping",
+    "model_type": "must be a mapping",
+    "model_attributes_type": "must be a mapping",
+    "list_type": "must be a list",
+}
+
+
+def _message(error: ErrorDetails) -> tuple[str, bool]:
+    """A short human message, and whether the offending input is worth showing after it."""
+    kind = error["type"]
+    ctx = error.get("ctx") or {}
+    if kind in ("value_error", "assertion_error"):
+        return re.sub(r"^(Value error|Assertion failed), ", "", error["msg"]), False
+    if kind in _TYPE_MESSAGES:
+        return _TYPE_MESSAGES[kind], kind not in ("extra_forbidden", "missing")
+    bounds = {"greater_than": ("greater than", "gt"), "greater_than_equal": ("at least", "ge"),
+              "less_than": ("less than", "lt"), "less_than_equal": ("at most", "le")}
+    if kind in bounds:
+        words, key = bounds[kind]
+        return f"must be {words} {ctx.get(key)}", True
+    if kind == "literal_error":
+        return f"must be {ctx.get('expected')}", True
+    return re.sub(r"^Input should be ", "must be ", error["msg"]), True
+
+
+def _show(value: Any) -> str | None:
+    """An input as the user wrote it in YAML, or None when it is too big to be worth echoing."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return str(value)
+    if isinstance(value, str):
+        return repr(value) if len(value) <= 60 else None
+    return "a mapping" if isinstance(value, dict) else "a list" if isinstance(value, list) else None
+
+
+def _schema_problems(trimmed: list[tuple[tuple[Loc, bool], ErrorDetails]], lines: _LineMap,
+                     label: str) -> list[Problem]:
+    merged: dict[Loc, tuple[list[str], bool, Any, str]] = {}  # loc -> messages, show input?, input, type
+    problems: list[Problem] = []
+    for (loc, from_union), error in trimmed:
+        message, show = _message(error)
+        if from_union and loc in merged:
+            # The branches of `int | 'auto'` each complain; say it once: "must be an integer or 'auto'".
+            messages = merged[loc][0]
+            if message not in messages:
+                messages.append(message)
+            continue
+        if from_union:
+            merged[loc] = ([message], show, error.get("input"), error["type"])
+            continue
+        problems.append(_problem(label, lines, loc, error["type"], message, show, error.get("input")))
+    for loc, (messages, show, value, kind) in merged.items():
+        text = messages[0] + "".join(" or " + m.removeprefix("must be ") for m in messages[1:])
+        problems.append(_problem(label, lines, loc, kind, text, show, value))
+    return problems
+
+
+def _problem(label: str, lines: _LineMap, loc: Loc, kind: str, message: str, show: bool,
+             value: Any) -> Problem:
+    if kind == "extra_forbidden":
+        line = lines.key_line(loc)
+    elif kind == "missing":
+        line = lines.key_line(loc[:-1])  # the key is absent: point at the mapping that lacks it
+    else:
+        line = lines.value_line(loc)
+    shown = _show(value) if show else None
+    if shown is not None:
+        message = f"{message} (got {shown})"
+    return Problem(label, line, format_path(loc), message)
+
+
+# Keys a list item cannot lose and stay meaningful: an error on one drops the whole item.
+_ESSENTIAL = {
+    "listeners": frozenset({"name", "address"}),
+    "routes": frozenset({"name", "cluster", "split"}),
+    "clusters": frozenset({"name", "endpoints", "discovery"}),
+}
+
+
+@dataclass
+class _Pruning:
+    """What to leave out of the raw data so that the rest validates."""
+
+    top: set[str] = field(default_factory=set)
+    listeners: set[int] = field(default_factory=set)
+    routes: set[tuple[int, int]] = field(default_factory=set)
+    clusters: set[int] = field(default_factory=set)
+    keys: dict[Loc, set[str]] = field(default_factory=dict)  # item loc -> its keys to drop
+
+    def item(self, drop: set[Any], item: Any, loc: Loc, key: Any, fine: bool, kind: str) -> None:
+        # Finely, only the failing key of an item goes (its other keys stay checkable); coarsely, the item.
+        if fine and isinstance(key, str) and key not in _ESSENTIAL[kind]:
+            self.keys.setdefault(loc, set()).add(key)
+        else:
+            drop.add(item)
+
+
+def _salvage(data: Any, bad: list[Loc]) -> tuple[Config, Callable[[Loc], Loc], frozenset[str], bool] | None:
+    """The config without the keys, routes, listeners and clusters that failed the schema, so that
+    cross-references can still be checked. Returns it with a function mapping its key paths back to the
+    file's (dropped list items shift indices), the names of dropped clusters (routes naming them are not
+    reported as dangling) and whether `admin` survived. None when even that does not validate."""
+    if not isinstance(data, dict) or not all(bad):
+        return None
+    for fine in (True, False):
+        pruning = _Pruning()
+        for loc in bad:
+            top = loc[0]
+            rest = (*loc[2:], None, None)
+            if top == "listeners" and len(loc) >= 2 and isinstance(loc[1], int):
+                index = loc[1]
+                if rest[0] == "routes" and isinstance(rest[1], int):
+                    pruning.item(pruning.routes, (index, rest[1]), loc[:4], rest[2], fine, "routes")
+                else:
+                    pruning.item(pruning.listeners, index, loc[:2], rest[0], fine, "listeners")
+            elif top == "clusters" and len(loc) >= 2 and isinstance(loc[1], int):
+                pruning.item(pruning.clusters, loc[1], loc[:2], rest[0], fine, "clusters")
+            else:
+                pruning.top.add(str(top))
+        result = _prune(data, pruning)
+        if result is not None:
+            return result
+    return None
+
+
+def _prune(data: dict[str, Any], pruning: _Pruning,
+           ) -> tuple[Config, Callable[[Loc], Loc], frozenset[str], bool] | None:
+    def without(value: Any, loc: Loc) -> Any:
+        dropped_keys = pruning.keys.get(loc, set())
+        return {k: v for k, v in value.items() if k not in dropped_keys} if isinstance(value, dict) else value
+
+    pruned = {key: value for key, value in data.items() if key not in pruning.top}
+    listener_map: list[int] = []
+    route_maps: list[list[int]] = []
+    if isinstance(pruned.get("listeners"), list):
+        kept_listeners = []
+        for index, raw_listener in enumerate(pruned["listeners"]):
+            if index in pruning.listeners:
+                continue
+            listener = without(raw_listener, ("listeners", index))
+            kept_routes: list[int] = []
+            if isinstance(listener, dict) and isinstance(listener.get("routes"), list):
+                routes = listener["routes"]
+                kept_routes = [i for i in range(len(routes)) if (index, i) not in pruning.routes]
+                where = ("listeners", index, "routes")
+                listener["routes"] = [without(routes[i], (*where, i)) for i in kept_routes]
+            kept_listeners.append(listener)
+            listener_map.append(index)
+            route_maps.append(kept_routes)
+        pruned["listeners"] = kept_listeners
+    cluster_map: list[int] = []
+    dropped: set[str] = set()
+    if isinstance(pruned.get("clusters"), list):
+        kept_clusters = []
+        for index, cluster in enumerate(pruned["clusters"]):
+            if index in pruning.clusters:
+                if isinstance(cluster, dict) and isinstance(cluster.get("name"), str):
+                    dropped.add(cluster["name"])
+                continue
+            kept_clusters.append(without(cluster, ("clusters", index)))
+            cluster_map.append(index)
+        pruned["clusters"] = kept_clusters
+    try:
+        partial = Config.model_validate(pruned, strict=True)
+    except ValidationError:
+        return None
+
+    def remap(loc: Loc) -> Loc:
+        if len(loc) >= 2 and loc[0] == "listeners" and isinstance(loc[1], int):
+            new = loc[1]
+            if len(loc) >= 4 and loc[2] == "routes" and isinstance(loc[3], int):
+                return ("listeners", listener_map[new], "routes", route_maps[new][loc[3]], *loc[4:])
+            return ("listeners", listener_map[new], *loc[2:])
+        if len(loc) >= 2 and loc[0] == "clusters" and isinstance(loc[1], int):
+            return ("clusters", cluster_map[loc[1]], *loc[2:])
+        return loc
+
+    return partial, remap, frozenset(dropped), "admin" not in pruning.top
+
+
+# --- paths and redaction ----------------------------------------------------------------------------------
+
+
+def _resolve_paths(config: Config, base_dir: Path) -> Config:
+    """Relative file paths resolve against the config file's directory, not the process's cwd (the
+    sidecar may be started from anywhere)."""
+
+    def absolute(value: str | None) -> str | None:
+        return None if value is None else str(base_dir / value)  # an absolute value stays as it is
+
+    listeners = [
+        listener if listener.tls is None else listener.model_copy(update={"tls": listener.tls.model_copy(
+            update={"cert": absolute(listener.tls.cert), "key": absolute(listener.tls.key),
+                    "ca": absolute(listener.tls.ca)})})
+        for listener in config.listeners
+    ]
+    clusters = [
+        cluster if cluster.tls is None else cluster.model_copy(update={"tls": cluster.tls.model_copy(
+            update={"cert": absolute(cluster.tls.cert), "key": absolute(cluster.tls.key),
+                    "ca": absolute(cluster.tls.ca)})})
+        for cluster in config.clusters
+    ]
+    update: dict[str, Any] = {"listeners": listeners, "clusters": clusters}
+    log = config.access_log
+    if log is not None and log.path not in ("stdout", "stderr"):
+        update["access_log"] = log.model_copy(update={"path": absolute(log.path)})
+    return config.model_copy(update=update)
+
+
+_SECRET_WORDS = ("secret", "password", "passwd", "token", "authorization", "cookie", "private", "credential")
+
+
+def _is_secret_name(name: str) -> bool:
+    lowered = name.lower()
+    # `key` is a TLS private key path; `x-api-key` a header value. `max_keys` and rate_limit's `key`
+    # (a mapping naming a header) are not secrets: only string values under such names are redacted.
+    return (lowered == "key" or lowered.endswith(("_key", "-key", "apikey"))
+            or any(word in lowered for word in _SECRET_WORDS))
+
+
+def _redact(value: Any, secret: bool = False) -> Any:
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for name, item in value.items():
+            if isinstance(item, str) and (secret or _is_secret_name(name)):
+                out[name] = REDACTED
+            else:
+                # Everything inside a secret-named mapping (a header matcher on `authorization`) is secret,
+                # except under `key`, which only names the header a rate limit buckets by.
+                inner = secret or (name.lower() != "key" and _is_secret_name(name) and isinstance(item, dict))
+                out[name] = _redact(item, inner)
+        return out
+    if isinstance(value, list):
+        return [REDACTED if secret and isinstance(item, str) else _redact(item, secret) for item in value]
+    return value

@@ -1,0 +1,447 @@
+"""load_config: YAML 1.2 parsing, every problem as `FILE:LINE: path: message`, paths, hash, redaction."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import textwrap
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from proxy.config.load import REDACTED, ConfigError, LoadedConfig, Problem, load_config, redacted_dump
+from proxy.config.model import Address, parse_duration, parse_size
+
+REPO = Path(__file__).resolve().parents[3]
+CONFIG_DIR = REPO / "config"
+CONTRACT = Path("/work/shared/config-contract.yaml")
+CONTRACT_CERTS = ("payment-service.pem", "payment-service-key.pem", "ca.pem")
+
+
+def write(tmp_path: Path, text: str, name: str = "sidecar.yaml") -> Path:
+    """Write YAML whose first line is line 1 (the test's line numbers count from there)."""
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text).lstrip("\n"))
+    return path
+
+
+def problems(path: Path) -> list[str]:
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    return [str(p) for p in caught.value.problems]
+
+
+MINIMAL_TAIL = """
+listeners:
+  - name: out
+    address: 127.0.0.1:0
+    routes:
+      - name: all
+        match: {prefix: /}
+        cluster: backend
+clusters:
+  - name: backend
+    endpoints: ["127.0.0.1:8080"]
+"""
+
+
+# --- the shipped examples -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["minimal.yaml", "routing.yaml"])
+def test_plain_examples_load(name: str) -> None:
+    loaded = load_config(CONFIG_DIR / name)
+    assert loaded.config.listeners[0].address == Address(host="127.0.0.1", port=15001)
+    assert loaded.config.admin.address == Address(host="127.0.0.1", port=15000)
+
+
+def test_minimal_example_is_one_route_to_one_static_cluster() -> None:
+    config = load_config(CONFIG_DIR / "minimal.yaml").config
+    (route,) = config.listeners[0].routes
+    (cluster,) = config.clusters
+    assert (route.match.prefix, route.cluster) == ("/", cluster.name)
+    assert cluster.endpoints == [Address(host="127.0.0.1", port=8080)]
+
+
+def test_routing_example_shows_every_match_kind() -> None:
+    routes = load_config(CONFIG_DIR / "routing.yaml").config.listeners[0].routes
+    assert any(r.match.headers for r in routes)
+    assert any(r.split and [e.weight for e in r.split] == [90, 10] for r in routes)
+    assert any(r.match.exact for r in routes) and any(r.match.regex for r in routes)
+    assert any(r.match.host and r.match.host.startswith("*.") for r in routes)
+    assert any(r.match.methods and r.match.query for r in routes)
+    assert any(r.headers for r in routes) and any(r.rewrite for r in routes)
+
+
+def test_full_example_is_the_contract_with_certs_one_level_up() -> None:
+    full = (CONFIG_DIR / "full.yaml").read_text()
+    assert full == CONTRACT.read_text().replace("certs/dev/", "../certs/dev/")
+
+
+def test_full_example_loads_once_its_cert_files_exist(tmp_path: Path) -> None:
+    (tmp_path / "config").mkdir()
+    shutil.copy(CONFIG_DIR / "full.yaml", tmp_path / "config" / "full.yaml")
+    certs = tmp_path / "certs" / "dev"
+    certs.mkdir(parents=True)
+    for name in CONTRACT_CERTS:
+        (certs / name).write_text("dummy PEM\n")
+    loaded = load_config(tmp_path / "config" / "full.yaml")
+    config = loaded.config
+    assert [lst.name for lst in config.listeners] == ["inbound", "outbound"]
+    retries = config.listeners[1].routes[1].retries
+    assert retries is not None and retries.on == ["connect-failure", "reset", "gateway-error", "503"]
+    tls = config.listeners[0].tls
+    assert tls is not None and Path(tls.cert).is_absolute()
+    assert Path(tls.cert).samefile(certs / CONTRACT_CERTS[0])
+
+
+def test_contract_without_cert_files_reports_each_one(tmp_path: Path) -> None:
+    shutil.copy(CONTRACT, tmp_path / "contract.yaml")
+    found = problems(tmp_path / "contract.yaml")
+    assert len(found) == 9  # cert, key, ca of one listener and two clusters
+    assert found[0] == (f"{tmp_path / 'contract.yaml'}:45: listeners[0].tls.cert: unreadable TLS file: "
+                        f"{tmp_path / 'certs/dev/payment-service.pem'}: No such file or directory")
+
+
+# --- LoadedConfig -------------------------------------------------------------------------------------
+
+
+def test_loaded_config_records_source(tmp_path: Path) -> None:
+    path = write(tmp_path, MINIMAL_TAIL)
+    loaded = load_config(path)
+    assert isinstance(loaded, LoadedConfig)
+    assert loaded.path == path and loaded.path.is_absolute()
+    assert loaded.base_dir == tmp_path
+    assert loaded.version_hash == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert loaded.source_text == path.read_text()
+
+
+def test_relative_tls_paths_resolve_against_the_config_dir(tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "tls").mkdir()
+    for name in ("c.pem", "k.pem", "ca.pem"):
+        (tmp_path / "tls" / name).write_text("x")
+    path = write(tmp_path, """
+        listeners:
+          - name: in
+            address: 127.0.0.1:0
+            tls: {cert: tls/c.pem, key: tls/k.pem, ca: tls/ca.pem}
+        clusters:
+          - name: up
+            endpoints: ["10.0.0.1:80"]
+            tls: {cert: tls/c.pem, key: tls/k.pem, ca: tls/ca.pem}
+        """)
+    monkeypatch.chdir("/")  # the process's cwd must not matter
+    config = load_config(path).config
+    assert config.listeners[0].tls is not None and config.clusters[0].tls is not None
+    assert config.listeners[0].tls.key == str(tmp_path / "tls/k.pem")
+    assert config.clusters[0].tls.ca == str(tmp_path / "tls/ca.pem")
+
+
+# --- YAML 1.2 -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("key", ["on", '"on"', "'on'"])
+def test_retry_on_key_works_quoted_and_unquoted(tmp_path: Path, key: str) -> None:
+    retries_line = f"        retries: {{attempts: 2, {key}: [reset, 503]}}\n"
+    path = write(tmp_path, MINIMAL_TAIL.replace("cluster: backend\n", "cluster: backend\n" + retries_line, 1))
+    retries = load_config(path).config.listeners[0].routes[0].retries
+    assert retries is not None and retries.on == ["reset", "503"]
+
+
+def test_yes_no_off_are_strings_and_only_true_false_are_booleans(tmp_path: Path) -> None:
+    path = write(tmp_path, """
+        node: {service: yes, namespace: off}
+        listeners:
+          - name: in
+            address: 127.0.0.1:0
+            tls: {cert: /dev/null, key: /dev/null, ca: /dev/null, require_client_cert: TRUE}
+        """)
+    config = load_config(path).config
+    assert (config.node.service, config.node.namespace) == ("yes", "off")
+    assert config.listeners[0].tls is not None and config.listeners[0].tls.require_client_cert is True
+
+
+def test_yaml11_boolean_words_are_not_booleans(tmp_path: Path) -> None:
+    path = write(tmp_path, """
+        listeners:
+          - name: in
+            address: 127.0.0.1:0
+            tls: {cert: /dev/null, key: /dev/null, ca: /dev/null, require_client_cert: yes}
+        """)
+    assert problems(path) == [
+        f"{path}:4: listeners[0].tls.require_client_cert: must be true or false (got 'yes')"]
+
+
+def test_yaml11_sexagesimals_and_dates_stay_strings(tmp_path: Path) -> None:
+    path = write(tmp_path, "node: {service: 1:30, namespace: 2024-01-01}\n")
+    config = load_config(path).config
+    assert (config.node.service, config.node.namespace) == ("1:30", "2024-01-01")
+
+
+def test_a_boolean_is_not_an_integer(tmp_path: Path) -> None:
+    path = write(tmp_path, "workers: true\n")
+    assert problems(path) == [f"{path}:1: workers: must be an integer or 'auto' (got true)"]
+
+
+def test_workers_auto_and_number(tmp_path: Path) -> None:
+    assert load_config(write(tmp_path, "workers: auto\n", "a.yaml")).config.workers == "auto"
+    assert load_config(write(tmp_path, "workers: 4\n", "b.yaml")).config.workers == 4
+    path = write(tmp_path, "workers: 0\n", "c.yaml")
+    assert problems(path) == [f"{path}:1: workers: workers must be at least 1 (or 'auto')"]
+
+
+# --- values: durations, sizes, addresses -------------------------------------------------------------
+
+
+def test_durations_sizes_and_ipv6_addresses(tmp_path: Path) -> None:
+    path = write(tmp_path, """
+        drain_delay: 250ms
+        drain_timeout: 1m
+        listeners:
+          - name: in
+            address: "[::1]:15006"
+            http: {max_request_headers: 1MiB, max_request_body: 64KiB, header_read_timeout: 1.5s}
+        clusters:
+          - name: up
+            endpoints: ["[::1]:8080", "backend.local:80"]
+        """)
+    config = load_config(path).config
+    assert (config.drain_delay, config.drain_timeout) == (0.25, 60.0)
+    listener = config.listeners[0]
+    assert listener.address == Address(host="::1", port=15006) and str(listener.address) == "[::1]:15006"
+    assert (listener.http.max_request_headers, listener.http.max_request_body) == (1024 * 1024, 64 * 1024)
+    assert listener.http.header_read_timeout == 1.5
+    assert config.clusters[0].endpoints == [Address(host="::1", port=8080),
+                                            Address(host="backend.local", port=80)]
+
+
+def test_bad_duration_size_and_address_at_their_value_lines(tmp_path: Path) -> None:
+    path = write(tmp_path, """
+        drain_timeout: 30
+        listeners:
+          - name: in
+            address: "[::1:15006"
+            http:
+              max_request_headers: 60 kilobytes
+              idle_timeout: 5 minutes
+        """)
+    assert problems(path) == [
+        f"{path}:1: drain_timeout: a duration needs a unit, like '250ms' or '2s' (got 30)",
+        f"{path}:4: listeners[0].address: bad IPv6 address '[::1:15006': use '[::1]:8080'",
+        f"{path}:6: listeners[0].http.max_request_headers: bad size '60 kilobytes': "
+        "use a number with B, KiB, MiB or GiB, like '64KiB'",
+        f"{path}:7: listeners[0].http.idle_timeout: bad duration '5 minutes': "
+        "use a number with ms, s, m or h, like '250ms'",
+    ]
+
+
+@given(st.integers(min_value=0, max_value=10**9), st.sampled_from(["ms", "s", "m", "h"]))
+def test_duration_round_trip(amount: int, unit: str) -> None:
+    factor = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}[unit]
+    assert parse_duration(f"{amount}{unit}") == pytest.approx(amount * factor)
+
+
+@given(st.integers(min_value=0, max_value=2**40), st.sampled_from(["", "B", "KiB", "MiB", "GiB", "KB", "MB"]))
+def test_size_round_trip(amount: int, unit: str) -> None:
+    factor = {"": 1, "B": 1, "KiB": 1024, "MiB": 1024**2, "GiB": 1024**3, "KB": 1000, "MB": 1000**2}[unit]
+    assert parse_size(f"{amount}{unit}") == amount * factor
+    assert parse_size(amount) == amount
+
+
+# --- problems and their lines -------------------------------------------------------------------------
+
+
+def test_problem_formats_with_and_without_a_path() -> None:
+    assert str(Problem("c.yaml", 3, "listeners[1].routes[0].cluster", "no cluster named 'x'")) == (
+        "c.yaml:3: listeners[1].routes[0].cluster: no cluster named 'x'")
+    assert str(Problem("c.yaml", 1, "", "YAML syntax error: boom")) == "c.yaml:1: YAML syntax error: boom"
+
+
+def test_unknown_key_is_reported_at_the_key(tmp_path: Path) -> None:
+    path = write(tmp_path, MINIMAL_TAIL.replace("    address: 127.0.0.1:0\n",
+                                                "    address: 127.0.0.1:0\n    colour: blue\n"))
+    assert problems(path) == [f"{path}:4: listeners[0].colour: unknown key"]
+
+
+def test_unknown_key_in_a_flow_mapping(tmp_path: Path) -> None:
+    path = write(tmp_path, MINIMAL_TAIL.replace("{prefix: /}", "{prefix: /, sufix: /x}"))
+    assert problems(path) == [f"{path}:6: listeners[0].routes[0].match.sufix: unknown key"]
+
+
+def test_missing_required_key_is_reported_at_its_parent(tmp_path: Path) -> None:
+    path = write(tmp_path, """
+        listeners:
+          - name: in
+            routes: []
+        """)
+    assert problems(path) == [f"{path}:2: listeners[0].address: required key missing"]
+
+
+def test_missing_nested_key_is_reported_at_the_parent_key(tmp_path: Path) -> None:
+    path = write(tmp_path, MINIMAL_TAIL.replace(
+        "cluster: backend\n", "cluster: backend\n        rate_limit:\n          burst: 5\n", 1))
+    assert problems(path) == [
+        f"{path}:8: listeners[0].routes[0].rate_limit.requests_per_second: required key missing"]
+
+
+def test_duplicate_key_is_reported_at_the_second_one(tmp_path: Path) -> None:
+    path = write(tmp_path, MINIMAL_TAIL.replace("    endpoints:", "    name: again\n    endpoints:"))
+    assert problems(path) == [f"{path}:10: clusters[0].name: duplicate key (first at line 9)"]
+
+
+def test_wrong_types(tmp_path: Path) -> None:
+    path = write(tmp_path, """
+        listeners: {name: in}
+        tracing:
+          sampling: lots
+          propagation: [w3c, zipkin]
+        access_log: {format: xml}
+        """)
+    assert problems(path) == [
+        f"{path}:1: listeners: must be a list (got a mapping)",
+        f"{path}:3: tracing.sampling: must be a number (got 'lots')",
+        f"{path}:4: tracing.propagation[1]: must be 'w3c' or 'b3' (got 'zipkin')",
+        f"{path}:5: access_log.format: must be 'json' or 'text' (got 'xml')",
+    ]
+
+
+def test_model_rule_on_a_route_is_reported_at_the_route(tmp_path: Path) -> None:
+    split_line = "        split: [{cluster: backend, weight: 1}]\n"
+    path = write(tmp_path, MINIMAL_TAIL.replace("cluster: backend\n", "cluster: backend\n" + split_line))
+    assert problems(path) == [f"{path}:5: listeners[0].routes[0]: give exactly one of cluster or split"]
+
+
+def test_yaml_syntax_error_names_its_line(tmp_path: Path) -> None:
+    path = write(tmp_path, """
+        listeners:
+          - name: in
+            address: [127.0.0.1:0
+        clusters: []
+        """)
+    (found,) = problems(path)
+    assert found.startswith(f"{path}:4: YAML syntax error: ")
+
+
+def test_tab_indentation_is_a_syntax_error(tmp_path: Path) -> None:
+    path = tmp_path / "tabs.yaml"
+    path.write_text("node:\n\tservice: x\n")
+    (found,) = problems(path)
+    assert found.startswith(f"{path}:2: YAML syntax error: ")
+
+
+@pytest.mark.parametrize(("text", "line", "message"), [
+    ("", 1, "the config is empty: expected a mapping of settings"),
+    ("# only a comment\n", 1, "the config is empty: expected a mapping of settings"),
+    ("\n- a\n- b\n", 2, "the top level must be a mapping of settings"),
+    ("just text\n", 1, "the top level must be a mapping of settings"),
+    ("a: 1\n---\nb: 2\n", 2,
+     "YAML syntax error: expected a single document in the stream but found another document"),
+])
+def test_top_level_must_be_one_mapping(tmp_path: Path, text: str, line: int, message: str) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    assert problems(path) == [f"{path}:{line}: {message}"]
+
+
+def test_unreadable_file(tmp_path: Path) -> None:
+    path = tmp_path / "absent.yaml"
+    assert problems(path) == [f"{path}:1: cannot read the config file: No such file or directory"]
+
+
+def test_problem_file_is_the_path_as_given(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    write(tmp_path, "workers: 0\n")
+    monkeypatch.chdir(tmp_path)
+    expected = "sidecar.yaml:1: workers: workers must be at least 1 (or 'auto')"
+    assert problems(Path("sidecar.yaml")) == [expected]
+
+
+def test_every_problem_is_reported_in_line_order(tmp_path: Path) -> None:
+    path = write(tmp_path, """
+        workers: maybe
+        drain_timeout: 30
+        listeners:
+          - name: out
+            address: 127.0.0.1:15001
+            colour: blue
+            routes:
+              - name: a
+                match: {prefix: /, exact: /x}
+                cluster: nope
+              - name: b
+                cluster: backend
+                retries: {on: [reset, bogus]}
+        clusters:
+          - name: backend
+            endpoints: ["127.0.0.1:99999"]
+            load_balancer: fastest
+          - name: ok
+            endpoints: [localhost:80]
+            name: dup
+        tracing:
+          sampling: 2
+        """)
+    assert problems(path) == [
+        f"{path}:1: workers: must be an integer or 'auto' (got 'maybe')",
+        f"{path}:2: drain_timeout: a duration needs a unit, like '250ms' or '2s' (got 30)",
+        f"{path}:6: listeners[0].colour: unknown key",
+        f"{path}:9: listeners[0].routes[0].match: give at most one of exact, prefix, regex",
+        f"{path}:10: listeners[0].routes[0].cluster: no cluster named 'nope'",
+        f"{path}:13: listeners[0].routes[1].retries.on: unknown retry condition 'bogus': "
+        "use connect-failure, reset, gateway-error, 5xx, retriable-4xx or a status code",
+        f"{path}:16: clusters[0].endpoints[0]: bad port in '127.0.0.1:99999': a number from 0 to 65535",
+        f"{path}:17: clusters[0].load_balancer: must be 'round_robin', 'least_request', 'peak_ewma' or "
+        "'ring_hash' (got 'fastest')",
+        f"{path}:20: clusters[1].name: duplicate key (first at line 18)",
+        f"{path}:22: tracing.sampling: must be at most 1.0 (got 2)",
+    ]
+    # route b names `backend`, which failed the schema: it exists, so no dangling-reference report.
+
+
+def test_config_error_message_is_one_problem_per_line(tmp_path: Path) -> None:
+    path = write(tmp_path, "workers: 0\ncolour: blue\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert str(caught.value).splitlines() == [
+        f"{path}:1: workers: workers must be at least 1 (or 'auto')", f"{path}:2: colour: unknown key"]
+
+
+# --- redacted dump ------------------------------------------------------------------------------------
+
+
+def test_redacted_dump(tmp_path: Path) -> None:
+    for name in ("c.pem", "k.pem", "ca.pem"):
+        (tmp_path / name).write_text("x")
+    path = write(tmp_path, """
+        listeners:
+          - name: in
+            address: 127.0.0.1:15006
+            tls: {cert: c.pem, key: k.pem, ca: ca.pem}
+            routes:
+              - name: r
+                match: {headers: {authorization: {exact: Bearer abc}}}
+                cluster: up
+                rate_limit: {requests_per_second: 1, burst: 1, key: {header: x-client-id}}
+                headers: {request: {set: {x-api-key: s3cret, x-canary: "true"}}}
+        clusters:
+          - name: up
+            endpoints: ["[::1]:8080"]
+            connect_timeout: 250ms
+            tls: {cert: c.pem, key: k.pem, ca: ca.pem}
+        """)
+    loaded = load_config(path)
+    dumped = redacted_dump(loaded)
+    assert next(iter(dumped)) == "version_hash" and dumped["version_hash"] == loaded.version_hash
+    listener = dumped["listeners"][0]
+    assert listener["address"] == "127.0.0.1:15006"
+    assert listener["tls"]["key"] == REDACTED and listener["tls"]["cert"] == str(tmp_path / "c.pem")
+    route = listener["routes"][0]
+    assert route["rate_limit"]["key"] == {"header": "x-client-id"}
+    assert route["match"]["headers"]["authorization"]["exact"] == REDACTED
+    assert route["headers"]["request"]["set"] == {"x-api-key": REDACTED, "x-canary": "true"}
+    cluster = dumped["clusters"][0]
+    assert cluster["endpoints"] == ["[::1]:8080"] and cluster["connect_timeout"] == 0.25
+    assert cluster["tls"]["key"] == REDACTED
+    assert "k.pem" not in repr(dumped) and "s3cret" not in repr(dumped)
