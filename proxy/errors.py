@@ -29,8 +29,11 @@ class FailureKind(enum.Enum):
 class UpstreamError(Exception):
     """An attempt failed at the transport or framing level; `context` names the layers crossed."""
 
-    def __init__(self, kind: FailureKind, context: str, *, response_started: bool = False) -> None:
-        super().__init__(f"{context}: {kind.value}")
+    def __init__(self, kind: FailureKind, context: str, *, response_started: bool = False,
+                 stale: bool = False) -> None:
+        super().__init__(context)
         self.kind = kind
         self.context = context
         self.response_started = response_started
+        # A reused pooled connection the upstream had already closed (no byte of response came back).
+        self.stale = stale

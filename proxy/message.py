@@ -17,8 +17,9 @@ class RequestHead:
     """One request's head. Header names are lower-case bytes; values are raw bytes.
 
     `path` is the raw path (as received, not percent-decoded) without the query string: what path
-    matchers see; `query` the raw query string without `?`; `authority` the Host (or absolute-form authority) lower-cased and without
-    its port (what host matchers see); `host_header` the full Host value forwarded upstream.
+    matchers see; `query` the raw query string without `?`; `authority` the Host (or absolute-form
+    authority) lower-cased and without its port (what host matchers see); `host_header` the full
+    Host value forwarded upstream.
     """
 
     method: bytes

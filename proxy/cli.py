@@ -1,0 +1,123 @@
+"""Command line: argv -> commands (run, validate, certs). The only module that reads argv or the environment.
+
+Owns argument parsing, printing config problems as `FILE:LINE: key.path: message`, and exit codes.
+Must not build runtime objects itself: `run` hands a loaded config to the runtime.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from proxy.config.load import ConfigError, LoadedConfig, load_config
+
+
+def _load_or_report(path: str) -> LoadedConfig | None:
+    try:
+        return load_config(path)
+    except ConfigError as error:
+        for problem in error.problems:
+            print(problem, file=sys.stderr)
+        count = len(error.problems)
+        print(f"{path}: invalid config: {count} problem{'s' if count != 1 else ''}", file=sys.stderr)
+        return None
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    loaded = _load_or_report(args.config)
+    if loaded is None:
+        return 1
+    config = loaded.config
+    routes = sum(len(listener.routes) for listener in config.listeners)
+    print(
+        f"{args.config}: valid: {len(config.listeners)} listener(s), {routes} route(s), "
+        f"{len(config.clusters)} cluster(s); version {loaded.version_hash[:12]}"
+    )
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from proxy.app import unsupported_keys
+    from proxy.runtime import run, setup_logging
+
+    loaded = _load_or_report(args.config)
+    if loaded is None:
+        return 1
+    if args.workers is not None and args.workers != 1:
+        print("sidecar: not supported yet: --workers (one worker process for now)", file=sys.stderr)
+        return 1
+    missing = unsupported_keys(loaded.config)
+    if missing:
+        for key in missing:
+            print(f"{args.config}: not supported yet: {key}", file=sys.stderr)
+        print(
+            f"{args.config}: cannot run: {len(missing)} key(s) name features that do not exist yet",
+            file=sys.stderr,
+        )
+        return 1
+    setup_logging(args.log_level)
+    return run(loaded)
+
+
+def cmd_certs_init(args: argparse.Namespace) -> int:
+    from proxy.security.certs import CertError, init_ca
+
+    try:
+        files = init_ca(Path(args.dir), args.trust_domain, force=args.force)
+    except CertError as exc:
+        print(f"sidecar certs: {exc}", file=sys.stderr)
+        return 1
+    print(f"CA written: {files.cert} (key {files.key}), trust domain {files.trust_domain}")
+    return 0
+
+
+def cmd_certs_issue(args: argparse.Namespace) -> int:
+    from proxy.security.certs import CertError, issue
+
+    try:
+        files = issue(Path(args.dir), args.id, Path(args.out), days=args.days, dns_names=args.dns or None)
+    except CertError as exc:
+        print(f"sidecar certs: {exc}", file=sys.stderr)
+        return 1
+    print(f"certificate written: {files.cert} (key {files.key}) for {files.spiffe_id}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sidecar", description="horizon-sidecar: a service-mesh sidecar proxy"
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="run the sidecar")
+    run.add_argument("-c", "--config", required=True, help="the YAML config file")
+    run.add_argument("--workers", type=int, help="override `workers:`")
+    run.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    run.set_defaults(func=cmd_run)
+
+    validate = commands.add_parser("validate", help="check a config file and print every problem")
+    validate.add_argument("-c", "--config", required=True, help="the YAML config file")
+    validate.set_defaults(func=cmd_validate)
+
+    certs = commands.add_parser("certs", help="development CA and workload certificates")
+    certs_commands = certs.add_subparsers(dest="certs_command", required=True)
+    init = certs_commands.add_parser("init", help="create a development CA")
+    init.add_argument("--dir", required=True)
+    init.add_argument("--trust-domain", default="cluster.local")
+    init.add_argument("--force", action="store_true", help="replace an existing CA")
+    init.set_defaults(func=cmd_certs_init)
+    issue = certs_commands.add_parser("issue", help="issue a workload certificate with a SPIFFE ID")
+    issue.add_argument("--dir", required=True, help="the CA directory")
+    issue.add_argument("--id", required=True, help="spiffe://TRUST_DOMAIN/ns/NS/sa/SA")
+    issue.add_argument("--out", required=True, help="output prefix: PREFIX.pem and PREFIX-key.pem")
+    issue.add_argument("--days", type=int, default=90)
+    issue.add_argument("--dns", action="append", help="an extra DNS SAN (repeatable)")
+    issue.set_defaults(func=cmd_certs_issue)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    code: int = args.func(args)
+    return code

@@ -1,0 +1,361 @@
+"""The upstream side of HTTP/1.1: one `ClientConnection` (an asyncio.Protocol) per upstream socket.
+
+Owns sending one request at a time (head, then a streamed or whole body, re-framed as Content-Length
+or chunked), parsing the response with httptools, splicing the response body straight into the
+downstream exchange (no coroutine hop per chunk), backpressure both ways, HEAD / 1xx / 204 / 304
+framing, and the raw tunnel after a 101. A connection that finishes a keep-alive exchange cleanly
+hands itself back through `on_idle` (the pool's hook). Must not know routes, clusters or policy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Callable
+from http import HTTPStatus
+from typing import TYPE_CHECKING, cast
+
+import httptools
+
+from proxy.errors import FailureKind, UpstreamError
+from proxy.http.headers import HOP_BY_HOP, connection_tokens
+from proxy.message import Headers, ResponseHead
+
+if TYPE_CHECKING:
+    from proxy.http.server import Exchange, ServerConnection
+
+
+# Hop-by-hop headers and the upstream's framing: the downstream response is framed anew.
+_REFRAMED = HOP_BY_HOP | {b"content-length"}
+
+
+class ResponseReady:
+    """What an attempt learns when the response head has arrived."""
+
+    __slots__ = ("content_length", "head", "no_body")
+
+    def __init__(self, head: ResponseHead, content_length: int | None, no_body: bool) -> None:
+        self.head = head
+        self.content_length = content_length
+        self.no_body = no_body
+
+
+class ClientConnection(asyncio.Protocol):
+    """One keep-alive connection to an upstream endpoint."""
+
+    __slots__ = (
+        "_body", "_body_chunked", "_chunked", "_complete", "_content_length", "_done_waiter", "_early",
+        "_head_request", "_head_waiter", "_headers", "_in_trailers", "_keep_alive", "_loop", "_reason",
+        "_response_bytes", "_skip_message", "_status", "_tunnel", "_upgraded", "closed", "context",
+        "downstream", "on_idle", "parser", "requests_sent", "transport", "write_paused",
+    )
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, context: str) -> None:
+        self._loop = loop
+        self.context = context
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.closed = False
+        self.on_idle: Callable[[ClientConnection], None] | None = None
+        self.requests_sent = 0
+        self.downstream: Exchange | None = None
+        self.write_paused = False
+        self._reset_state()
+        self._head_waiter: asyncio.Future[ResponseReady] | None = None
+        self._done_waiter: asyncio.Future[None] | None = None
+        self._tunnel: ServerConnection | None = None
+        self._early = b""
+        self._upgraded = False
+
+    def _reset_state(self) -> None:
+        self._headers: Headers = []
+        self._status = 0
+        self._reason = b""
+        self._content_length: int | None = None
+        self._chunked = False
+        self._in_trailers = False
+        self._skip_message = False
+        self._complete = False
+        self._keep_alive = True
+        self._head_request = False
+        self._response_bytes = 0
+        self._body: list[bytes] = []
+        self._body_chunked = False
+
+    # -- sending -----------------------------------------------------------------------------------
+
+    def send(self, head: bytes, body_chunked: bool, head_request: bool, whole_body: bytes | None) -> None:
+        """Start an exchange: write the request head (and the whole body when it is already known)."""
+        self._reset_state()
+        self._head_request = head_request
+        self._body_chunked = body_chunked
+        self.requests_sent += 1
+        self._head_waiter = self._loop.create_future()
+        self._done_waiter = None
+        assert self.transport is not None
+        if whole_body:
+            if body_chunked:
+                self.transport.write(head + b"%x\r\n%s\r\n0\r\n\r\n" % (len(whole_body), whole_body))
+            else:
+                self.transport.write(head + whole_body)
+        elif whole_body is not None and body_chunked:
+            self.transport.write(head + b"0\r\n\r\n")
+        else:
+            self.transport.write(head)
+
+    # BodySink: the downstream request body streams through these.
+    def write_body(self, data: bytes) -> None:
+        if self.closed or self.transport is None:
+            return
+        if self._body_chunked:
+            if data:
+                self.transport.write(b"%x\r\n%s\r\n" % (len(data), data))
+        else:
+            self.transport.write(data)
+
+    def end_body(self) -> None:
+        if self._body_chunked and not self.closed and self.transport is not None:
+            self.transport.write(b"0\r\n\r\n")
+
+    async def response_head(self) -> ResponseReady:
+        """Wait for the response head (1xx other than 101 are skipped)."""
+        waiter = self._head_waiter
+        assert waiter is not None
+        return await waiter
+
+    # -- splicing the response body into the downstream --------------------------------------------
+
+    def take_body(self) -> bytes:
+        """The response body bytes that arrived with the head (sent with the head in one write)."""
+        body = self._body
+        if not body:
+            return b""
+        self._body = []
+        return body[0] if len(body) == 1 else b"".join(body)
+
+    def attach(self, exchange: Exchange) -> bool:
+        """Stream the rest of the response body into `exchange`; True when the response is complete."""
+        self.downstream = exchange
+        exchange.upstream_reader = self
+        body, self._body = self._body, []
+        for chunk in body:
+            exchange.write_body(chunk)
+        return self._complete
+
+    async def response_done(self) -> None:
+        """Wait until the response body has been fully passed downstream."""
+        if self._complete:
+            return
+        self._done_waiter = self._loop.create_future()
+        await self._done_waiter
+
+    def detach(self) -> None:
+        self.downstream = None
+
+    # ReadControl: the downstream's write buffer is full, stop reading the upstream.
+    def pause_reading(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.resume_reading()
+
+    # -- transport events --------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        self.transport = cast(asyncio.Transport, transport)
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if self._tunnel is not None:
+            self._tunnel.close()
+            self._tunnel = None
+            return
+        if self._head_waiter is not None and not self._head_waiter.done():
+            # Nothing came back on a reused connection: the upstream closed it while idle (a known race).
+            stale = self._response_bytes == 0 and self.requests_sent > 1
+            error = UpstreamError(FailureKind.RESET, f"{self.context}: connection closed before the response",
+                                  stale=stale)
+            self._head_waiter.set_exception(error)
+        elif not self._complete:
+            if self._keep_alive is False and self._content_length is None and not self._chunked:
+                # A close-delimited body ends with the connection: that is its normal end.
+                self.on_message_complete()
+                return
+            if self.downstream is not None:
+                self.downstream.abort()
+            if self._done_waiter is not None and not self._done_waiter.done():
+                self._done_waiter.set_exception(
+                    UpstreamError(FailureKind.RESET, f"{self.context}: connection closed mid-response",
+                                  response_started=True))
+
+    def data_received(self, data: bytes) -> None:
+        if self._tunnel is not None:
+            self._tunnel.write(data)
+            return
+        if self._upgraded:
+            self._early += data
+            return
+        self._response_bytes += len(data)
+        if self._head_waiter is None:
+            # Bytes while no request is outstanding: the upstream is confused; never reuse it.
+            self.close()
+            return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as upgrade:
+            self._upgraded = True
+            self._early = data[upgrade.args[0]:]
+        except httptools.HttpParserError as exc:
+            self._fail_protocol(str(exc))
+            return
+        if self._complete and self._head_request:
+            # llhttp cannot be told a response answers HEAD; a fresh parser keeps the stream in step.
+            self.parser = httptools.HttpResponseParser(self)
+
+    def _fail_protocol(self, detail: str) -> None:
+        error = UpstreamError(FailureKind.PROTOCOL, f"{self.context}: bad response: {detail}",
+                              response_started=self._head_waiter is not None and self._head_waiter.done())
+        if self._head_waiter is not None and not self._head_waiter.done():
+            self._head_waiter.set_exception(error)
+        elif self.downstream is not None:
+            self.downstream.abort()
+            if self._done_waiter is not None and not self._done_waiter.done():
+                self._done_waiter.set_exception(error)
+        self.abort()
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        exchange = self.downstream
+        if self._tunnel is not None:
+            self._tunnel.pause_reading()
+        elif exchange is not None:
+            exchange.conn.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        exchange = self.downstream
+        if self._tunnel is not None:
+            self._tunnel.resume_reading()
+        elif exchange is not None:
+            exchange.conn.resume_reading()
+
+    # -- parser callbacks --------------------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self._headers = []
+        self._in_trailers = False
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if not self._in_trailers:
+            self._headers.append((name.lower(), value))
+
+    def on_headers_complete(self) -> None:
+        self._in_trailers = True
+        status: int = self.parser.get_status_code()
+        if 100 <= status < 200 and status != 101:
+            # Interim responses (100 Continue, 103) are not relayed: the sidecar answers Expect itself.
+            self._skip_message = True
+            return
+        self._skip_message = False
+        headers = self._headers
+        has_connection = False
+        content_length: int | None = None
+        for name, value in headers:
+            if name == b"content-length":
+                content_length = int(value)
+            elif name == b"transfer-encoding":
+                self._chunked = True
+            elif name == b"connection":
+                has_connection = True
+        if status == 101:
+            # The upgrade handshake keeps Connection/Upgrade: the tunnel needs them end to end.
+            kept = [(n, v) for n, v in headers if n not in (b"content-length", b"transfer-encoding",
+                                                            b"keep-alive", b"te", b"trailer")]
+        elif has_connection:
+            named = connection_tokens(headers)
+            kept = [(n, v) for n, v in headers
+                    if n not in _REFRAMED and not n.startswith(b"proxy-") and n not in named]
+        else:
+            kept = [(n, v) for n, v in headers if n not in _REFRAMED and not n.startswith(b"proxy-")]
+        self._keep_alive = bool(self.parser.should_keep_alive())
+        self._status = status
+        self._content_length = None if self._chunked else content_length
+        no_body = self._head_request or status in (204, 304) or status == 101
+        head = ResponseHead(status, _reason(status), kept, self._keep_alive)
+        waiter = self._head_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(ResponseReady(head, self._content_length, no_body))
+        if self._head_request:
+            self.on_message_complete()
+
+    def on_body(self, data: bytes) -> None:
+        exchange = self.downstream
+        if exchange is not None:
+            exchange.write_body(data)
+        else:
+            self._body.append(data)
+
+    def on_message_complete(self) -> None:
+        if self._skip_message:
+            self._skip_message = False
+            self._headers = []
+            return
+        if self._complete:
+            return
+        self._complete = True
+        waiter = self._done_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    # -- after the exchange ------------------------------------------------------------------------
+
+    def finish(self, reusable: bool) -> None:
+        """The exchange is over: go back to the pool when it ended cleanly on a keep-alive connection."""
+        self.downstream = None
+        self._head_waiter = None
+        self._done_waiter = None
+        if reusable and self._complete and self._keep_alive and not self.closed and self.on_idle is not None:
+            self.on_idle(self)
+        else:
+            self.close()
+
+    def close(self) -> None:
+        if not self.closed and self.transport is not None:
+            self.closed = True
+            self.transport.close()
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.closed = True
+            self.transport.abort()
+
+    # -- tunnel (after 101) ------------------------------------------------------------------------
+
+    def start_tunnel(self, downstream: ServerConnection) -> None:
+        self._tunnel = downstream
+        self.downstream = None
+        early, self._early = self._early, b""
+        if early:
+            downstream.write(early)
+
+    def tunnel_write(self, data: bytes) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.write(data)
+
+    def tunnel_close(self) -> None:
+        self._tunnel = None
+        self.close()
+
+
+# Reason phrases are not forwarded verbatim (they are advisory); the standard one is used.
+_REASONS: dict[int, bytes] = {s.value: s.phrase.encode() for s in HTTPStatus}
+
+
+def _reason(status: int) -> bytes:
+    return _REASONS.get(status, b"")

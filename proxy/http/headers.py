@@ -1,0 +1,91 @@
+"""Header rules of an HTTP/1.1 intermediary: hop-by-hop stripping, forwarding headers, request ids,
+and serialization of heads to wire bytes.
+
+Owns what RFC 9110 section 7.6.1 says a proxy must not forward (Connection and the headers it names,
+Keep-Alive, TE, Trailer, Transfer-Encoding, Upgrade, Proxy-*), `x-forwarded-for` / `x-forwarded-proto`,
+`x-request-id`, and the byte layout of request and response heads. Must not know routes or policy.
+"""
+
+from __future__ import annotations
+
+import os
+
+from proxy.message import Headers, RequestHead, ResponseHead
+
+HOP_BY_HOP: frozenset[bytes] = frozenset(
+    (b"connection", b"keep-alive", b"te", b"trailer", b"transfer-encoding", b"upgrade",
+     b"proxy-connection", b"proxy-authenticate", b"proxy-authorization"))
+
+X_REQUEST_ID = b"x-request-id"
+X_FORWARDED_FOR = b"x-forwarded-for"
+X_FORWARDED_PROTO = b"x-forwarded-proto"
+
+
+def new_request_id() -> bytes:
+    """A random UUID4 in its canonical text form (cheaper than uuid.uuid4() + str())."""
+    raw = bytearray(os.urandom(16))
+    raw[6] = (raw[6] & 0x0F) | 0x40
+    raw[8] = (raw[8] & 0x3F) | 0x80
+    text = raw.hex()
+    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}".encode()
+
+
+def connection_tokens(headers: Headers) -> frozenset[bytes]:
+    """The lower-cased tokens of every Connection header (names that are hop-by-hop for this message)."""
+    tokens: set[bytes] = set()
+    for name, value in headers:
+        if name == b"connection":
+            for token in value.split(b","):
+                token = token.strip().lower()
+                if token:
+                    tokens.add(token)
+    return frozenset(tokens)
+
+
+def is_hop_by_hop(name: bytes, named: frozenset[bytes]) -> bool:
+    return name in HOP_BY_HOP or name.startswith(b"proxy-") or name in named
+
+
+def strip_hop_by_hop(headers: Headers, has_connection: bool) -> Headers:
+    """Headers without the hop-by-hop ones. `has_connection` lets the common case skip the token scan."""
+    named = connection_tokens(headers) if has_connection else frozenset()
+    return [(n, v) for n, v in headers if not (n in HOP_BY_HOP or n.startswith(b"proxy-") or n in named)]
+
+
+def serialize_request(head: RequestHead, headers: Headers, framing: bytes) -> bytes:
+    """Request line + headers + `framing` (a Content-Length or Transfer-Encoding line, or b"") + CRLF."""
+    parts = [head.method, b" ", head.target(), b" HTTP/1.1\r\nhost: ", head.host_header, b"\r\n"]
+    for name, value in headers:
+        parts += (name, b": ", value, b"\r\n")
+    parts.append(framing)
+    parts.append(b"\r\n")
+    return b"".join(parts)
+
+
+def _standard_status_lines() -> dict[tuple[int, bytes], bytes]:
+    from http import HTTPStatus
+
+    return {(s.value, s.phrase.encode()): b"HTTP/1.1 %d %s\r\n" % (s.value, s.phrase.encode())
+            for s in HTTPStatus}
+
+
+# Built once at import and never mutated: the common status lines cost a dict hit, not a format.
+_STATUS_LINES = _standard_status_lines()
+
+
+def status_line(status: int, reason: bytes) -> bytes:
+    """`HTTP/1.1 200 OK\\r\\n` for (status, reason); the standard pairs are pre-rendered."""
+    line = _STATUS_LINES.get((status, reason))
+    if line is None:
+        line = b"HTTP/1.1 %d %s\r\n" % (status, reason or b"Unknown")
+    return line
+
+
+def serialize_response(head: ResponseHead, extra: bytes = b"") -> bytes:
+    """Status line + head.headers + `extra` (pre-rendered header lines) + CRLF."""
+    parts = [status_line(head.status, head.reason)]
+    for name, value in head.headers:
+        parts += (name, b": ", value, b"\r\n")
+    parts.append(extra)
+    parts.append(b"\r\n")
+    return b"".join(parts)

@@ -1,0 +1,812 @@
+"""The downstream side of HTTP/1.1: one `ServerConnection` (an asyncio.Protocol) per accepted socket.
+
+Owns parsing requests with httptools (llhttp, strict), keep-alive, pipelining (answers in request order),
+head limits and hostile-input refusal, the header-read and idle timers, request body streaming with
+backpressure, response framing towards the client, and tunnelling after an upgrade. Each parsed request
+becomes an `Exchange` handed to the listener's handler coroutine; the handler decides what to answer.
+Must not know routes, clusters or policy: it answers locally only for protocol errors, through
+`local_reply`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Protocol, cast
+
+import httptools
+
+from proxy.http.headers import (
+    HOP_BY_HOP,
+    X_REQUEST_ID,
+    connection_tokens,
+    new_request_id,
+    serialize_response,
+)
+from proxy.local_reply import Cause, LocalReply, local_reply
+from proxy.message import Headers, RequestHead, ResponseHead
+
+log = logging.getLogger("proxy.http.server")
+
+# Request-body bytes buffered per exchange before the client's socket stops being read.
+BODY_HIGH_WATER = 256 * 1024
+# Pipelined requests parsed ahead of the one being answered before reading pauses.
+MAX_QUEUED = 32
+HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n"
+# Headers the upstream request gets anew from the sidecar (its own framing; Expect is answered here).
+_DROPPED = HOP_BY_HOP | {b"content-length", b"expect", b"host"}
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSettings:
+    """The listener's `http:` settings, compiled once (all durations in seconds, sizes in bytes)."""
+
+    max_head_bytes: int = 60 * 1024
+    max_headers: int = 100
+    header_read_timeout: float = 10.0
+    idle_timeout: float = 300.0
+    max_request_body: int = 0
+    max_requests_in_flight: int = 10000
+    scheme: bytes = b"http"
+
+
+class BodySink(Protocol):
+    """Where request body bytes go once an upstream is attached (an upstream connection)."""
+
+    def write_body(self, data: bytes) -> None: ...
+    def end_body(self) -> None: ...
+
+
+class ReadControl(Protocol):
+    """The other side's reading, paused while our write buffer is full."""
+
+    def pause_reading(self) -> None: ...
+    def resume_reading(self) -> None: ...
+
+
+class TunnelPeer(Protocol):
+    """The upstream end of an upgraded (WebSocket) connection."""
+
+    def tunnel_write(self, data: bytes) -> None: ...
+    def tunnel_close(self) -> None: ...
+    def pause_reading(self) -> None: ...
+    def resume_reading(self) -> None: ...
+
+
+class Listener(Protocol):
+    """What a connection needs from its listener: the current handler (swapped on reload) and counters."""
+
+    settings: ServerSettings
+    in_flight: int
+
+    def handle(self, exchange: Exchange) -> Awaitable[None]: ...
+    def connection_opened(self, conn: ServerConnection) -> None: ...
+    def connection_closed(self, conn: ServerConnection) -> None: ...
+    def local_reply_sent(self, exchange: Exchange, reply: LocalReply) -> None: ...
+
+
+class RequestBody:
+    """A request body flowing from the client to (at most one at a time) upstream sink.
+
+    Bytes that arrive before a sink is attached are buffered; past BODY_HIGH_WATER the client socket is
+    paused. Up to `replay_limit` bytes are also kept so a retry can send the body again.
+    """
+
+    __slots__ = ("_buffered", "_buffered_size", "_conn", "_sink", "chunked", "complete", "failed",
+                 "kept", "length", "received", "replay_limit", "replayable")
+
+    def __init__(self, conn: ServerConnection, length: int | None, chunked: bool) -> None:
+        self._conn = conn
+        self.length = length
+        self.chunked = chunked
+        self.complete = False
+        self.failed = False
+        self.received = 0
+        self._sink: BodySink | None = None
+        self._buffered: list[bytes] = []
+        self._buffered_size = 0
+        self.replay_limit = 0
+        self.kept: list[bytes] | None = None
+        self.replayable = True
+
+    def keep_for_replay(self, limit: int) -> None:
+        """Keep up to `limit` bytes (from the start) so the body can be sent again on a retry."""
+        self.replay_limit = limit
+        if self.kept is None:
+            self.kept = []
+            if self.received > limit:
+                self.replayable = False
+
+    def feed(self, data: bytes) -> None:
+        self.received += len(data)
+        if self.kept is not None and self.replayable:
+            if self.received <= self.replay_limit:
+                self.kept.append(data)
+            else:
+                self.replayable = False
+                self.kept = None
+        sink = self._sink
+        if sink is not None:
+            sink.write_body(data)
+            return
+        self._buffered.append(data)
+        self._buffered_size += len(data)
+        if self._buffered_size > BODY_HIGH_WATER:
+            self._conn.pause_for_body()
+
+    def finish(self) -> None:
+        self.complete = True
+        if self._sink is not None:
+            self._sink.end_body()
+
+    def attach(self, sink: BodySink) -> None:
+        """Send what arrived so far to `sink`, then stream the rest to it as it arrives."""
+        self._sink = sink
+        if self._buffered:
+            chunks, self._buffered, self._buffered_size = self._buffered, [], 0
+            for chunk in chunks:
+                sink.write_body(chunk)
+            self._conn.resume_for_body()
+        if self.complete:
+            sink.end_body()
+
+    def reattach(self, sink: BodySink) -> bool:
+        """Attach a new sink for a retry, replaying the kept bytes; False when the body cannot be replayed."""
+        if self.kept is None or not self.replayable:
+            return False
+        self._sink = sink
+        for chunk in self.kept:
+            sink.write_body(chunk)
+        if self._buffered:
+            # Bytes buffered while detached are already in `kept` (feed keeps before buffering).
+            self._buffered, self._buffered_size = [], 0
+            self._conn.resume_for_body()
+        if self.complete:
+            sink.end_body()
+        return True
+
+    def detach(self) -> None:
+        self._sink = None
+
+    def buffered(self) -> bytes:
+        """The whole body when it has already arrived and nothing was sent (the small-request fast path)."""
+        if len(self._buffered) == 1:
+            return self._buffered[0]
+        return b"".join(self._buffered)
+
+    def take_complete(self) -> bytes | None:
+        """If the body is complete and unsent, hand it over whole (one write upstream) and mark it sent."""
+        if not self.complete or self._sink is not None:
+            return None
+        data = self.buffered()
+        self._buffered, self._buffered_size = [], 0
+        return data
+
+
+class Exchange:
+    """One request on a downstream connection and the response written back for it."""
+
+    __slots__ = ("_chunked_out", "body", "close_after", "conn", "expect_continue", "head", "head_only",
+                 "local", "peer_ip", "request_id", "response_done", "response_started", "response_status",
+                 "started_at", "upstream_reader", "websocket")
+
+    def __init__(self, conn: ServerConnection, head: RequestHead, body: RequestBody | None,
+                 request_id: bytes, started_at: float) -> None:
+        self.conn = conn
+        self.head = head
+        self.body = body
+        self.request_id = request_id
+        self.started_at = started_at
+        self.peer_ip = conn.peer_ip
+        self.head_only = head.method == b"HEAD"
+        self.expect_continue = False
+        self.websocket = False
+        # A reply decided by the codec itself (413 on a declared length, 405 CONNECT), sent in turn.
+        self.local: LocalReply | None = None
+        self.response_started = False
+        self.response_done = False
+        self.response_status = 0
+        self.close_after = not head.keep_alive
+        self._chunked_out = False
+        self.upstream_reader: ReadControl | None = None
+
+    # -- answering -------------------------------------------------------------------------------
+
+    def send_local(self, reply: LocalReply) -> None:
+        """Answer with a reply the sidecar made itself (see local_reply)."""
+        if self.response_started:
+            self.abort()
+            return
+        if reply.close:
+            self.close_after = True
+        self.conn.listener.local_reply_sent(self, reply)
+        self._write_head(reply.head, b"", b"" if self.head_only else reply.body)
+        self._finish()
+
+    def send_continue(self) -> None:
+        """Tell a client waiting on `Expect: 100-continue` to send its body."""
+        if self.expect_continue and not self.response_started:
+            self.expect_continue = False
+            self.conn.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+    def start_response(self, head: ResponseHead, content_length: int | None, no_body: bool,
+                       first: bytes = b"") -> None:
+        """Write the response head; `content_length` None means length unknown (chunked downstream)."""
+        status = head.status
+        if status == 101:
+            self._write_head(head, b"")
+            return
+        if no_body or self.head_only or status in (204, 304) or status < 200:
+            if content_length is not None and (self.head_only or status == 304):
+                extra = b"content-length: %d\r\n" % content_length
+            else:
+                extra = b""
+            self._write_head(head, extra)
+            return
+        if content_length is not None:
+            extra = b"content-length: %d\r\n" % content_length
+        elif self.head.http_minor >= 1:
+            extra = b"transfer-encoding: chunked\r\n"
+            self._chunked_out = True
+        else:
+            # An HTTP/1.0 client without a length: the end of the body is the end of the connection.
+            extra = b""
+            self.close_after = True
+        if first and self._chunked_out:
+            first = b"%x\r\n%s\r\n" % (len(first), first)
+        # Head and the body bytes already at hand go out in one write: one syscall per small response.
+        self._write_head(head, extra, first)
+
+    def _write_head(self, head: ResponseHead, extra: bytes, first: bytes = b"") -> None:
+        self.response_started = True
+        self.response_status = head.status
+        extra += b"x-request-id: " + self.request_id + b"\r\n"
+        if self.close_after or self.conn.draining:
+            self.close_after = True
+            extra += b"connection: close\r\n"
+        elif self.head.http_minor == 0:
+            extra += b"connection: keep-alive\r\n"
+        self.conn.write(serialize_response(head, extra) + first)
+
+    def write_body(self, data: bytes) -> None:
+        if self._chunked_out:
+            if data:
+                self.conn.write(b"%x\r\n%s\r\n" % (len(data), data))
+        else:
+            self.conn.write(data)
+
+    def end_response(self) -> None:
+        if self._chunked_out:
+            self.conn.write(b"0\r\n\r\n")
+        self._finish()
+
+    def _finish(self) -> None:
+        if not self.response_done:
+            self.response_done = True
+            self.conn.exchange_done(self)
+
+    def abort(self) -> None:
+        """Reset the client connection: the response cannot be completed (the client sees it broken)."""
+        self.response_done = True
+        self.conn.abort()
+
+    def start_tunnel(self, peer: TunnelPeer) -> None:
+        """After a 101 has been written: splice raw bytes between the client and `peer`."""
+        self.response_done = True
+        self.conn.start_tunnel(peer)
+
+
+class _HeadTooLarge(Exception):
+    """Raised inside parser callbacks to stop parsing an oversize head (answered with 431)."""
+
+
+class _StopParsing(Exception):
+    """Raised inside parser callbacks once the codec has queued its own final answer."""
+
+
+# Reasons the client socket is not being read (a bit each); reading resumes when none is left.
+_BLOCK_BODY = 1
+_BLOCK_QUEUE = 2
+_BLOCK_UPSTREAM = 4
+_BLOCK_STOPPED = 8
+
+
+class ServerConnection(asyncio.Protocol):
+    """One client connection: parse, queue, hand each request to the listener's handler in order."""
+
+    __slots__ = (
+        "_blocks",
+        "_closing",
+        "_early",
+        "_head_bytes",
+        "_head_start",
+        "_header_count",
+        "_headers",
+        "_in_head",
+        "_in_trailers",
+        "_loop",
+        "_queue",
+        "_request_seen",
+        "_stopped",
+        "_task",
+        "_timer",
+        "_tunnel",
+        "_url",
+        "active",
+        "draining",
+        "idle_since",
+        "listener",
+        "parser",
+        "peer_ip",
+        "transport",
+    )
+
+    def __init__(self, listener: Listener, loop: asyncio.AbstractEventLoop) -> None:
+        self.listener = listener
+        self._loop = loop
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpRequestParser(self)
+        self.peer_ip = b""
+        self._url = b""
+        self._headers: Headers = []
+        self._head_bytes = 0
+        self._header_count = 0
+        self._in_head = False
+        self._in_trailers = False
+        self._head_start = 0.0
+        self._queue: deque[Exchange] = deque()
+        self.active: Exchange | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+        self._stopped = False
+        self._blocks = 0
+        self._timer: asyncio.TimerHandle | None = None
+        self._tunnel: TunnelPeer | None = None
+        self._early = b""
+        self._request_seen = False
+        self.draining = False
+        self.idle_since = loop.time()
+
+    # -- transport events --------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        self.transport = cast(asyncio.Transport, transport)
+        peer = transport.get_extra_info("peername")
+        if peer:
+            self.peer_ip = str(peer[0]).encode()
+        self.listener.connection_opened(self)
+        self._arm_at(self._loop.time() + self.listener.settings.idle_timeout)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closing = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._tunnel is not None:
+            self._tunnel.tunnel_close()
+            self._tunnel = None
+        self.listener.connection_closed(self)
+        active = self.active
+        if active is not None and not active.response_done:
+            # The client went away mid-request: the handler sees `client_gone` and stops its work.
+            active.response_done = True
+            if active.body is not None and not active.body.complete:
+                active.body.failed = True
+            if self._task is not None:
+                self._task.cancel()
+        self._queue.clear()
+
+    def data_received(self, data: bytes) -> None:
+        if self._tunnel is not None:
+            self._tunnel.tunnel_write(data)
+            return
+        if self._stopped:
+            if self.active is not None and self.active.websocket:
+                self._early += data  # tunnel bytes sent before the upstream's 101 arrived
+            return
+        if not self._request_seen:
+            self._request_seen = True
+            if data[:3] == b"PRI" and HTTP2_PREFACE.startswith(data[: len(HTTP2_PREFACE)]):
+                self._protocol_error(local_reply(Cause.HTTP2_PREFACE))
+                return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as upgrade:
+            self._on_upgrade(data[upgrade.args[0]:])
+        except httptools.HttpParserCallbackError as exc:
+            reason = exc.__context__
+            if isinstance(reason, _StopParsing):
+                self._stop_parsing()
+            elif isinstance(reason, _HeadTooLarge):
+                self._protocol_error(local_reply(Cause.HEAD_TOO_LARGE))
+            else:
+                if reason is not None and not isinstance(reason, httptools.HttpParserError):
+                    log.error("request parsing failed", exc_info=reason)
+                detail = str(reason) if isinstance(reason, httptools.HttpParserError) else str(exc)
+                self._protocol_error(local_reply(Cause.BAD_REQUEST, f"malformed request: {detail}"))
+        except httptools.HttpParserError as exc:
+            self._protocol_error(local_reply(Cause.BAD_REQUEST, f"malformed request: {exc}"))
+
+    def eof_received(self) -> bool | None:
+        # A half-closed client may still wait for answers to what it sent: keep writing until they are out.
+        if self.active is None and not self._queue:
+            return None
+        self._stopped = True
+        if self.active is not None:
+            self.active.close_after = True
+        return True
+
+    def pause_writing(self) -> None:
+        active = self.active
+        if active is not None and active.upstream_reader is not None:
+            active.upstream_reader.pause_reading()
+        if self._tunnel is not None:
+            self._tunnel.pause_reading()
+
+    def resume_writing(self) -> None:
+        active = self.active
+        if active is not None and active.upstream_reader is not None:
+            active.upstream_reader.resume_reading()
+        if self._tunnel is not None:
+            self._tunnel.resume_reading()
+
+    # -- reading control ---------------------------------------------------------------------------
+
+    def _block(self, reason: int) -> None:
+        if not self._blocks and self.transport is not None and not self._closing:
+            self.transport.pause_reading()
+        self._blocks |= reason
+
+    def _unblock(self, reason: int) -> None:
+        if self._blocks & reason:
+            self._blocks &= ~reason
+            if not self._blocks and self.transport is not None and not self._closing:
+                self.transport.resume_reading()
+
+    def pause_for_body(self) -> None:
+        self._block(_BLOCK_BODY)
+
+    def resume_for_body(self) -> None:
+        self._unblock(_BLOCK_BODY)
+
+    def pause_reading(self) -> None:
+        """The upstream's write buffer is full: stop reading the client's body (ReadControl)."""
+        self._block(_BLOCK_UPSTREAM)
+
+    def resume_reading(self) -> None:
+        self._unblock(_BLOCK_UPSTREAM)
+
+    # -- parser callbacks (httptools) --------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self._in_head = True
+        self._in_trailers = False
+        self._url = b""
+        self._headers = []
+        self._head_bytes = 0
+        self._header_count = 0
+        now = self._loop.time()
+        self._head_start = now
+        deadline = now + self.listener.settings.header_read_timeout
+        if self._timer is None or self._timer.when() > deadline:
+            self._arm_at(deadline)
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        self._head_bytes += len(url)
+        if self._head_bytes > self.listener.settings.max_head_bytes:
+            raise _HeadTooLarge()
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self._in_trailers:
+            return  # trailers are not forwarded over HTTP/1.1 (Trailer is hop-by-hop)
+        self._head_bytes += len(name) + len(value) + 4
+        self._header_count += 1
+        settings = self.listener.settings
+        if self._head_bytes > settings.max_head_bytes or self._header_count > settings.max_headers:
+            raise _HeadTooLarge()
+        self._headers.append((name.lower(), value))
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        self._in_trailers = True
+        parser = self.parser
+        method: bytes = parser.get_method()
+        headers = self._headers
+        content_length: int | None = None
+        chunked = False
+        host: bytes | None = None
+        hosts = 0
+        expect = False
+        websocket = False
+        connection = False
+        proxy_named = False
+        for name, value in headers:
+            if name == b"host":
+                host = value
+                hosts += 1
+            elif name == b"content-length":
+                content_length = int(value)  # llhttp has already refused a malformed or duplicate one
+            elif name == b"transfer-encoding":
+                chunked = True
+            elif name == b"expect":
+                expect = value.lower() == b"100-continue"
+            elif name == b"upgrade":
+                websocket = value.strip().lower() == b"websocket"
+            elif name == b"connection":
+                connection = True
+            elif name[:6] == b"proxy-":
+                proxy_named = True
+        # Host, framing, Expect and hop-by-hop headers stop here: the upstream request is framed anew
+        # (Host is written from `host_header`, which absolute-form and rewrite.host may change).
+        named = connection_tokens(headers) if connection else frozenset()
+        headers = [(n, v) for n, v in headers if n not in _DROPPED]
+        if named:
+            headers = [(n, v) for n, v in headers if n not in named]
+        if proxy_named:
+            headers = [(n, v) for n, v in headers if n[:6] != b"proxy-"]
+        http_minor = 1 if parser.get_http_version() == "1.1" else 0
+        target = self._url
+        local: LocalReply | None = None
+        if target[:1] != b"/":
+            absolute = _split_absolute(target)
+            if absolute is not None:
+                # Absolute-form (the app uses us as its HTTP proxy): the authority replaces Host.
+                host, target = absolute
+                hosts = 1
+            elif method == b"CONNECT":
+                local = local_reply(Cause.METHOD_NOT_ALLOWED, close=True)
+                target = b"/"
+            elif not (method == b"OPTIONS" and target == b"*"):
+                raise httptools.HttpParserError("bad request target")
+        if local is None and (hosts > 1 or (hosts == 0 and http_minor == 1)):
+            raise httptools.HttpParserError("missing or repeated Host header")
+        host_header = host if host is not None else b""
+        path, _, query = target.partition(b"?")
+        request_id = b""
+        for name, value in headers:
+            if name == X_REQUEST_ID:
+                request_id = value
+                break
+        if not request_id:
+            request_id = new_request_id()
+            headers.append((X_REQUEST_ID, request_id))
+        head = RequestHead(method=method, path=path.decode("latin-1"), query=query,
+                           authority=_authority(host_header), host_header=host_header, headers=headers,
+                           keep_alive=parser.should_keep_alive(), http_minor=http_minor)
+        body: RequestBody | None = None
+        if chunked or (content_length is not None and content_length > 0):
+            body = RequestBody(self, content_length, chunked)
+        exchange = Exchange(self, head, body, request_id, self._head_start)
+        exchange.expect_continue = expect and body is not None
+        exchange.websocket = websocket and parser.should_upgrade() and local is None
+        limit = self.listener.settings.max_request_body
+        if local is None and limit and content_length is not None and content_length > limit:
+            local = local_reply(Cause.BODY_TOO_LARGE, close=True)
+        if local is not None:
+            exchange.local = local
+            exchange.close_after = True
+            self._enqueue(exchange)
+            raise _StopParsing()
+        self._enqueue(exchange)
+
+    def on_body(self, data: bytes) -> None:
+        exchange = self._queue[-1] if self._queue else self.active
+        if exchange is None or exchange.body is None:
+            return
+        body = exchange.body
+        limit = self.listener.settings.max_request_body
+        if limit and body.received + len(data) > limit:
+            body.failed = True
+            if exchange.response_started:
+                exchange.abort()
+            elif exchange is self.active:
+                exchange.send_local(local_reply(Cause.BODY_TOO_LARGE))
+            else:
+                exchange.local = local_reply(Cause.BODY_TOO_LARGE)
+                exchange.close_after = True
+            raise _StopParsing()
+        body.feed(data)
+
+    def on_message_complete(self) -> None:
+        exchange = self._queue[-1] if self._queue else self.active
+        if exchange is not None and exchange.body is not None and not exchange.body.complete:
+            exchange.body.finish()
+
+    # -- queueing and handing requests over ---------------------------------------------------------
+
+    def _enqueue(self, exchange: Exchange) -> None:
+        self._queue.append(exchange)
+        if len(self._queue) > MAX_QUEUED:
+            self._block(_BLOCK_QUEUE)
+        if self.active is None:
+            self._next()
+
+    def _next(self) -> None:
+        while self._queue and self.active is None and not self._closing:
+            exchange = self._queue.popleft()
+            if len(self._queue) <= MAX_QUEUED // 2:
+                self._unblock(_BLOCK_QUEUE)
+            self.active = exchange
+            if exchange.local is not None:
+                exchange.send_local(exchange.local)
+                continue
+            self._task = self._loop.create_task(self._run(exchange))
+
+    async def _run(self, exchange: Exchange) -> None:
+        try:
+            await self.listener.handle(exchange)
+        except asyncio.CancelledError:
+            if not exchange.response_done:
+                exchange.abort()
+        except Exception:
+            # A bug must never show a client a traceback: log it, and answer or reset.
+            log.exception("request handler failed (request id %s)", exchange.request_id.decode("latin-1"))
+            if not exchange.response_started:
+                exchange.send_local(local_reply(Cause.UPSTREAM_PROTOCOL, "internal error in the sidecar"))
+            elif not exchange.response_done:
+                exchange.abort()
+
+    def exchange_done(self, exchange: Exchange) -> None:
+        """The response to `exchange` is fully written: close, or move on to the next request."""
+        if exchange is not self.active:
+            return
+        self.active = None
+        self._task = None
+        exchange.upstream_reader = None
+        body = exchange.body
+        if body is not None and not body.complete:
+            # The answer went out before the client finished its body: the stream position is lost.
+            exchange.close_after = True
+        if exchange.close_after or self.draining:
+            self.close()
+            return
+        if self._queue:
+            self._next()
+        else:
+            self.idle_since = self._loop.time()
+
+    # -- writing -----------------------------------------------------------------------------------
+
+    def write(self, data: bytes) -> None:
+        transport = self.transport
+        if transport is not None and not self._closing:
+            transport.write(data)
+
+    def close(self) -> None:
+        """Close after flushing what was written."""
+        if not self._closing and self.transport is not None:
+            self._closing = True
+            self.transport.close()
+
+    def abort(self) -> None:
+        """Drop the connection at once (the client sees an incomplete response)."""
+        if self.transport is not None:
+            self._closing = True
+            self.transport.abort()
+
+    @property
+    def idle(self) -> bool:
+        return self.active is None and not self._queue and not self._in_head
+
+    def drain(self) -> None:
+        """Stop keeping the connection alive: close it now if idle, else after the current response."""
+        self.draining = True
+        if self.idle:
+            self.close()
+
+    # -- errors, upgrades, tunnels ----------------------------------------------------------------
+
+    def _stop_parsing(self) -> None:
+        self._stopped = True
+        self._block(_BLOCK_STOPPED)
+
+    def _protocol_error(self, reply: LocalReply) -> None:
+        """Answer a request that could not be parsed (in its turn), then close; nothing reaches upstream."""
+        self._stop_parsing()
+        self._in_head = False
+        head = RequestHead(method=b"", path="", query=b"", authority="", host_header=b"", headers=[],
+                           keep_alive=False)
+        exchange = Exchange(self, head, None, new_request_id(), self._loop.time())
+        exchange.local = reply
+        exchange.close_after = True
+        self._enqueue(exchange)
+
+    def _on_upgrade(self, rest: bytes) -> None:
+        last = self._queue[-1] if self._queue else self.active
+        if last is not None and last.local is not None:
+            self._stop_parsing()  # CONNECT: answered 405, then closed
+        elif last is not None and last.websocket:
+            # Everything after the handshake belongs to the tunnel, once the upstream agrees (101).
+            self._stopped = True
+            self._early = rest
+        elif rest:
+            # Any other Upgrade (h2c, ...) is dropped as hop-by-hop: keep parsing HTTP/1.1.
+            self.data_received(rest)
+
+    def start_tunnel(self, peer: TunnelPeer) -> None:
+        self._tunnel = peer
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        early, self._early = self._early, b""
+        if early:
+            peer.tunnel_write(early)
+        self._blocks = 0
+        if self.transport is not None and not self._closing:
+            self.transport.resume_reading()
+
+    # -- timers ------------------------------------------------------------------------------------
+
+    def _arm_at(self, when: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = self._loop.call_at(when, self._on_timer)
+
+    def _on_timer(self) -> None:
+        # One timer per connection, re-armed lazily: requests do not pay a cancel + schedule each.
+        self._timer = None
+        if self._closing or self._tunnel is not None:
+            return
+        now = self._loop.time()
+        settings = self.listener.settings
+        if self._in_head:
+            deadline = self._head_start + settings.header_read_timeout
+            if now >= deadline:
+                if self.active is None and not self._queue:
+                    self._protocol_error(local_reply(Cause.HEAD_TIMEOUT))
+                else:
+                    self.abort()
+                return
+        elif self.active is None and not self._queue:
+            deadline = self.idle_since + settings.idle_timeout
+            if now >= deadline:
+                self.close()
+                return
+        else:
+            deadline = now + min(settings.idle_timeout, settings.header_read_timeout)
+        self._arm_at(deadline)
+
+
+def _split_absolute(target: bytes) -> tuple[bytes, bytes] | None:
+    """`http://host:port/path?q` -> (b"host:port", b"/path?q"); None when not absolute-form."""
+    lowered = target[:8].lower()
+    if lowered.startswith(b"http://"):
+        rest = target[7:]
+    elif lowered.startswith(b"https://"):
+        rest = target[8:]
+    else:
+        return None
+    slash = rest.find(b"/")
+    query = rest.find(b"?")
+    cut = min(i for i in (slash, query, len(rest)) if i >= 0)
+    authority, path = rest[:cut], rest[cut:]
+    if b"@" in authority or not authority:
+        return None
+    if not path.startswith(b"/"):
+        path = b"/" + path
+    return authority, path
+
+
+def _authority(host: bytes) -> str:
+    """Host header -> lower-case name without port (what host matchers compare)."""
+    text = host.decode("latin-1").lower()
+    if text.startswith("["):
+        end = text.find("]")
+        return text[1:end] if end > 0 else text
+    name, _, _ = text.partition(":")
+    return name
+
+
+def create_protocol_factory(listener: Listener) -> Callable[[], ServerConnection]:
+    """The factory `loop.create_server` calls for each accepted socket."""
+    loop = asyncio.get_running_loop()
+
+    def factory() -> ServerConnection:
+        return ServerConnection(listener, loop)
+
+    return factory

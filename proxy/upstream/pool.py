@@ -1,0 +1,135 @@
+"""Keep-alive connection pool for one upstream endpoint.
+
+Owns opening connections (with the cluster's connect timeout, failures mapped to the error taxonomy),
+keeping idle ones (LIFO: the most recently used is the most likely still open), closing those idle past
+`idle_timeout` with one lazily re-armed timer, the per-connection request cap, and draining on removal.
+Must not know routes or retry policy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import socket
+from collections import deque
+from dataclasses import dataclass
+
+from proxy.errors import FailureKind, UpstreamError
+from proxy.http.client import ClientConnection
+
+_UNROUTABLE = {errno.ENETUNREACH, errno.EHOSTUNREACH, errno.EADDRNOTAVAIL}
+
+
+@dataclass(frozen=True, slots=True)
+class PoolSettings:
+    """A cluster's `pool:` and `connect_timeout`, compiled (seconds)."""
+
+    connect_timeout: float = 5.0
+    max_idle: int = 64
+    idle_timeout: float = 60.0
+    max_requests_per_connection: int = 0
+
+
+class Pool:
+    """Idle keep-alive connections to one endpoint, and the means to open new ones."""
+
+    __slots__ = ("_closed", "_idle", "_loop", "_open", "_timer", "context", "host", "port", "settings")
+
+    def __init__(self, host: str, port: int, settings: PoolSettings, context: str) -> None:
+        self.host = host
+        self.port = port
+        self.settings = settings
+        self.context = context
+        self._loop = asyncio.get_running_loop()
+        self._idle: deque[tuple[ClientConnection, float]] = deque()
+        self._open: set[ClientConnection] = set()
+        self._timer: asyncio.TimerHandle | None = None
+        self._closed = False
+
+    @property
+    def idle_count(self) -> int:
+        return len(self._idle)
+
+    @property
+    def open_count(self) -> int:
+        return len(self._open)
+
+    def take_idle(self) -> ClientConnection | None:
+        """An idle open connection, or None (no await: the common case costs no coroutine hop)."""
+        idle = self._idle
+        while idle:
+            conn, _ = idle.pop()
+            if not conn.closed:
+                return conn
+        return None
+
+    async def connect(self) -> ClientConnection:
+        """Open a new connection, mapping failures to connect-refused / timeout / unroutable."""
+        loop = self._loop
+        try:
+            async with asyncio.timeout(self.settings.connect_timeout):
+                _, conn = await loop.create_connection(
+                    lambda: ClientConnection(loop, self.context), self.host, self.port
+                )
+        except TimeoutError:
+            raise UpstreamError(
+                FailureKind.CONNECT_TIMEOUT,
+                f"{self.context}: connect timeout after {self.settings.connect_timeout:g}s",
+            ) from None
+        except ConnectionRefusedError:
+            raise UpstreamError(FailureKind.CONNECT_REFUSED, f"{self.context}: connect refused") from None
+        except socket.gaierror as exc:
+            raise UpstreamError(
+                FailureKind.UNROUTABLE, f"{self.context}: cannot resolve: {exc.strerror}"
+            ) from None
+        except OSError as exc:
+            kind = FailureKind.UNROUTABLE if exc.errno in _UNROUTABLE else FailureKind.CONNECT_REFUSED
+            raise UpstreamError(kind, f"{self.context}: connect failed: {exc.strerror or exc}") from None
+        conn.on_idle = self._release
+        self._open.add(conn)
+        return conn
+
+    def _release(self, conn: ClientConnection) -> None:
+        settings = self.settings
+        if (
+            self._closed
+            or len(self._idle) >= settings.max_idle
+            or (
+                settings.max_requests_per_connection
+                and conn.requests_sent >= settings.max_requests_per_connection
+            )
+        ):
+            self._forget(conn)
+            conn.close()
+            return
+        self._idle.append((conn, self._loop.time()))
+        if self._timer is None:
+            self._timer = self._loop.call_later(settings.idle_timeout, self._sweep)
+
+    def _forget(self, conn: ClientConnection) -> None:
+        self._open.discard(conn)
+
+    def _sweep(self) -> None:
+        """Close connections idle longer than idle_timeout (oldest are at the left)."""
+        self._timer = None
+        cutoff = self._loop.time() - self.settings.idle_timeout
+        idle = self._idle
+        while idle and (idle[0][1] <= cutoff or idle[0][0].closed):
+            conn, _ = idle.popleft()
+            self._forget(conn)
+            conn.close()
+        # Forget connections that closed while in use or idle, so the open set stays bounded.
+        self._open = {c for c in self._open if not c.closed}
+        if idle:
+            self._timer = self._loop.call_at(idle[0][1] + self.settings.idle_timeout, self._sweep)
+
+    def close(self) -> None:
+        """Close idle connections now; busy ones close when their exchange ends."""
+        self._closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        while self._idle:
+            conn, _ = self._idle.pop()
+            conn.close()
+        self._open.clear()
