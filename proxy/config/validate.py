@@ -1,7 +1,8 @@
 """Cross-reference checks on an already schema-valid `Config`: what no single field can know alone.
 
 Owns: routes and splits naming existing clusters, unique listener / route / cluster names, listener and
-admin addresses that do not collide, readable TLS files, per-try timeouts that fit in the route timeout.
+admin addresses that do not collide, readable TLS files, per-try timeouts that fit in the route timeout,
+header rules and rewrites that their owners (proxy.filters) can compile.
 Each finding is an `Issue` located by key path; `load.py` turns the path into a file line.
 
 Must not: parse YAML, know line numbers, repeat per-field checks (those live in `model.py`), or open
@@ -46,7 +47,30 @@ def cross_check(config: Config, base_dir: str | Path, *, assume_clusters: Collec
     issues += _addresses(config, check_admin)
     issues += _tls_files(config, base)
     issues += _timeouts(config)
+    issues += _route_rules(config)
     return issues
+
+
+def _route_rules(config: Config) -> Iterator[Issue]:
+    # Header rules and rewrites are compiled by their owners; compiling them here too means `validate`
+    # refuses what `run` would refuse, with the file and line, instead of failing at start-up.
+    from proxy.filters.headers import HeaderRewriter
+    from proxy.filters.rewrite import Rewriter
+
+    for index, listener in enumerate(config.listeners):
+        for route_index, route in enumerate(listener.routes):
+            where: Loc = ("listeners", index, "routes", route_index)
+            if route.headers is not None:
+                for side in ("request", "response"):
+                    ops = getattr(route.headers, side)
+                    try:
+                        HeaderRewriter.from_config(ops)
+                    except ValueError as exc:
+                        yield Issue((*where, "headers", side), str(exc))
+            try:
+                Rewriter.from_config(route.rewrite, route.match)
+            except ValueError as exc:
+                yield Issue((*where, "rewrite"), str(exc))
 
 
 def _unique_names(config: Config) -> Iterator[Issue]:

@@ -55,7 +55,8 @@ _EXTRACT_NAMES: Final[dict[bytes, int]] = {
     b"x-b3-sampled": _X_B3_SAMPLED,
     b"x-b3-flags": _X_B3_FLAGS,
 }
-# A name seen twice (two `traceparent` lines, say) is ambiguous; W3C says to treat that as invalid.
+# A single-valued name seen twice (two `traceparent` lines, say) is ambiguous, and joined with a comma
+# as HTTP allows it would not parse either: the sentinel fails every validator, so it reads as absent.
 _DUPLICATE: Final = b"\x00duplicate"
 
 # Removed by inject: everything we rewrite, and all five B3 multi-headers (x-b3-parentspanid too): left
