@@ -60,6 +60,28 @@ def cmd_run(args: argparse.Namespace) -> int:
     return run(loaded)
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    import asyncio
+
+    import uvloop
+
+    from proxy.config.load import ConfigError
+    from proxy.demo import DEMO_CONFIG, run_demo
+    from proxy.runtime import setup_logging
+
+    setup_logging("warning")
+    uvloop.install()
+    try:
+        return asyncio.run(run_demo(Path(args.config) if args.config else DEMO_CONFIG))
+    except ConfigError as error:
+        for problem in error.problems:
+            print(problem, file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"sidecar demo: cannot start: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+
+
 def cmd_certs_init(args: argparse.Namespace) -> int:
     from proxy.security.certs import CertError, init_ca
 
@@ -99,6 +121,10 @@ def build_parser() -> argparse.ArgumentParser:
     validate = commands.add_parser("validate", help="check a config file and print every problem")
     validate.add_argument("-c", "--config", required=True, help="the YAML config file")
     validate.set_defaults(func=cmd_validate)
+
+    demo = commands.add_parser("demo", help="run two demo services behind the sidecar and print curl commands")
+    demo.add_argument("-c", "--config", help="the demo config (default: config/demo.yaml)")
+    demo.set_defaults(func=cmd_demo)
 
     certs = commands.add_parser("certs", help="development CA and workload certificates")
     certs_commands = certs.add_subparsers(dest="certs_command", required=True)

@@ -16,7 +16,10 @@ from proxy.config.model import Address, parse_duration, parse_size
 
 REPO = Path(__file__).resolve().parents[3]
 CONFIG_DIR = REPO / "config"
-CONTRACT = Path("/work/shared/config-contract.yaml")
+# The product brief's contract sits beside the repository (../shared); a clean clone elsewhere may not
+# have it, so tests compare against it only when it is there and otherwise use config/full.yaml.
+CONTRACT = Path(__file__).resolve().parents[3].parent / "shared" / "config-contract.yaml"
+needs_contract = pytest.mark.skipif(not CONTRACT.exists(), reason="../shared/config-contract.yaml not present")
 CONTRACT_CERTS = ("payment-service.pem", "payment-service-key.pem", "ca.pem")
 
 
@@ -75,6 +78,7 @@ def test_routing_example_shows_every_match_kind() -> None:
     assert any(r.headers for r in routes) and any(r.rewrite for r in routes)
 
 
+@needs_contract
 def test_full_example_is_the_contract_with_certs_one_level_up() -> None:
     full = (CONFIG_DIR / "full.yaml").read_text()
     assert full == CONTRACT.read_text().replace("certs/dev/", "../certs/dev/")
@@ -98,7 +102,9 @@ def test_full_example_loads_once_its_cert_files_exist(tmp_path: Path) -> None:
 
 
 def test_contract_without_cert_files_reports_each_one(tmp_path: Path) -> None:
-    shutil.copy(CONTRACT, tmp_path / "contract.yaml")
+    # config/full.yaml is the contract with certs one level up: undo that to get the contract's own text.
+    text = (CONFIG_DIR / "full.yaml").read_text().replace("../certs/dev/", "certs/dev/")
+    (tmp_path / "contract.yaml").write_text(text)
     found = problems(tmp_path / "contract.yaml")
     assert len(found) == 9  # cert, key, ca of one listener and two clusters
     assert found[0] == (f"{tmp_path / 'contract.yaml'}:45: listeners[0].tls.cert: unreadable TLS file: "

@@ -1,0 +1,80 @@
+"""The admin endpoints of a running sidecar, read with a real HTTP client after real traffic."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+import aiohttp
+import pytest
+
+from tests.integration.upstreams import start_upstream
+
+
+def config(upstream: str) -> str:
+    return f"""
+    admin: {{address: "127.0.0.1:0"}}
+    listeners:
+      - name: outbound
+        address: "127.0.0.1:0"
+        routes:
+          - name: api
+            match: {{prefix: /api}}
+            cluster: backend
+    clusters:
+      - name: backend
+        endpoints: ["{upstream}"]
+    """
+
+
+async def test_metrics_count_requests_by_route_cluster_and_code(sidecar) -> None:  # type: ignore[no-untyped-def]
+    upstream = await start_upstream()
+    running = await sidecar(config(upstream.address))
+    async with aiohttp.ClientSession() as session:
+        for _ in range(3):
+            async with session.get(running.url("/api/x")) as response:
+                assert response.status == 200
+        async with session.get(running.url("/nothing-here")) as response:
+            assert response.status == 404
+            assert response.headers["proxy-status"].startswith("sidecar; error=destination_not_found")
+        async with session.get(running.admin_url("/metrics")) as response:
+            text = await response.text()
+    assert 'sidecar_requests_total{cluster="backend",code="200",listener="outbound",route="api"} 3.0' in text
+    assert 'sidecar_requests_total{cluster="",code="404",listener="outbound",route=""} 1.0' in text
+    assert 'sidecar_request_duration_seconds_count{cluster="backend",listener="outbound",route="api"} 3.0' in text
+    assert 'sidecar_downstream_connections{listener="outbound"}' in text
+    if shutil.which("promtool") is None:
+        pytest.skip("promtool not installed (Debian package prometheus)")
+    check = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True,
+                           timeout=30)
+    assert check.returncode == 0, check.stdout + check.stderr
+    await upstream.stop()
+
+
+async def test_clusters_config_dump_ready_and_shutdown(sidecar) -> None:  # type: ignore[no-untyped-def]
+    upstream = await start_upstream()
+    running = await sidecar(config(upstream.address))
+    async with aiohttp.ClientSession() as session:
+        async with session.get(running.url("/api/warm")) as response:
+            assert response.status == 200
+        async with session.get(running.admin_url("/clusters")) as response:
+            clusters = await response.json()
+        backend = clusters["clusters"][0]
+        assert backend["name"] == "backend"
+        assert backend["endpoints"][0]["address"] == upstream.address
+        assert backend["endpoints"][0]["requests"] == 1
+        assert backend["endpoints"][0]["idle_connections"] == 1
+        async with session.get(running.admin_url("/config_dump")) as response:
+            dump = await response.json()
+        assert dump["version_hash"] == running.app.loaded.version_hash
+        assert dump["clusters"][0]["name"] == "backend"
+        async with session.get(running.admin_url("/live")) as response:
+            assert response.status == 200
+        async with session.get(running.admin_url("/ready")) as response:
+            assert response.status == 200
+        async with session.post(running.admin_url("/shutdown")) as response:
+            assert response.status == 200
+        async with session.get(running.admin_url("/ready")) as response:
+            assert response.status == 503
+            assert "draining" in await response.text()
+    await upstream.stop()
