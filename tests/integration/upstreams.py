@@ -41,7 +41,8 @@ async def start_upstream(handler: Handler | None = None, name: str = "upstream")
             "method": request.method,
             "path": request.path,
             "query": request.query_string,
-            "headers": {k.lower(): v for k, v in request.headers.items()},
+            # Repeated headers are joined with ", " (as a proxy may legally fold them).
+            "headers": {k.lower(): ", ".join(request.headers.getall(k)) for k in request.headers},
             "body_length": len(body),
         })
 
