@@ -436,8 +436,11 @@ class ServerConnection(asyncio.Protocol):
         if self.active is None and not self._queue:
             return None
         self._stopped = True
-        if self.active is not None:
-            self.active.close_after = True
+        # Close after the last request received, not the one being answered: pipelined requests
+        # still queued behind it were sent before the EOF and are owed their answers.
+        last = self._queue[-1] if self._queue else self.active
+        if last is not None:
+            last.close_after = True
         return True
 
     def pause_writing(self) -> None:

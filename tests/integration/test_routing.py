@@ -134,12 +134,12 @@ async def test_connect_gets_405_and_a_closed_connection(sidecar, two_services) -
 
 async def test_methods_query_and_absent_header_matchers(sidecar, two_services) -> None:
     campaign, payment = two_services
-    routes = f"""- name: debug-get
+    routes = """- name: debug-get
             match:
               prefix: /api
               methods: [GET]
-              query: {{debug: {{exact: "1"}}, trace: {{present: false}}}}
-              headers: {{x-internal: {{present: false}}}}
+              query: {debug: {exact: "1"}, trace: {present: false}}
+              headers: {x-internal: {present: false}}
             cluster: payment
     """
     running = await sidecar(mesh_config(campaign, payment, routes).replace(
