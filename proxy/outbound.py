@@ -273,6 +273,8 @@ class OutboundListener:
                 conn.send(request, body is not None and body.chunked, exchange.head_only, whole)
                 if body is not None and whole is None:
                     exchange.send_continue()
+                    # The upstream's write buffer bounds the streamed body: it pauses the client's socket.
+                    conn.set_body_reader(exchange.conn)
                     body.attach(conn)
                 try:
                     ready = await conn.response_head()

@@ -18,15 +18,16 @@ from typing import TYPE_CHECKING, cast
 import httptools
 
 from proxy.errors import FailureKind, UpstreamError
-from proxy.http.headers import HOP_BY_HOP, connection_tokens
+from proxy.http.headers import HOP_BY_HOP, X_REQUEST_ID, connection_tokens
 from proxy.message import Headers, ResponseHead
 
 if TYPE_CHECKING:
-    from proxy.http.server import Exchange, ServerConnection
+    from proxy.http.server import Exchange, ReadControl, ServerConnection
 
 
-# Hop-by-hop headers and the upstream's framing: the downstream response is framed anew.
-_REFRAMED = HOP_BY_HOP | {b"content-length"}
+# Hop-by-hop headers and the upstream's framing: the downstream response is framed anew. The codec
+# writes the request's x-request-id itself, so an upstream's echo of it would be a duplicate.
+_REFRAMED = HOP_BY_HOP | {b"content-length", X_REQUEST_ID}
 
 
 class ResponseReady:
@@ -44,10 +45,35 @@ class ClientConnection(asyncio.Protocol):
     """One keep-alive connection to an upstream endpoint."""
 
     __slots__ = (
-        "_body", "_body_chunked", "_chunked", "_complete", "_content_length", "_done_waiter", "_early",
-        "_head_request", "_head_waiter", "_headers", "_in_trailers", "_keep_alive", "_loop", "_reason",
-        "_response_bytes", "_skip_message", "_status", "_tunnel", "_upgraded", "closed", "context",
-        "downstream", "on_idle", "parser", "requests_sent", "transport", "write_paused",
+        "_body",
+        "_body_chunked",
+        "_chunked",
+        "_complete",
+        "_content_length",
+        "_done_waiter",
+        "_early",
+        "_head_request",
+        "_head_waiter",
+        "_headers",
+        "_in_trailers",
+        "_keep_alive",
+        "_loop",
+        "_read_paused",
+        "_reason",
+        "_response_bytes",
+        "_skip_message",
+        "_status",
+        "_tunnel",
+        "_upgraded",
+        "body_reader",
+        "closed",
+        "context",
+        "downstream",
+        "on_idle",
+        "parser",
+        "requests_sent",
+        "transport",
+        "write_paused",
     )
 
     def __init__(self, loop: asyncio.AbstractEventLoop, context: str) -> None:
@@ -59,7 +85,10 @@ class ClientConnection(asyncio.Protocol):
         self.on_idle: Callable[[ClientConnection], None] | None = None
         self.requests_sent = 0
         self.downstream: Exchange | None = None
+        # The client connection whose request body streams into this one (paused while we cannot write).
+        self.body_reader: ReadControl | None = None
         self.write_paused = False
+        self._read_paused = False
         self._reset_state()
         self._head_waiter: asyncio.Future[ResponseReady] | None = None
         self._done_waiter: asyncio.Future[None] | None = None
@@ -113,6 +142,18 @@ class ClientConnection(asyncio.Protocol):
         else:
             self.transport.write(data)
 
+    def set_body_reader(self, reader: ReadControl | None) -> None:
+        """Name the client connection whose request body streams into this one: it is paused while
+        our write buffer is full, so the body is bounded by socket buffers, not held in memory.
+        None when the body is done with this connection (a client it had paused is resumed)."""
+        previous = self.body_reader
+        self.body_reader = reader
+        if self.write_paused:
+            if previous is not None and previous is not reader:
+                previous.resume_reading()
+            if reader is not None:
+                reader.pause_reading()
+
     def end_body(self) -> None:
         if self._body_chunked and not self.closed and self.transport is not None:
             self.transport.write(b"0\r\n\r\n")
@@ -137,6 +178,9 @@ class ClientConnection(asyncio.Protocol):
         """Stream the rest of the response body into `exchange`; True when the response is complete."""
         self.downstream = exchange
         exchange.upstream_reader = self
+        if exchange.conn.write_paused:
+            # The client is still behind on an earlier response: read nothing more until it catches up.
+            self.pause_reading()
         body, self._body = self._body, []
         for chunk in body:
             exchange.write_body(chunk)
@@ -151,14 +195,17 @@ class ClientConnection(asyncio.Protocol):
 
     def detach(self) -> None:
         self.downstream = None
+        self.set_body_reader(None)
 
     # ReadControl: the downstream's write buffer is full, stop reading the upstream.
     def pause_reading(self) -> None:
-        if self.transport is not None and not self.closed:
+        if self.transport is not None and not self.closed and not self._read_paused:
+            self._read_paused = True
             self.transport.pause_reading()
 
     def resume_reading(self) -> None:
-        if self.transport is not None and not self.closed:
+        if self.transport is not None and not self.closed and self._read_paused:
+            self._read_paused = False
             self.transport.resume_reading()
 
     # -- transport events --------------------------------------------------------------------------
@@ -231,19 +278,17 @@ class ClientConnection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self.write_paused = True
-        exchange = self.downstream
         if self._tunnel is not None:
             self._tunnel.pause_reading()
-        elif exchange is not None:
-            exchange.conn.pause_reading()
+        elif self.body_reader is not None:
+            self.body_reader.pause_reading()
 
     def resume_writing(self) -> None:
         self.write_paused = False
-        exchange = self.downstream
         if self._tunnel is not None:
             self._tunnel.resume_reading()
-        elif exchange is not None:
-            exchange.conn.resume_reading()
+        elif self.body_reader is not None:
+            self.body_reader.resume_reading()
 
     # -- parser callbacks --------------------------------------------------------------------------
 
@@ -276,7 +321,7 @@ class ClientConnection(asyncio.Protocol):
         if status == 101:
             # The upgrade handshake keeps Connection/Upgrade: the tunnel needs them end to end.
             kept = [(n, v) for n, v in headers if n not in (b"content-length", b"transfer-encoding",
-                                                            b"keep-alive", b"te", b"trailer")]
+                                                            b"keep-alive", b"te", b"trailer", X_REQUEST_ID)]
         elif has_connection:
             named = connection_tokens(headers)
             kept = [(n, v) for n, v in headers
@@ -320,7 +365,11 @@ class ClientConnection(asyncio.Protocol):
         self.downstream = None
         self._head_waiter = None
         self._done_waiter = None
+        self.set_body_reader(None)
         if reusable and self._complete and self._keep_alive and not self.closed and self.on_idle is not None:
+            # The last bytes may have arrived just as the slow client made us pause: an idle pooled
+            # connection must be reading, or it would never see its next response (or its close).
+            self.resume_reading()
             self.on_idle(self)
         else:
             self.close()
@@ -343,10 +392,21 @@ class ClientConnection(asyncio.Protocol):
         early, self._early = self._early, b""
         if early:
             downstream.write(early)
+        if downstream.write_paused:
+            self.pause_reading()
 
     def tunnel_write(self, data: bytes) -> None:
         if self.transport is not None and not self.closed:
             self.transport.write(data)
+
+    def tunnel_eof(self) -> None:
+        """The client half-closed the tunnel: pass the FIN on (a WebSocket peer then closes its side)."""
+        transport = self.transport
+        if transport is not None and not self.closed:
+            if transport.can_write_eof():
+                transport.write_eof()
+            else:
+                self.close()
 
     def tunnel_close(self) -> None:
         self._tunnel = None

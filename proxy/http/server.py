@@ -53,13 +53,6 @@ class ServerSettings:
     scheme: bytes = b"http"
 
 
-class BodySink(Protocol):
-    """Where request body bytes go once an upstream is attached (an upstream connection)."""
-
-    def write_body(self, data: bytes) -> None: ...
-    def end_body(self) -> None: ...
-
-
 class ReadControl(Protocol):
     """The other side's reading, paused while our write buffer is full."""
 
@@ -67,10 +60,18 @@ class ReadControl(Protocol):
     def resume_reading(self) -> None: ...
 
 
+class BodySink(Protocol):
+    """Where request body bytes go once an upstream is attached (an upstream connection)."""
+
+    def write_body(self, data: bytes) -> None: ...
+    def end_body(self) -> None: ...
+
+
 class TunnelPeer(Protocol):
     """The upstream end of an upgraded (WebSocket) connection."""
 
     def tunnel_write(self, data: bytes) -> None: ...
+    def tunnel_eof(self) -> None: ...
     def tunnel_close(self) -> None: ...
     def pause_reading(self) -> None: ...
     def resume_reading(self) -> None: ...
@@ -263,6 +264,10 @@ class Exchange:
     def _write_head(self, head: ResponseHead, extra: bytes, first: bytes = b"") -> None:
         self.response_started = True
         self.response_status = head.status
+        if self.websocket and head.status != 101:
+            # Parsing stopped at the handshake (what follows was to be tunnel bytes): without the
+            # upgrade, the stream position is unknown, so this answer is the connection's last.
+            self.close_after = True
         extra += b"x-request-id: " + self.request_id + b"\r\n"
         if self.close_after or self.conn.draining:
             self.close_after = True
@@ -321,7 +326,9 @@ class ServerConnection(asyncio.Protocol):
         "_blocks",
         "_closing",
         "_early",
+        "_eof",
         "_head_bytes",
+        "_head_fed",
         "_head_start",
         "_header_count",
         "_headers",
@@ -330,6 +337,7 @@ class ServerConnection(asyncio.Protocol):
         "_loop",
         "_queue",
         "_request_seen",
+        "_resume_body",
         "_stopped",
         "_task",
         "_timer",
@@ -342,6 +350,7 @@ class ServerConnection(asyncio.Protocol):
         "parser",
         "peer_ip",
         "transport",
+        "write_paused",
     )
 
     def __init__(self, listener: Listener, loop: asyncio.AbstractEventLoop) -> None:
@@ -353,10 +362,13 @@ class ServerConnection(asyncio.Protocol):
         self._url = b""
         self._headers: Headers = []
         self._head_bytes = 0
+        self._head_fed = 0
         self._header_count = 0
         self._in_head = False
         self._in_trailers = False
         self._head_start = 0.0
+        # True while a synthetic head is being fed to resume a body after a dropped Upgrade.
+        self._resume_body = False
         self._queue: deque[Exchange] = deque()
         self.active: Exchange | None = None
         self._task: asyncio.Task[None] | None = None
@@ -366,8 +378,11 @@ class ServerConnection(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._tunnel: TunnelPeer | None = None
         self._early = b""
+        self._eof = False
         self._request_seen = False
         self.draining = False
+        # Our socket's write buffer is over its high-water mark: an upstream attached now starts paused.
+        self.write_paused = False
         self.idle_since = loop.time()
 
     # -- transport events --------------------------------------------------------------------------
@@ -413,10 +428,15 @@ class ServerConnection(asyncio.Protocol):
             if data[:3] == b"PRI" and HTTP2_PREFACE.startswith(data[: len(HTTP2_PREFACE)]):
                 self._protocol_error(local_reply(Cause.HTTP2_PREFACE))
                 return
+        if self._in_head:
+            # llhttp hands a header line over only once it is complete: a line that never ends would
+            # be buffered without bound. Count the bytes of chunks that arrive mid-head instead.
+            self._head_fed += len(data)
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
             self._on_upgrade(data[upgrade.args[0]:])
+            return
         except httptools.HttpParserCallbackError as exc:
             reason = exc.__context__
             if isinstance(reason, _StopParsing):
@@ -430,8 +450,16 @@ class ServerConnection(asyncio.Protocol):
                 self._protocol_error(local_reply(Cause.BAD_REQUEST, f"malformed request: {detail}"))
         except httptools.HttpParserError as exc:
             self._protocol_error(local_reply(Cause.BAD_REQUEST, f"malformed request: {exc}"))
+        else:
+            if self._in_head and self._head_fed > self.listener.settings.max_head_bytes:
+                self._protocol_error(local_reply(Cause.HEAD_TOO_LARGE))
 
     def eof_received(self) -> bool | None:
+        self._eof = True
+        if self._tunnel is not None:
+            # Half-close travels through the tunnel; the connection ends when the upstream side closes.
+            self._tunnel.tunnel_eof()
+            return True
         # A half-closed client may still wait for answers to what it sent: keep writing until they are out.
         if self.active is None and not self._queue:
             return None
@@ -444,6 +472,7 @@ class ServerConnection(asyncio.Protocol):
         return True
 
     def pause_writing(self) -> None:
+        self.write_paused = True
         active = self.active
         if active is not None and active.upstream_reader is not None:
             active.upstream_reader.pause_reading()
@@ -451,6 +480,7 @@ class ServerConnection(asyncio.Protocol):
             self._tunnel.pause_reading()
 
     def resume_writing(self) -> None:
+        self.write_paused = False
         active = self.active
         if active is not None and active.upstream_reader is not None:
             active.upstream_reader.resume_reading()
@@ -486,11 +516,14 @@ class ServerConnection(asyncio.Protocol):
     # -- parser callbacks (httptools) --------------------------------------------------------------
 
     def on_message_begin(self) -> None:
+        if self._resume_body:
+            return
         self._in_head = True
         self._in_trailers = False
         self._url = b""
         self._headers = []
         self._head_bytes = 0
+        self._head_fed = 0
         self._header_count = 0
         now = self._loop.time()
         self._head_start = now
@@ -499,13 +532,15 @@ class ServerConnection(asyncio.Protocol):
             self._arm_at(deadline)
 
     def on_url(self, url: bytes) -> None:
+        if self._resume_body:
+            return
         self._url += url
         self._head_bytes += len(url)
         if self._head_bytes > self.listener.settings.max_head_bytes:
             raise _HeadTooLarge()
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if self._in_trailers:
+        if self._in_trailers or self._resume_body:
             return  # trailers are not forwarded over HTTP/1.1 (Trailer is hop-by-hop)
         self._head_bytes += len(name) + len(value) + 4
         self._header_count += 1
@@ -517,6 +552,9 @@ class ServerConnection(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         self._in_head = False
         self._in_trailers = True
+        if self._resume_body:
+            self._resume_body = False  # the synthetic head is done: what follows is the real body
+            return
         parser = self.parser
         method: bytes = parser.get_method()
         headers = self._headers
@@ -618,6 +656,10 @@ class ServerConnection(asyncio.Protocol):
     def on_message_complete(self) -> None:
         exchange = self._queue[-1] if self._queue else self.active
         if exchange is not None and exchange.body is not None and not exchange.body.complete:
+            if self.parser.should_upgrade() and not exchange.websocket:
+                # llhttp skips the body of any upgrade request; a dropped Upgrade (h2c) still has one,
+                # read after the upgrade point (see _on_upgrade).
+                return
             exchange.body.finish()
 
     # -- queueing and handing requests over ---------------------------------------------------------
@@ -661,6 +703,9 @@ class ServerConnection(asyncio.Protocol):
         self.active = None
         self._task = None
         exchange.upstream_reader = None
+        # The upstream may have paused this socket for the body (its write buffer was full when the
+        # exchange ended): the next request must be read.
+        self._unblock(_BLOCK_UPSTREAM)
         body = exchange.body
         if body is not None and not body.complete:
             # The answer went out before the client finished its body: the stream position is lost.
@@ -727,9 +772,20 @@ class ServerConnection(asyncio.Protocol):
             # Everything after the handshake belongs to the tunnel, once the upstream agrees (101).
             self._stopped = True
             self._early = rest
-        elif rest:
+        else:
             # Any other Upgrade (h2c, ...) is dropped as hop-by-hop: keep parsing HTTP/1.1.
-            self.data_received(rest)
+            body = last.body if last is not None else None
+            if body is not None and not body.complete:
+                # llhttp skipped this request's body (it expected another protocol to follow). Read it
+                # with a fresh parser primed by a head that declares the same framing; its callbacks
+                # feed the queued exchange, and pipelined requests after it parse as usual.
+                self.parser = httptools.HttpRequestParser(self)
+                self._resume_body = True
+                framing = b"transfer-encoding: chunked" if body.chunked else b"content-length: %d" % (
+                    body.length or 0)
+                self.parser.feed_data(b"POST / HTTP/1.1\r\nhost: -\r\n" + framing + b"\r\n\r\n")
+            if rest:
+                self.data_received(rest)
 
     def start_tunnel(self, peer: TunnelPeer) -> None:
         self._tunnel = peer
@@ -739,6 +795,9 @@ class ServerConnection(asyncio.Protocol):
         early, self._early = self._early, b""
         if early:
             peer.tunnel_write(early)
+        if self._eof:
+            peer.tunnel_eof()  # the client half-closed before the upstream's 101 arrived
+            return
         self._blocks = 0
         if self.transport is not None and not self._closing:
             self.transport.resume_reading()
