@@ -48,9 +48,8 @@ def unsupported_keys(config: Config) -> list[str]:
         if listener.tls is not None:
             found.append(f"{where}.tls")
         for j, route in enumerate(listener.routes):
-            for key in ("authz", "retries", "rate_limit", "fault"):
-                if getattr(route, key) is not None:
-                    found.append(f"{where}.routes[{j}].{key}")
+            if route.authz is not None:
+                found.append(f"{where}.routes[{j}].authz")
     for i, cluster in enumerate(config.clusters):
         where = f"clusters[{i}]"
         if cluster.discovery is not None:
@@ -58,9 +57,8 @@ def unsupported_keys(config: Config) -> list[str]:
             found.append(f"{where}.discovery.{kind}")
         if cluster.load_balancer != "round_robin":
             found.append(f"{where}.load_balancer")
-        for key in ("tls", "circuit_breaker", "limits", "outlier_detection"):
-            if getattr(cluster, key) is not None:
-                found.append(f"{where}.{key}")
+        if cluster.tls is not None:
+            found.append(f"{where}.tls")
     return found
 
 
@@ -93,12 +91,13 @@ class App:
         self.draining = False
         self.stopped = asyncio.Event()
         self._shutdown_requested = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
 
     # -- building ----------------------------------------------------------------------------------
 
     def _build_clusters(self) -> None:
         for config in self.loaded.config.clusters:
-            cluster = Cluster(config)
+            cluster = Cluster(config, self.metrics, self.clock)
             if config.endpoints is not None:
                 cluster.set_endpoints(static_endpoints(config.endpoints))
             self.clusters[config.name] = cluster
@@ -107,15 +106,19 @@ class App:
         """Bind every listener and the admin server; ready once all are bound and clusters known."""
         config = self.loaded.config
         self._build_clusters()
+        for cluster in self.clusters.values():
+            if cluster.outlier is not None:
+                task = asyncio.create_task(self._outlier_timer(cluster), name=f"outlier {cluster.name}")
+                self._tasks.add(task)
         rng = self.clock.random
         trace = TracePropagator.from_config(list(config.tracing.propagation), config.tracing.sampling,
                                             random.Random(rng.random()))
         loop = asyncio.get_running_loop()
         for listener_config in config.listeners:
             table = RouteTable.from_config(listener_config.routes)
-            router = build_router(listener_config.name, table, self.clusters, self.metrics)
+            router = build_router(listener_config.name, table, self.clusters, self.metrics, self.clock)
             listener = OutboundListener(listener_config.name, server_settings(listener_config), router, trace,
-                                        self.metrics, random.Random(rng.random()))
+                                        self.metrics, self.clock)
             address = listener_config.address
             server = await loop.create_server(
                 create_protocol_factory(listener), address.host, address.port,
@@ -146,6 +149,17 @@ class App:
         self.draining = True
         self._shutdown_requested.set()
 
+    async def _outlier_timer(self, cluster: Cluster) -> None:
+        """Outlier detection decides ejections here, every `interval`, off the request path."""
+        assert cluster.outlier is not None
+        interval = cluster.outlier.interval
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                cluster.evaluate_outliers()
+            except Exception:
+                log.exception("outlier detection failed for cluster %s", cluster.name)
+
     async def drain_and_stop(self) -> None:
         """Stop accepting, close idle keep-alive connections, finish in-flight requests, then stop."""
         self.draining = True
@@ -161,6 +175,9 @@ class App:
         for listener in self.listeners.values():
             for conn in list(listener.connections):
                 conn.abort()
+        for task in self._tasks:
+            task.cancel()
+        self._tasks.clear()
         for cluster in self.clusters.values():
             cluster.close()
         if self.admin is not None:
@@ -193,6 +210,9 @@ class AdminView:
         return {"clusters": [cluster.snapshot() for cluster in self._app.clusters.values()]}
 
     async def metrics(self, accept: str | None) -> tuple[bytes, str]:
+        # Breaker states move open -> half-open lazily (on the next request); read them so a scrape is current.
+        for cluster in self._app.clusters.values():
+            cluster.update_gauges()
         return render_metrics(self._app.registry, accept)
 
     def request_shutdown(self) -> None:

@@ -21,18 +21,30 @@ from proxy.config.load import LoadedConfig, load_config
 from proxy.config.model import Address
 
 DEMO_CONFIG = Path(__file__).resolve().parent.parent / "config" / "demo.yaml"
+# The ports config/demo.yaml names for the two demo services.
+V1_PORT = 18081
+V2_PORT = 18082
 
 
 def demo_service(version: str) -> web.Application:
-    """A tiny campaign service: answers its name and version on every path."""
+    """A tiny campaign service: answers its name and version; `/api/v1/flaky` fails every other request
+    with 503 and `/api/v1/unstable` always does (to show a retry and the breaker)."""
+    calls = {"flaky": 0}
 
     async def campaigns(request: web.Request) -> web.Response:
+        if request.path.startswith("/api/v1/unstable"):
+            return web.json_response({"version": version, "error": "unstable always fails"}, status=503)
+        if request.path.startswith("/api/v1/flaky"):
+            calls["flaky"] += 1
+            if calls["flaky"] % 2:
+                return web.json_response({"version": version, "error": "flaky failure"}, status=503)
         return web.json_response({
             "service": "campaign-service",
             "version": version,
             "path": request.path,
             "x-request-id": request.headers.get("x-request-id"),
             "traceparent": request.headers.get("traceparent"),
+            "x-sidecar-attempt": request.headers.get("x-sidecar-attempt"),
         })
 
     app = web.Application()
@@ -40,10 +52,11 @@ def demo_service(version: str) -> web.Application:
     return app
 
 
-async def start_service(version: str) -> tuple[web.AppRunner, int]:
+async def start_service(version: str, port: int) -> tuple[web.AppRunner, int]:
+    """Start a demo service on `port` when it is free, else on a free port; returns the bound port."""
     runner = web.AppRunner(demo_service(version), access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
+    site = web.TCPSite(runner, "127.0.0.1", port if _port_free(Address(host="127.0.0.1", port=port)) else 0)
     await site.start()
     return runner, int(runner.addresses[0][1])
 
@@ -57,12 +70,14 @@ def _port_free(address: Address) -> bool:
     return True
 
 
-def fit_config(loaded: LoadedConfig, ports: dict[str, int]) -> LoadedConfig:
-    """Point each cluster at its demo service; keep listener/admin ports when free, else pick free ones."""
+def fit_config(loaded: LoadedConfig, ports: dict[int, int]) -> LoadedConfig:
+    """Point endpoints at the demo services' actual ports (`ports` maps configured -> bound); keep the
+    listener and admin ports when free, else pick free ones."""
     config = loaded.config
     clusters = [
-        cluster.model_copy(update={"endpoints": [Address(host="127.0.0.1", port=ports[cluster.name])]})
-        if cluster.name in ports else cluster
+        cluster.model_copy(update={"endpoints": [
+            Address(host=a.host, port=ports.get(a.port, a.port)) for a in cluster.endpoints]})
+        if cluster.endpoints else cluster
         for cluster in config.clusters
     ]
     listeners = [
@@ -96,8 +111,15 @@ def instructions(app: App) -> str:
         "  # the request id and trace context the sidecar adds (sent back by the demo service)",
         f"  curl -si {base}/api/v1/campaigns/42",
         "",
+        "  # a retry: the service fails every other request with 503; the caller sees 200 (attempt 2)",
+        f"  curl -s {base}/api/v1/flaky",
+        "",
+        "  # the breaker: 3 failures open it; then the sidecar answers 503 destination_unavailable itself",
+        f"  for i in 1 2 3 4; do curl -s -o /dev/null -w '%{{http_code}} ' {base}/api/v1/unstable; done; echo",
+        f"  curl -si {base}/api/v1/unstable | grep -i proxy-status",
+        "",
         "  # metrics, clusters and the config in force",
-        f"  curl -s {admin}/metrics | grep sidecar_requests_total",
+        f"  curl -s {admin}/metrics | grep -E 'sidecar_(requests|retries|circuit_breaker_state)'",
         f"  curl -s {admin}/clusters",
         "",
         "Ctrl-C stops everything.",
@@ -108,11 +130,11 @@ def instructions(app: App) -> str:
 async def run_demo(config_path: Path) -> int:
     loaded = load_config(config_path)
     runners: list[web.AppRunner] = []
-    ports: dict[str, int] = {}
-    for version in ("v1", "v2"):
-        runner, port = await start_service(version)
+    ports: dict[int, int] = {}
+    for version, configured in (("v1", V1_PORT), ("v2", V2_PORT)):
+        runner, port = await start_service(version, configured)
         runners.append(runner)
-        ports[f"campaign-{version}"] = port
+        ports[configured] = port
     app = App(fit_config(loaded, ports))
     await app.start()
     loop = asyncio.get_running_loop()

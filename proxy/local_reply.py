@@ -39,6 +39,7 @@ class Cause(enum.Enum):
     HEAD_TIMEOUT = (408, "http_request_error", "request head not received in time")
     METHOD_NOT_ALLOWED = (405, "http_request_error", "CONNECT is not supported")
     HTTP2_PREFACE = (505, "http_protocol_error", "HTTP/2 is not supported on this listener")
+    HTTP_VERSION = (505, "http_protocol_error", "only HTTP/1.0 and HTTP/1.1 are supported on this listener")
 
     @property
     def status(self) -> int:

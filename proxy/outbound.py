@@ -6,9 +6,17 @@ cluster when a config is loaded, never per request. The order, and why:
   included, carries the request id and is counted;
 - router next: the route table is a snapshot read once per request, so a reload applies from the next
   request and in-flight ones finish on the config they started with;
-- route deadline above the attempt, so it bounds the whole exchange (later: all retries and backoff);
+- hooks (rate limit, then fault injection) before any upstream work: a limited or faulted request costs
+  the upstream nothing; header rules after them, on what will actually be sent;
+- route deadline above the retry loop, so it bounds all attempts and backoff; fault delays sit outside it
+  (Istio: no timeouts or retries apply to injected faults);
 - split picks the cluster once per logical request, before any retry;
-- attempt: pick an endpoint, take a pooled connection, inject a new span id, send, splice the response.
+- retry loop (policy, budget, backoff, body replay) above the cluster bulkhead, so every attempt is
+  admitted by the bulkhead on its own and a retry storm cannot bypass it;
+- attempt: the balancer offers endpoints whose breaker admits (avoiding those tried), the per-try
+  deadline covers connect and the response head, a new span id and `x-sidecar-attempt` go on each try;
+- the one classifier's verdict feeds retry, breaker, outlier detection and attempt metrics alike; the
+  breaker records after the per-try timeout so it sees timeouts as failures.
 Must not parse bytes (the codec does) or hold policy state of its own (the concern packages do).
 """
 
@@ -19,17 +27,26 @@ import logging
 import random
 from collections.abc import Sequence
 
-from proxy.errors import UpstreamError
+from proxy.clock import Clock
+from proxy.errors import FailureKind, UpstreamError
 from proxy.filters.headers import HeaderRewriter
+from proxy.filters.ratelimit import RateLimiter, retry_after
 from proxy.filters.rewrite import Rewriter
 from proxy.filters.trace import TraceContext, TracePropagator
+from proxy.http.client import ClientConnection, ResponseReady
 from proxy.http.headers import X_FORWARDED_FOR, X_FORWARDED_PROTO, serialize_request
 from proxy.http.server import Exchange, ServerConnection, ServerSettings
 from proxy.local_reply import Cause, LocalReply, failure_reply, local_reply
+from proxy.resilience.budget import BudgetDecision
+from proxy.resilience.classify import Verdict, classify_cancelled, classify_failure, classify_status
+from proxy.resilience.fault import FaultInjector
+from proxy.resilience.limits import LimitDecision
+from proxy.resilience.retry import CompiledRetryPolicy
 from proxy.routing.split import Split
 from proxy.routing.table import RouteTable
-from proxy.telemetry.metrics import Metrics, RouteMetrics
+from proxy.telemetry.metrics import Metrics, RetryMetrics, RouteMetrics
 from proxy.upstream.cluster import Cluster
+from proxy.upstream.endpoint import Endpoint
 
 log = logging.getLogger("proxy.outbound")
 
@@ -37,40 +54,48 @@ log = logging.getLogger("proxy.outbound")
 IDEMPOTENT = frozenset((b"GET", b"HEAD", b"PUT", b"DELETE", b"OPTIONS", b"TRACE"))
 WEBSOCKET_HEADERS = b"connection: upgrade\r\nupgrade: websocket\r\n"
 CLIENT_CLOSED = 499  # nginx's convention for "the client went away before the answer" in metrics
+IDEMPOTENCY_KEY = b"idempotency-key"
+RETRY_AFTER = b"retry-after"
+# `x-sidecar-attempt: N` lines, rendered once (attempts beyond the table are formatted on the fly).
+_ATTEMPT_LINES = tuple(b"x-sidecar-attempt: %d\r\n" % n for n in range(17))
+_LIMIT_CAUSES = {
+    LimitDecision.REJECTED_MAX_REQUESTS: (Cause.CLUSTER_LIMIT, "max_requests"),
+    LimitDecision.REJECTED_MAX_PENDING: (Cause.CLUSTER_LIMIT, "max_pending"),
+    LimitDecision.REJECTED_PENDING_TIMEOUT: (Cause.PENDING_TIMEOUT, "pending_timeout"),
+}
 
 
 class Target:
     """One (route, cluster) pair: the cluster and the metric children bound for the pair."""
 
-    __slots__ = ("cluster", "metrics")
+    __slots__ = ("cluster", "metrics", "retries")
 
-    def __init__(self, cluster: Cluster, metrics: RouteMetrics) -> None:
+    def __init__(self, cluster: Cluster, metrics: RouteMetrics, retries: RetryMetrics) -> None:
         self.cluster = cluster
         self.metrics = metrics
+        self.retries = retries
 
 
 class RoutePath:
-    """A route's compiled stages."""
+    """A route's compiled stages (None where the route has no such stage: it then costs nothing)."""
 
-    __slots__ = ("name", "request_rules", "response_rules", "rewriter", "split", "targets", "timeout")
+    __slots__ = ("fault", "local", "name", "rate_limited", "rate_limiter", "request_rules", "response_rules",
+                 "retry", "rewriter", "split", "targets", "timeout")
 
-    def __init__(
-        self,
-        name: str,
-        split: Split,
-        targets: dict[str, Target],
-        timeout: float | None,
-        request_rules: HeaderRewriter | None,
-        response_rules: HeaderRewriter | None,
-        rewriter: Rewriter | None,
-    ) -> None:
+    def __init__(self, name: str, split: Split, targets: dict[str, Target], timeout: float | None) -> None:
         self.name = name
         self.split = split
         self.targets = targets
         self.timeout = timeout
-        self.request_rules = request_rules
-        self.response_rules = response_rules
-        self.rewriter = rewriter
+        self.request_rules: HeaderRewriter | None = None
+        self.response_rules: HeaderRewriter | None = None
+        self.rewriter: Rewriter | None = None
+        self.retry: CompiledRetryPolicy | None = None
+        self.rate_limiter: RateLimiter | None = None
+        self.fault: FaultInjector | None = None
+        self.rate_limited: object = None
+        # Answers made on this route before a cluster is chosen (rate limited, fault abort).
+        self.local: RouteMetrics | None = None
 
 
 class Router:
@@ -84,63 +109,59 @@ class Router:
         self.no_route = no_route
 
 
-def build_router(
-    listener_name: str, table: RouteTable, clusters: dict[str, Cluster], metrics: Metrics
-) -> Router:
-    """Compile every route of a listener once: header rules, rewrite, split targets, metric children."""
+def build_router(listener_name: str, table: RouteTable, clusters: dict[str, Cluster], metrics: Metrics,
+                 clock: Clock) -> Router:
+    """Compile every route of a listener once: hooks, header rules, rewrite, retry policy, split targets
+    and the metric children each needs."""
     paths: list[RoutePath] = []
     for route in table.routes:
         config = route.config
         targets = {
-            name: Target(clusters[name], metrics.for_route(listener_name, route.name, name))
+            name: Target(clusters[name], metrics.for_route(listener_name, route.name, name),
+                         metrics.retries(route.name, name))
             for name in route.split.names
         }
+        path = RoutePath(route.name, route.split, targets, config.timeout)
         rules = config.headers
-        paths.append(
-            RoutePath(
-                name=route.name,
-                split=route.split,
-                targets=targets,
-                timeout=config.timeout,
-                request_rules=HeaderRewriter.from_config(rules.request if rules else None),
-                response_rules=HeaderRewriter.from_config(rules.response if rules else None),
-                rewriter=Rewriter.from_config(config.rewrite, config.match),
-            )
-        )
+        path.request_rules = HeaderRewriter.from_config(rules.request if rules else None)
+        path.response_rules = HeaderRewriter.from_config(rules.response if rules else None)
+        path.rewriter = Rewriter.from_config(config.rewrite, config.match)
+        if config.retries is not None and config.retries.attempts > 0:
+            path.retry = CompiledRetryPolicy.from_config(config.retries, clock)
+        if config.rate_limit is not None:
+            path.rate_limiter = RateLimiter.from_config(config.rate_limit, clock)
+            path.rate_limited = metrics.rate_limited(listener_name, route.name)
+        path.fault = FaultInjector.from_config(config.fault, clock.random)
+        if path.rate_limiter is not None or path.fault is not None:
+            path.local = metrics.for_route(listener_name, route.name, "")
+        paths.append(path)
     return Router(table, paths, metrics.for_local(listener_name))
+
+
+class _Retry:
+    """An attempt's answer that will not reach the client: try again after `delay` seconds."""
+
+    __slots__ = ("delay",)
+
+    def __init__(self, delay: float) -> None:
+        self.delay = delay
 
 
 class OutboundListener:
     """A listener's request handler and state (implements the codec's `Listener` protocol)."""
 
-    __slots__ = (
-        "_conn_gauge",
-        "_connections",
-        "_forwarded_proto",
-        "_loop",
-        "_rng",
-        "in_flight",
-        "name",
-        "router",
-        "settings",
-        "trace",
-    )
+    __slots__ = ("_clock", "_conn_gauge", "_connections", "_forwarded_proto", "_loop", "_rng", "in_flight", "name",
+                 "router", "settings", "trace")
 
-    def __init__(
-        self,
-        name: str,
-        settings: ServerSettings,
-        router: Router,
-        trace: TracePropagator,
-        metrics: Metrics,
-        rng: random.Random,
-    ) -> None:
+    def __init__(self, name: str, settings: ServerSettings, router: Router, trace: TracePropagator,
+                 metrics: Metrics, clock: Clock) -> None:
         self.name = name
         self.settings = settings
         self.router = router
         self.trace = trace
         self.in_flight = 0
-        self._rng = rng
+        self._clock = clock
+        self._rng: random.Random = clock.random
         self._loop = asyncio.get_running_loop()
         self._connections: set[ServerConnection] = set()
         self._conn_gauge = metrics.downstream_connections(name)
@@ -190,13 +211,28 @@ class OutboundListener:
         head = exchange.head
         route = router.table.find(head)
         if route is None:
-            self._answer_local(
-                exchange,
-                router.no_route,
-                local_reply(Cause.NO_ROUTE, f"no route for {head.authority or '-'}{head.path}"),
-            )
+            reply = local_reply(Cause.NO_ROUTE, f"no route for {head.authority or '-'}{head.path}")
+            self._answer_local(exchange, router.no_route, reply)
             return
         path = router.paths[route.index]
+        if path.rate_limiter is not None:
+            wait = path.rate_limiter.check(head.headers)
+            if wait:
+                path.rate_limited.inc()  # type: ignore[attr-defined]
+                reply = local_reply(Cause.RATE_LIMITED, f"route {path.name}: rate limited",
+                                    retry_after=retry_after(wait))
+                self._answer_local(exchange, path.local, reply)
+                return
+        deadline_base = exchange.started_at
+        if path.fault is not None:
+            decision = path.fault.decide()
+            if decision.delay:
+                await asyncio.sleep(decision.delay)
+                deadline_base = self._loop.time()  # the injected delay is not the upstream's time
+            if decision.abort is not None:
+                reply = local_reply(Cause.FAULT_ABORT, f"route {path.name}: fault injected", status=decision.abort)
+                self._answer_local(exchange, path.local, reply)
+                return
         target = path.targets[path.split.pick(self._rng)]
         # Edge headers, once per logical request.
         headers = head.headers
@@ -209,11 +245,12 @@ class OutboundListener:
         code = 0
         try:
             if path.timeout is None:
-                code = await self._attempt(exchange, path, target, trace_ctx)
+                code = await self._attempts(exchange, path, target, trace_ctx, None)
             else:
+                deadline = deadline_base + path.timeout
                 try:
-                    async with asyncio.timeout_at(exchange.started_at + path.timeout):
-                        code = await self._attempt(exchange, path, target, trace_ctx)
+                    async with asyncio.timeout_at(deadline):
+                        code = await self._attempts(exchange, path, target, trace_ctx, deadline)
                 except TimeoutError:
                     code = self._timed_out(exchange, path)
         except asyncio.CancelledError:
@@ -231,72 +268,164 @@ class OutboundListener:
         exchange.abort()
         return exchange.response_status
 
-    def _answer_local(self, exchange: Exchange, metrics: RouteMetrics, reply: LocalReply) -> None:
+    def _answer_local(self, exchange: Exchange, metrics: RouteMetrics | None, reply: LocalReply) -> None:
         exchange.send_local(reply)
-        metrics.record(reply.head.status, self._loop.time() - exchange.started_at)
+        if metrics is not None:
+            metrics.record(reply.head.status, self._loop.time() - exchange.started_at)
 
-    async def _attempt(
-        self, exchange: Exchange, path: RoutePath, target: Target, trace_ctx: TraceContext
-    ) -> int:
-        """One attempt on one endpoint; returns the status code the client got."""
-        cluster = target.cluster
-        endpoint = cluster.balancer.pick()
-        if endpoint is None:
-            reply = local_reply(Cause.UNAVAILABLE, f"cluster {cluster.name}: no endpoints")
-            exchange.send_local(reply)
-            return reply.head.status
-        head = exchange.head
-        headers = head.headers
-        self.trace.inject(headers, trace_ctx)
+    async def _attempts(self, exchange: Exchange, path: RoutePath, target: Target, trace_ctx: TraceContext,
+                        deadline: float | None) -> int:
+        """The retry loop: attempts until one answer goes to the client; returns its status code."""
+        policy = path.retry
         body = exchange.body
-        framing = b""
         whole: bytes | None = None
+        if body is not None and not exchange.expect_continue:
+            whole = body.take_complete()  # the small-request fast path: the body goes out in one write
+        if policy is None:
+            result = await self._attempt(exchange, path, target, trace_ctx, 1, None, None, whole, deadline)
+            assert isinstance(result, int)
+            return result
+        policy.budget.record_request()
+        if body is not None and whole is None:
+            body.keep_for_replay(policy.replay_buffer)
+        tried: list[Endpoint] = []
+        number = 1
+        holding_retry = False
+        try:
+            while True:
+                result = await self._attempt(exchange, path, target, trace_ctx, number, policy, tried, whole,
+                                             deadline)
+                if holding_retry:
+                    policy.budget.release_retry()
+                    holding_retry = False
+                if isinstance(result, int):
+                    return result
+                holding_retry = True
+                if result.delay > 0:
+                    await asyncio.sleep(result.delay)
+                number += 1
+        finally:
+            if holding_retry:
+                policy.budget.release_retry()
+
+    def _retry_decision(self, exchange: Exchange, policy: CompiledRetryPolicy | None, target: Target, number: int,
+                        verdict: Verdict, reached_upstream: bool, ready: ResponseReady | None) -> _Retry | None:
+        """May this attempt's outcome be retried? Checks the policy, the request, the budget; counts."""
+        if policy is None or number > policy.attempts or not policy.should_retry(verdict):
+            return None
+        head = exchange.head
+        if exchange.response_started or not policy.may_retry_request(
+                head.method, head.header(IDEMPOTENCY_KEY) is not None, reached_upstream):
+            return None
+        body = exchange.body
+        if body is not None and body.kept is None and not body.complete:
+            return None  # a streamed body that was not kept (or outgrew the replay buffer)
+        if body is not None and not body.replayable:
+            return None
+        decision = policy.budget.try_acquire_retry()
+        if decision is not BudgetDecision.ALLOWED:
+            if decision is BudgetDecision.BUDGET_EXHAUSTED:
+                target.retries.budget_exhausted.inc()
+            else:
+                target.retries.limit_exceeded.inc()
+            return None
+        target.retries.retried.inc()
+        delay = policy.backoff.delay(number)
+        if ready is not None:
+            hint = policy.retry_after_delay(_header(ready.head.headers, RETRY_AFTER), ready.head.status,
+                                            self._clock.wall())
+            if hint is not None and hint > delay:
+                delay = hint
+        return _Retry(delay)
+
+    async def _attempt(self, exchange: Exchange, path: RoutePath, target: Target, trace_ctx: TraceContext,
+                       number: int, policy: CompiledRetryPolicy | None, tried: list[Endpoint] | None,
+                       whole: bytes | None, deadline: float | None) -> int | _Retry:
+        """One attempt on one endpoint: the status code the client got, or a decision to retry."""
+        cluster = target.cluster
+        bulkhead = cluster.bulkhead
+        if bulkhead is not None and not bulkhead.try_acquire():
+            decision = bulkhead.rejection() or await bulkhead.acquire()
+            if decision is not LimitDecision.ADMITTED:
+                cause, reason = _LIMIT_CAUSES[decision]
+                getattr(cluster.limits_rejected, reason).inc()
+                reply = local_reply(cause, f"cluster {cluster.name}: {reason}")
+                exchange.send_local(reply)
+                return reply.head.status
+        try:
+            picked = cluster.pick(tried)
+            if picked is None:
+                reply = local_reply(Cause.UNAVAILABLE, f"cluster {cluster.name}: no endpoint available "
+                                    "(none known, ejected, or breakers open)")
+                exchange.send_local(reply)
+                return reply.head.status
+            endpoint, token = picked
+            if tried is not None:
+                tried.append(endpoint)
+            # The attempt's own deadline: the per-try timeout, cut short by the route deadline, so a
+            # timeout while waiting for the head is seen (and classified) here as the attempt's failure.
+            attempt_deadline = deadline
+            if policy is not None and policy.per_try_timeout is not None:
+                per_try_end = self._loop.time() + policy.per_try_timeout
+                if attempt_deadline is None or per_try_end < attempt_deadline:
+                    attempt_deadline = per_try_end
+            return await self._exchange(exchange, path, target, trace_ctx, number, policy, endpoint, token,
+                                        attempt_deadline, deadline, whole)
+        finally:
+            if bulkhead is not None:
+                bulkhead.release()
+
+    async def _exchange(self, exchange: Exchange, path: RoutePath, target: Target, trace_ctx: TraceContext,
+                        number: int, policy: CompiledRetryPolicy | None, endpoint: Endpoint, token: int,
+                        attempt_deadline: float | None, deadline: float | None,
+                        whole: bytes | None) -> int | _Retry:
+        """Send the request to `endpoint` and relay (or, for a retry, drop) its answer."""
+        cluster = target.cluster
+        head = exchange.head
+        self.trace.inject(head.headers, trace_ctx)
+        body = exchange.body
+        framing = _ATTEMPT_LINES[number] if number < len(_ATTEMPT_LINES) else b"x-sidecar-attempt: %d\r\n" % number
         if body is not None:
             if body.chunked:
-                framing = b"transfer-encoding: chunked\r\n"
+                framing += b"transfer-encoding: chunked\r\n"
             else:
-                framing = b"content-length: %d\r\n" % (body.length or 0)
-            if not exchange.expect_continue:
-                whole = body.take_complete()
+                framing += b"content-length: %d\r\n" % (body.length or 0)
         if exchange.websocket:
             framing += WEBSOCKET_HEADERS
-        request = serialize_request(head, headers, framing)
+        request = serialize_request(head, head.headers, framing)
         endpoint.in_flight += 1
         endpoint.requests += 1
-        conn = None
+        conn: ClientConnection | None = None
+        verdict: Verdict | None = None
         try:
-            fresh = False
-            while True:
-                conn = None if fresh else endpoint.pool.take_idle()
-                if conn is None:
-                    conn = await endpoint.pool.connect()
-                conn.send(request, body is not None and body.chunked, exchange.head_only, whole)
-                if body is not None and whole is None:
-                    exchange.send_continue()
-                    # The upstream's write buffer bounds the streamed body: it pauses the client's socket.
-                    conn.set_body_reader(exchange.conn)
-                    body.attach(conn)
-                try:
-                    ready = await conn.response_head()
-                    break
-                except UpstreamError as error:
-                    # A pooled connection the upstream closed while idle: send once more on a new one
-                    # (not a retry) when nothing can have been processed twice.
-                    if (
-                        error.stale
-                        and not fresh
-                        and head.method in IDEMPOTENT
-                        and (body is None or whole is not None)
-                    ):
-                        fresh = True
-                        continue
-                    raise
+            try:
+                if attempt_deadline is None:
+                    conn, ready = await self._send(exchange, endpoint, request, whole, number)
+                else:
+                    async with asyncio.timeout_at(attempt_deadline):
+                        conn, ready = await self._send(exchange, endpoint, request, whole, number)
+            except TimeoutError:
+                if deadline is not None and self._loop.time() >= deadline:
+                    # The route deadline: a failure for the breaker, and nothing is left to retry in.
+                    verdict = classify_failure(FailureKind.TIMEOUT)
+                    return self._failed(exchange, target, number, None, verdict, True,
+                                        f"route {path.name}: timeout after {path.timeout:g}s", FailureKind.TIMEOUT)
+                verdict = classify_failure(FailureKind.TIMEOUT, per_try_timeout=True)
+                return self._failed(exchange, target, number, policy, verdict, True,
+                                    f"{endpoint.pool.context}: per-try timeout", FailureKind.TIMEOUT)
+            except UpstreamError as error:
+                verdict = classify_failure(error.kind)
+                return self._failed(exchange, target, number, policy, verdict, not error.kind.before_connect,
+                                    error.context, error.kind)
             response = ready.head
+            verdict = classify_status(response.status)
+            retry = self._retry_decision(exchange, policy, target, number, verdict, True, ready)
+            if retry is not None:
+                return retry  # the finally closes `conn`: its answer is dropped
             if path.response_rules is not None:
                 path.response_rules.apply(response.headers)
             if response.status == 101:
                 if not exchange.websocket:
-                    conn.abort()
                     reply = local_reply(Cause.UPSTREAM_PROTOCOL, f"{conn.context}: unexpected 101")
                     exchange.send_local(reply)
                     return reply.head.status
@@ -306,28 +435,79 @@ class OutboundListener:
                 conn = None  # the tunnel owns it now
                 return 101
             exchange.start_response(response, ready.content_length, ready.no_body, conn.take_body())
-            if not conn.attach(exchange):
-                await conn.response_done()
+            try:
+                if not conn.attach(exchange):
+                    await conn.response_done()
+            except UpstreamError:
+                verdict = classify_failure(FailureKind.RESET)
+                exchange.abort()
+                return response.status
             exchange.end_response()
             conn.finish(reusable=body is None or body.complete)
             conn = None
             return response.status
-        except UpstreamError as error:
-            endpoint.failures += 1
-            if exchange.response_started:
-                exchange.abort()
-                return exchange.response_status
-            reply = failure_reply(error.kind, error.context)
-            exchange.send_local(reply)
-            return reply.head.status
+        except asyncio.CancelledError:
+            verdict = classify_cancelled()
+            raise
         finally:
             endpoint.in_flight -= 1
+            if verdict is not None:
+                endpoint.report(token, verdict)
+                if not verdict.cancelled:
+                    getattr(cluster.attempts, verdict.label).inc()
             if body is not None:
                 body.detach()
             if conn is not None:
-                # Cancelled (client gone or deadline) or failed mid-way: this connection's state is unknown.
+                # Dropped for a retry, cancelled (client gone or deadline) or failed mid-way: the
+                # connection's state is unknown, so it is closed rather than pooled.
                 conn.detach()
                 conn.abort()
+
+    def _failed(self, exchange: Exchange, target: Target, number: int, policy: CompiledRetryPolicy | None,
+                verdict: Verdict, reached_upstream: bool, context: str, kind: FailureKind) -> int | _Retry:
+        """An attempt that produced no response: retry it, or answer for it."""
+        retry = self._retry_decision(exchange, policy, target, number, verdict, reached_upstream, None)
+        if retry is not None:
+            return retry
+        if exchange.response_started:
+            exchange.abort()
+            return exchange.response_status
+        reply = failure_reply(kind, context)
+        exchange.send_local(reply)
+        return reply.head.status
+
+    async def _send(self, exchange: Exchange, endpoint: Endpoint, request: bytes, whole: bytes | None,
+                    number: int) -> tuple[ClientConnection, ResponseReady]:
+        """Take a connection (pooled or new), send the request, and wait for the response head."""
+        head = exchange.head
+        body = exchange.body
+        fresh = False
+        while True:
+            conn = None if fresh else endpoint.pool.take_idle()
+            if conn is None:
+                conn = await endpoint.pool.connect()
+            try:
+                conn.send(request, body is not None and body.chunked, exchange.head_only, whole)
+                if body is not None and whole is None:
+                    exchange.send_continue()
+                    # The upstream's write buffer bounds the streamed body: it pauses the client's socket.
+                    conn.set_body_reader(exchange.conn)
+                    if number == 1:
+                        body.attach(conn)
+                    elif not body.reattach(conn):
+                        raise UpstreamError(FailureKind.RESET, f"{conn.context}: request body cannot be replayed")
+                return conn, await conn.response_head()
+            except UpstreamError as error:
+                # A pooled connection the upstream closed while idle: send once more on a new one (not a
+                # retry) when nothing can have been processed twice.
+                if error.stale and not fresh and head.method in IDEMPOTENT and (body is None or whole is not None):
+                    fresh = True
+                    continue
+                conn.abort()
+                raise
+            except BaseException:
+                conn.abort()
+                raise
 
 
 def _append_forwarded(headers: list[tuple[bytes, bytes]], peer_ip: bytes, proto: bytes) -> None:
@@ -346,3 +526,10 @@ def _append_forwarded(headers: list[tuple[bytes, bytes]], peer_ip: bytes, proto:
         headers.append((X_FORWARDED_FOR, peer_ip))
     if not has_proto:
         headers.append((X_FORWARDED_PROTO, proto))
+
+
+def _header(headers: list[tuple[bytes, bytes]], name: bytes) -> bytes | None:
+    for key, value in headers:
+        if key == name:
+            return value
+    return None

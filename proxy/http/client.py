@@ -4,7 +4,9 @@ Owns sending one request at a time (head, then a streamed or whole body, re-fram
 or chunked), parsing the response with httptools, splicing the response body straight into the
 downstream exchange (no coroutine hop per chunk), backpressure both ways, HEAD / 1xx / 204 / 304
 framing, and the raw tunnel after a 101. A connection that finishes a keep-alive exchange cleanly
-hands itself back through `on_idle` (the pool's hook). Must not know routes, clusters or policy.
+hands itself back through `on_idle` (the pool's hook); one that sends bytes beyond the response (an
+unsolicited second response: response splitting) has them dropped and is closed, never pooled. Must not
+know routes, clusters or policy.
 """
 
 from __future__ import annotations
@@ -28,6 +30,10 @@ if TYPE_CHECKING:
 # Hop-by-hop headers and the upstream's framing: the downstream response is framed anew. The codec
 # writes the request's x-request-id itself, so an upstream's echo of it would be a duplicate.
 _REFRAMED = HOP_BY_HOP | {b"content-length", X_REQUEST_ID}
+
+
+class _Unsolicited(Exception):
+    """Raised in parser callbacks for bytes past the end of the response (they must reach no one)."""
 
 
 class ResponseReady:
@@ -253,12 +259,20 @@ class ClientConnection(asyncio.Protocol):
             # Bytes while no request is outstanding: the upstream is confused; never reuse it.
             self.close()
             return
+        if self._complete:
+            # The response is whole but the attempt has not finished with it yet: whatever this is, it
+            # answers nothing we asked. Drop it; finish() then closes instead of pooling.
+            self._keep_alive = False
+            return
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
             self._upgraded = True
             self._early = data[upgrade.args[0]:]
         except httptools.HttpParserError as exc:
+            if isinstance(exc.__context__, _Unsolicited):
+                self._keep_alive = False  # the bytes after the response are dropped with the parser's state
+                return
             self._fail_protocol(str(exc))
             return
         if self._complete and self._head_request:
@@ -293,6 +307,8 @@ class ClientConnection(asyncio.Protocol):
     # -- parser callbacks --------------------------------------------------------------------------
 
     def on_message_begin(self) -> None:
+        if self._complete:
+            raise _Unsolicited()  # a second response in the same read as the first
         self._headers = []
         self._in_trailers = False
 
@@ -328,7 +344,12 @@ class ClientConnection(asyncio.Protocol):
                     if n not in _REFRAMED and not n.startswith(b"proxy-") and n not in named]
         else:
             kept = [(n, v) for n, v in headers if n not in _REFRAMED and not n.startswith(b"proxy-")]
-        self._keep_alive = bool(self.parser.should_keep_alive())
+        if self._head_request:
+            # llhttp does not know this answers a HEAD: without a length it expects a close-delimited
+            # body and says "not keep-alive". There is no body; only Connection and the version decide.
+            self._keep_alive = _keep_alive(self.parser.get_http_version(), headers, has_connection)
+        else:
+            self._keep_alive = bool(self.parser.should_keep_alive())
         self._status = status
         self._content_length = None if self._chunked else content_length
         no_body = self._head_request or status in (204, 304) or status == 101
@@ -340,6 +361,8 @@ class ClientConnection(asyncio.Protocol):
             self.on_message_complete()
 
     def on_body(self, data: bytes) -> None:
+        if self._complete:
+            raise _Unsolicited()  # "body" llhttp expects after a HEAD answer's head: there is none
         exchange = self.downstream
         if exchange is not None:
             exchange.write_body(data)
@@ -419,3 +442,11 @@ _REASONS: dict[int, bytes] = {s.value: s.phrase.encode() for s in HTTPStatus}
 
 def _reason(status: int) -> bytes:
     return _REASONS.get(status, b"")
+
+
+def _keep_alive(version: str, headers: Headers, has_connection: bool) -> bool:
+    """Persistence per RFC 9112 section 9.3: HTTP/1.1 unless `close`, HTTP/1.0 only with `keep-alive`."""
+    tokens = connection_tokens(headers) if has_connection else frozenset()
+    if version == "1.1":
+        return b"close" not in tokens
+    return b"keep-alive" in tokens

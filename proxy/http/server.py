@@ -1,11 +1,11 @@
 """The downstream side of HTTP/1.1: one `ServerConnection` (an asyncio.Protocol) per accepted socket.
 
 Owns parsing requests with httptools (llhttp, strict), keep-alive, pipelining (answers in request order),
-head limits and hostile-input refusal, the header-read and idle timers, request body streaming with
-backpressure, response framing towards the client, and tunnelling after an upgrade. Each parsed request
-becomes an `Exchange` handed to the listener's handler coroutine; the handler decides what to answer.
-Must not know routes, clusters or policy: it answers locally only for protocol errors, through
-`local_reply`.
+head limits and hostile-input refusal, the header-read, idle and stream-idle timers (one lazily re-armed
+timer per connection, none per request), request body streaming with backpressure, response framing
+towards the client, and tunnelling after an upgrade. Each parsed request becomes an `Exchange` handed to
+the listener's handler coroutine; the handler decides what to answer. Must not know routes, clusters or
+policy: it answers locally only for protocol errors and its own timers, through `local_reply`.
 """
 
 from __future__ import annotations
@@ -35,6 +35,8 @@ log = logging.getLogger("proxy.http.server")
 BODY_HIGH_WATER = 256 * 1024
 # Pipelined requests parsed ahead of the one being answered before reading pauses.
 MAX_QUEUED = 32
+# The first line of the HTTP/2 connection preface. llhttp recognises it as the method PRI wherever it is cut
+# (its error is then answered 505, not 400).
 HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n"
 # Headers the upstream request gets anew from the sidecar (its own framing; Expect is answered here).
 _DROPPED = HOP_BY_HOP | {b"content-length", b"expect", b"host"}
@@ -48,6 +50,9 @@ class ServerSettings:
     max_headers: int = 100
     header_read_timeout: float = 10.0
     idle_timeout: float = 300.0
+    # No byte moving either way (request body in, response out) for this long: 504, or a reset once the
+    # response has started. 0 disables it.
+    stream_idle_timeout: float = 300.0
     max_request_body: int = 0
     max_requests_in_flight: int = 10000
     scheme: bytes = b"http"
@@ -191,8 +196,8 @@ class Exchange:
     """One request on a downstream connection and the response written back for it."""
 
     __slots__ = ("_chunked_out", "body", "close_after", "conn", "expect_continue", "head", "head_only",
-                 "local", "peer_ip", "request_id", "response_done", "response_started", "response_status",
-                 "started_at", "upstream_reader", "websocket")
+                 "last_activity", "local", "peer_ip", "request_id", "response_done", "response_started",
+                 "response_status", "started_at", "timed_out", "upstream_reader", "websocket")
 
     def __init__(self, conn: ServerConnection, head: RequestHead, body: RequestBody | None,
                  request_id: bytes, started_at: float) -> None:
@@ -205,8 +210,14 @@ class Exchange:
         self.head_only = head.method == b"HEAD"
         self.expect_continue = False
         self.websocket = False
-        # A reply decided by the codec itself (413 on a declared length, 405 CONNECT), sent in turn.
+        # A reply decided by the codec itself: sent in turn instead of running the handler (413 on a
+        # declared length, 405 CONNECT), or sent when the codec cancels a running handler (a framing error
+        # in the body, the stream idle timeout) if no response has started by then.
         self.local: LocalReply | None = None
+        # The last time a byte moved for this request (body in, response out): the stream idle timer's base.
+        # The connection sets it when the handler starts.
+        self.last_activity = started_at
+        self.timed_out = False
         self.response_started = False
         self.response_done = False
         self.response_status = 0
@@ -224,7 +235,8 @@ class Exchange:
         if reply.close:
             self.close_after = True
         self.conn.listener.local_reply_sent(self, reply)
-        self._write_head(reply.head, b"", b"" if self.head_only else reply.body)
+        # A closing reply's head already says `connection: close` (local_reply writes it).
+        self._write_head(reply.head, b"", b"" if self.head_only else reply.body, reply.close)
         self._finish()
 
     def send_continue(self) -> None:
@@ -261,9 +273,10 @@ class Exchange:
         # Head and the body bytes already at hand go out in one write: one syscall per small response.
         self._write_head(head, extra, first)
 
-    def _write_head(self, head: ResponseHead, extra: bytes, first: bytes = b"") -> None:
+    def _write_head(self, head: ResponseHead, extra: bytes, first: bytes = b"", says_close: bool = False) -> None:
         self.response_started = True
         self.response_status = head.status
+        self.last_activity = self.conn.now()
         if self.websocket and head.status != 101:
             # Parsing stopped at the handshake (what follows was to be tunnel bytes): without the
             # upgrade, the stream position is unknown, so this answer is the connection's last.
@@ -271,12 +284,14 @@ class Exchange:
         extra += b"x-request-id: " + self.request_id + b"\r\n"
         if self.close_after or self.conn.draining:
             self.close_after = True
-            extra += b"connection: close\r\n"
+            if not says_close:
+                extra += b"connection: close\r\n"
         elif self.head.http_minor == 0:
             extra += b"connection: keep-alive\r\n"
         self.conn.write(serialize_response(head, extra) + first)
 
     def write_body(self, data: bytes) -> None:
+        self.last_activity = self.conn.now()
         if self._chunked_out:
             if data:
                 self.conn.write(b"%x\r\n%s\r\n" % (len(data), data))
@@ -312,6 +327,10 @@ class _StopParsing(Exception):
     """Raised inside parser callbacks once the codec has queued its own final answer."""
 
 
+class _BadVersion(Exception):
+    """Raised inside on_headers_complete for a request line that is not HTTP/1.0 or HTTP/1.1 (505)."""
+
+
 # Reasons the client socket is not being read (a bit each); reading resumes when none is left.
 _BLOCK_BODY = 1
 _BLOCK_QUEUE = 2
@@ -336,7 +355,6 @@ class ServerConnection(asyncio.Protocol):
         "_in_trailers",
         "_loop",
         "_queue",
-        "_request_seen",
         "_resume_body",
         "_stopped",
         "_task",
@@ -347,6 +365,7 @@ class ServerConnection(asyncio.Protocol):
         "draining",
         "idle_since",
         "listener",
+        "now",
         "parser",
         "peer_ip",
         "transport",
@@ -356,6 +375,8 @@ class ServerConnection(asyncio.Protocol):
     def __init__(self, listener: Listener, loop: asyncio.AbstractEventLoop) -> None:
         self.listener = listener
         self._loop = loop
+        # Bound once per connection: exchanges stamp their activity with it (no frame of our own per call).
+        self.now = loop.time
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpRequestParser(self)
         self.peer_ip = b""
@@ -379,7 +400,6 @@ class ServerConnection(asyncio.Protocol):
         self._tunnel: TunnelPeer | None = None
         self._early = b""
         self._eof = False
-        self._request_seen = False
         self.draining = False
         # Our socket's write buffer is over its high-water mark: an upstream attached now starts paused.
         self.write_paused = False
@@ -423,11 +443,6 @@ class ServerConnection(asyncio.Protocol):
             if self.active is not None and self.active.websocket:
                 self._early += data  # tunnel bytes sent before the upstream's 101 arrived
             return
-        if not self._request_seen:
-            self._request_seen = True
-            if data[:3] == b"PRI" and HTTP2_PREFACE.startswith(data[: len(HTTP2_PREFACE)]):
-                self._protocol_error(local_reply(Cause.HTTP2_PREFACE))
-                return
         if self._in_head:
             # llhttp hands a header line over only once it is complete: a line that never ends would
             # be buffered without bound. Count the bytes of chunks that arrive mid-head instead.
@@ -436,23 +451,33 @@ class ServerConnection(asyncio.Protocol):
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
             self._on_upgrade(data[upgrade.args[0]:])
-            return
         except httptools.HttpParserCallbackError as exc:
             reason = exc.__context__
             if isinstance(reason, _StopParsing):
                 self._stop_parsing()
             elif isinstance(reason, _HeadTooLarge):
                 self._protocol_error(local_reply(Cause.HEAD_TOO_LARGE))
+            elif isinstance(reason, _BadVersion):
+                self._protocol_error(local_reply(Cause.HTTP_VERSION))
             else:
                 if reason is not None and not isinstance(reason, httptools.HttpParserError):
                     log.error("request parsing failed", exc_info=reason)
                 detail = str(reason) if isinstance(reason, httptools.HttpParserError) else str(exc)
-                self._protocol_error(local_reply(Cause.BAD_REQUEST, f"malformed request: {detail}"))
+                self._request_error(local_reply(Cause.BAD_REQUEST, f"malformed request: {detail}"))
         except httptools.HttpParserError as exc:
-            self._protocol_error(local_reply(Cause.BAD_REQUEST, f"malformed request: {exc}"))
+            if self.parser.get_method() == b"PRI":
+                # The HTTP/2 preface (llhttp pauses on it however the bytes were cut).
+                self._protocol_error(local_reply(Cause.HTTP2_PREFACE))
+            else:
+                self._request_error(local_reply(Cause.BAD_REQUEST, f"malformed request: {exc}"))
         else:
             if self._in_head and self._head_fed > self.listener.settings.max_head_bytes:
                 self._protocol_error(local_reply(Cause.HEAD_TOO_LARGE))
+        # Handlers start only once the whole read is parsed: a framing error later in the same read then
+        # finds the request's handler not started, and is answered without anything going upstream.
+        active = self.active
+        if active is not None and self._task is None and not self._closing:
+            self._start_handler(active)
 
     def eof_received(self) -> bool | None:
         self._eof = True
@@ -566,6 +591,13 @@ class ServerConnection(asyncio.Protocol):
         websocket = False
         connection = False
         proxy_named = False
+        version: str = parser.get_http_version()
+        if version == "1.1":
+            http_minor = 1
+        elif version == "1.0":
+            http_minor = 0
+        else:
+            raise _BadVersion()  # llhttp accepts e.g. HTTP/2.0 in a request line; this listener speaks 1.x
         for name, value in headers:
             if name == b"host":
                 host = value
@@ -573,6 +605,10 @@ class ServerConnection(asyncio.Protocol):
             elif name == b"content-length":
                 content_length = int(value)  # llhttp has already refused a malformed or duplicate one
             elif name == b"transfer-encoding":
+                # Only `chunked`, once: llhttp refuses other codings only after this callback (the request
+                # would already be handed over), and a proxy cannot frame a body it does not understand.
+                if chunked or value.strip().lower() != b"chunked":
+                    raise httptools.HttpParserError("unsupported Transfer-Encoding")
                 chunked = True
             elif name == b"expect":
                 expect = value.lower() == b"100-continue"
@@ -590,7 +626,6 @@ class ServerConnection(asyncio.Protocol):
             headers = [(n, v) for n, v in headers if n not in named]
         if proxy_named:
             headers = [(n, v) for n, v in headers if n[:6] != b"proxy-"]
-        http_minor = 1 if parser.get_http_version() == "1.1" else 0
         target = self._url
         local: LocalReply | None = None
         if target[:1] != b"/":
@@ -642,15 +677,9 @@ class ServerConnection(asyncio.Protocol):
         body = exchange.body
         limit = self.listener.settings.max_request_body
         if limit and body.received + len(data) > limit:
-            body.failed = True
-            if exchange.response_started:
-                exchange.abort()
-            elif exchange is self.active:
-                exchange.send_local(local_reply(Cause.BODY_TOO_LARGE))
-            else:
-                exchange.local = local_reply(Cause.BODY_TOO_LARGE)
-                exchange.close_after = True
+            self._fail_body(exchange, local_reply(Cause.BODY_TOO_LARGE))
             raise _StopParsing()
+        exchange.last_activity = self.now()
         body.feed(data)
 
     def on_message_complete(self) -> None:
@@ -669,9 +698,10 @@ class ServerConnection(asyncio.Protocol):
         if len(self._queue) > MAX_QUEUED:
             self._block(_BLOCK_QUEUE)
         if self.active is None:
-            self._next()
+            # While parsing: the handler is started by data_received once the read is fully parsed.
+            self._next(start=False)
 
-    def _next(self) -> None:
+    def _next(self, start: bool = True) -> None:
         while self._queue and self.active is None and not self._closing:
             exchange = self._queue.popleft()
             if len(self._queue) <= MAX_QUEUED // 2:
@@ -680,14 +710,34 @@ class ServerConnection(asyncio.Protocol):
             if exchange.local is not None:
                 exchange.send_local(exchange.local)
                 continue
-            self._task = self._loop.create_task(self._run(exchange))
+            if start:
+                self._start_handler(exchange)
+
+    def _start_handler(self, exchange: Exchange) -> None:
+        now = self.now()
+        exchange.last_activity = now
+        idle = self.listener.settings.stream_idle_timeout
+        if idle:
+            # The connection's one timer must fire by this stream's idle deadline; with the defaults it
+            # already does (the head timer is earlier), so this is a comparison, not a re-arm, per request.
+            deadline = now + idle
+            timer = self._timer
+            if timer is None or timer.when() > deadline:
+                self._arm_at(deadline)
+        self._task = self._loop.create_task(self._run(exchange))
 
     async def _run(self, exchange: Exchange) -> None:
         try:
             await self.listener.handle(exchange)
         except asyncio.CancelledError:
+            # The client went away (response_done is set), or the codec cancelled the handler: a body
+            # framing error or the stream idle timeout, whose reply waits in `local` (sent only if no
+            # response has started; a started one can only be broken off).
             if not exchange.response_done:
-                exchange.abort()
+                if exchange.local is not None and not exchange.response_started:
+                    exchange.send_local(exchange.local)
+                else:
+                    exchange.abort()
         except Exception:
             # A bug must never show a client a traceback: log it, and answer or reset.
             log.exception("request handler failed (request id %s)", exchange.request_id.decode("latin-1"))
@@ -716,7 +766,7 @@ class ServerConnection(asyncio.Protocol):
         if self._queue:
             self._next()
         else:
-            self.idle_since = self._loop.time()
+            self.idle_since = self.now()
 
     # -- writing -----------------------------------------------------------------------------------
 
@@ -752,6 +802,38 @@ class ServerConnection(asyncio.Protocol):
     def _stop_parsing(self) -> None:
         self._stopped = True
         self._block(_BLOCK_STOPPED)
+
+    def _request_error(self, reply: LocalReply) -> None:
+        """A parse error: in the body of the last request whose head was accepted, or in a new head."""
+        last = self._queue[-1] if self._queue else self.active
+        body = last.body if last is not None else None
+        if last is not None and body is not None and not self._in_head and not body.complete:
+            self._fail_body(last, reply)
+        else:
+            self._protocol_error(reply)
+
+    def _fail_body(self, exchange: Exchange, reply: LocalReply) -> None:
+        """The body of an accepted request is malformed or too large: answer `reply`, never forward the rest.
+
+        The stream position is lost, so parsing stops and the connection closes after the answer. A handler
+        already running has sent the head upstream and maybe part of the body: it is cancelled, and the
+        attempt aborts its upstream connection (never pooled) so the upstream never sees a whole request.
+        """
+        self._stop_parsing()
+        if exchange.body is not None:
+            exchange.body.failed = True
+        exchange.close_after = True
+        exchange.local = reply
+        if exchange is not self.active:
+            return  # queued behind another: answered in its turn, never handed over
+        task = self._task
+        if task is None:
+            exchange.send_local(reply)  # same read as its head: the handler never started
+        elif exchange.response_started:
+            exchange.abort()
+            task.cancel()
+        else:
+            task.cancel()  # _run sends `local` once the handler has unwound
 
     def _protocol_error(self, reply: LocalReply) -> None:
         """Answer a request that could not be parsed (in its turn), then close; nothing reaches upstream."""
@@ -810,28 +892,48 @@ class ServerConnection(asyncio.Protocol):
         self._timer = self._loop.call_at(when, self._on_timer)
 
     def _on_timer(self) -> None:
-        # One timer per connection, re-armed lazily: requests do not pay a cancel + schedule each.
+        # One timer per connection, re-armed lazily: requests do not pay a cancel + schedule each. It checks
+        # whichever deadlines apply now (head read, stream idle, keep-alive idle) and re-arms for the
+        # earliest; activity only moves a deadline later, so a timer that fires early just re-arms.
         self._timer = None
         if self._closing or self._tunnel is not None:
             return
         now = self._loop.time()
         settings = self.listener.settings
+        # Without a deadline of its own (a stream with the idle timer off): look again this much later.
+        deadline = now + min(settings.idle_timeout, settings.header_read_timeout)
+        active = self.active
         if self._in_head:
-            deadline = self._head_start + settings.header_read_timeout
-            if now >= deadline:
-                if self.active is None and not self._queue:
+            # From the request's first byte (on_message_begin), not from the end of the previous request.
+            head_deadline = self._head_start + settings.header_read_timeout
+            if now >= head_deadline:
+                if active is None and not self._queue:
                     self._protocol_error(local_reply(Cause.HEAD_TIMEOUT))
                 else:
                     self.abort()
                 return
-        elif self.active is None and not self._queue:
+            deadline = min(deadline, head_deadline)
+        if active is not None:
+            if settings.stream_idle_timeout and self._task is not None and not active.timed_out:
+                stream_deadline = active.last_activity + settings.stream_idle_timeout
+                if now >= stream_deadline:
+                    self._stream_idle(active)
+                else:
+                    deadline = min(deadline, stream_deadline) if self._in_head else stream_deadline
+        elif not self._queue and not self._in_head:
             deadline = self.idle_since + settings.idle_timeout
             if now >= deadline:
                 self.close()
                 return
-        else:
-            deadline = now + min(settings.idle_timeout, settings.header_read_timeout)
         self._arm_at(deadline)
+
+    def _stream_idle(self, exchange: Exchange) -> None:
+        """No byte moved for stream_idle_timeout: cancel the handler; _run answers 504 or resets."""
+        exchange.timed_out = True
+        if not exchange.response_started:
+            exchange.local = local_reply(Cause.TIMEOUT, "stream idle timeout")
+        if self._task is not None:
+            self._task.cancel()
 
 
 def _split_absolute(target: bytes) -> tuple[bytes, bytes] | None:

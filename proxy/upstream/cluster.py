@@ -1,28 +1,53 @@
 """A cluster at run time: a named endpoint set with one policy, compiled from its config once.
 
-Owns the endpoint snapshot, the balancer built over it, and the per-cluster counters shown in
-/clusters. Discovery replaces the endpoint set whole (`set_endpoints`); pools of endpoints that stay
-are kept, pools of removed ones drain. Must not know routes.
+Owns the endpoint snapshot, the balancer built over it, each endpoint's breaker (one per endpoint, with
+its metric children bound at construction), the cluster bulkhead (`limits`), outlier detection (counting
+on the request path, ejections decided by `evaluate_outliers` on a timer the app runs), and the
+per-cluster view shown in /clusters. Discovery replaces the endpoint set whole (`set_endpoints`); pools of
+endpoints that stay are kept, pools of removed ones drain. Must not know routes.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 
+from proxy.clock import Clock
 from proxy.config.model import Cluster as ClusterConfig
+from proxy.resilience.breaker import BreakerState, CircuitBreaker
+from proxy.resilience.classify import Verdict
+from proxy.resilience.limits import Bulkhead
+from proxy.telemetry.metrics import Metrics
 from proxy.upstream.balancer import RoundRobin
 from proxy.upstream.endpoint import Endpoint
+from proxy.upstream.outlier import OutlierDetector
 from proxy.upstream.pool import PoolSettings
 
 
 class Cluster:
-    """A named set of endpoints and the balancer that picks among them."""
+    """A named set of endpoints, the balancer that orders them and the policies that guard them."""
 
-    __slots__ = ("balancer", "config", "endpoints", "has_endpoints", "name", "pool_settings")
+    __slots__ = (
+        "_clock",
+        "_endpoint_gauges",
+        "_metrics",
+        "_transitions",
+        "attempts",
+        "balancer",
+        "bulkhead",
+        "config",
+        "endpoints",
+        "has_endpoints",
+        "limits_rejected",
+        "name",
+        "outlier",
+        "pool_settings",
+    )
 
-    def __init__(self, config: ClusterConfig) -> None:
+    def __init__(self, config: ClusterConfig, metrics: Metrics, clock: Clock) -> None:
         self.name = config.name
         self.config = config
+        self._clock = clock
+        self._metrics = metrics
         self.pool_settings = PoolSettings(
             connect_timeout=config.connect_timeout,
             max_idle=config.pool.max_idle_per_endpoint,
@@ -30,24 +55,118 @@ class Cluster:
             max_requests_per_connection=config.pool.max_requests_per_connection,
         )
         self.endpoints: tuple[Endpoint, ...] = ()
-        self.balancer = RoundRobin(())
+        self.balancer = RoundRobin(0)
+        self.bulkhead = Bulkhead.from_config(config.limits) if config.limits is not None else None
+        self.outlier = (OutlierDetector.from_config(config.outlier_detection)
+                        if config.outlier_detection is not None else None)
+        self.attempts = metrics.attempts(self.name)
+        self.limits_rejected = metrics.limits_rejected(self.name)
+        self._transitions = metrics.breaker_transitions(self.name)
+        self._endpoint_gauges = metrics.endpoints(self.name)
         # False until discovery delivered its first set (readiness waits for it).
         self.has_endpoints = False
 
+    # -- the endpoint set --------------------------------------------------------------------------
+
     def set_endpoints(self, addresses: Iterable[tuple[str, int]]) -> None:
-        """Replace the endpoint set; endpoints that stay keep their pools, removed ones drain."""
+        """Replace the endpoint set; endpoints that stay keep their pools and breakers, removed ones drain."""
         current = {(e.host, e.port): e for e in self.endpoints}
         fresh: list[Endpoint] = []
         for host, port in addresses:
             endpoint = current.pop((host, port), None)
             if endpoint is None:
-                endpoint = Endpoint(self.name, host, port, self.pool_settings)
+                endpoint = self._new_endpoint(host, port)
             fresh.append(endpoint)
         for removed in current.values():
             removed.pool.close()
+            self._metrics.forget_endpoint(self.name, removed.address)
         self.endpoints = tuple(fresh)
-        self.balancer = RoundRobin(self.endpoints)
+        self.balancer = RoundRobin(len(fresh))
+        if self.outlier is not None:
+            self.outlier.set_endpoints(e.address for e in fresh)
         self.has_endpoints = True
+        self.update_gauges()
+
+    def _new_endpoint(self, host: str, port: int) -> Endpoint:
+        endpoint = Endpoint(self.name, host, port, self.pool_settings)
+        breaker_config = self.config.circuit_breaker
+        if breaker_config is not None:
+            gauge = self._metrics.breaker_state_of(self.name, endpoint.address)
+            gauge.set(BreakerState.CLOSED.value)
+            transitions = self._transitions
+
+            # Bound once per endpoint (not per request): state changes update the metrics.
+            def on_transition(_old: BreakerState, new: BreakerState) -> None:
+                gauge.set(new.value)
+                getattr(transitions, new.label).inc()
+                self.update_gauges()
+
+            endpoint.breaker = CircuitBreaker.from_config(breaker_config, self._clock, on_transition)
+        if self.outlier is not None:
+            endpoint.on_result = self._count_result
+        return endpoint
+
+    def _count_result(self, endpoint: Endpoint, verdict: Verdict) -> None:
+        assert self.outlier is not None
+        self.outlier.record(endpoint.address, verdict.is_failure)
+
+    # -- the request path --------------------------------------------------------------------------
+
+    def pick(self, tried: list[Endpoint] | None) -> tuple[Endpoint, int] | None:
+        """An endpoint to try and its breaker token, skipping ejected and breaker-refused endpoints and,
+        when another is available, those already tried; None when no endpoint may take the attempt."""
+        endpoints = self.endpoints
+        count = len(endpoints)
+        if count == 0:
+            return None
+        start = self.balancer.start()
+        fallback: Endpoint | None = None
+        for offset in range(count):
+            index = start + offset
+            endpoint = endpoints[index if index < count else index - count]
+            if endpoint.ejected:
+                continue
+            if tried and endpoint in tried:
+                if fallback is None:
+                    fallback = endpoint
+                continue
+            token = endpoint.admit()
+            if token is not None:
+                return endpoint, token
+        if fallback is not None:
+            token = fallback.admit()
+            if token is not None:
+                return fallback, token
+        return None
+
+    # -- outlier timer -----------------------------------------------------------------------------
+
+    def evaluate_outliers(self) -> None:
+        """Run by the app every `outlier_detection.interval`, off the request path."""
+        if self.outlier is None:
+            return
+        changes = self.outlier.evaluate(self._clock.now())
+        if not changes:
+            return
+        by_address = {e.address: e for e in self.endpoints}
+        for change in changes:
+            endpoint = by_address.get(change.endpoint)
+            if endpoint is not None:
+                endpoint.ejected = change.ejected
+        self.update_gauges()
+
+    def update_gauges(self) -> None:
+        """sidecar_endpoints{cluster,state}: healthy, ejected, breaker_open (an endpoint counts once)."""
+        ejected = breaker_open = 0
+        for endpoint in self.endpoints:
+            if endpoint.ejected:
+                ejected += 1
+            elif endpoint.breaker is not None and endpoint.breaker.state is BreakerState.OPEN:
+                breaker_open += 1
+        gauges = self._endpoint_gauges
+        gauges.ejected.set(ejected)
+        gauges.breaker_open.set(breaker_open)
+        gauges.healthy.set(len(self.endpoints) - ejected - breaker_open)
 
     def close(self) -> None:
         for endpoint in self.endpoints:
@@ -55,9 +174,14 @@ class Cluster:
 
     def snapshot(self) -> dict[str, object]:
         """What /clusters shows for this cluster."""
-        return {
+        view: dict[str, object] = {
             "name": self.name,
             "load_balancer": "round_robin",
             "connect_timeout_seconds": self.pool_settings.connect_timeout,
             "endpoints": [e.snapshot() for e in self.endpoints],
         }
+        if self.bulkhead is not None:
+            view["limits"] = self.bulkhead.snapshot()
+        if self.outlier is not None:
+            view["outlier_detection"] = self.outlier.snapshot()
+        return view

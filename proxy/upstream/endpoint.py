@@ -1,18 +1,28 @@
-"""One upstream endpoint (host:port) of a cluster: its pool and its live counters.
+"""One upstream endpoint (host:port) of a cluster: its pool, its breaker and its live counters.
 
-Owns the per-endpoint state the balancer and the admin view read (in-flight requests, totals).
-The breaker and outlier state plug in here. Must not decide routing or retries.
+Owns the per-endpoint state the balancer and the admin view read: in-flight requests, totals, the
+circuit breaker (gobreaker semantics, `proxy.resilience.breaker`) and the outlier-ejection flag set by
+the cluster's outlier timer. `admit()` and `report()` are the request path's two calls. Must not decide
+routing or retries.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+from proxy.resilience.breaker import BreakerState, CircuitBreaker
+from proxy.resilience.classify import Verdict
 from proxy.upstream.pool import Pool, PoolSettings
+
+# The token `admit()` returns when the endpoint has no breaker (any int: only breakers read it).
+NO_BREAKER = 0
 
 
 class Endpoint:
     """A member of a cluster's endpoint set."""
 
-    __slots__ = ("address", "failures", "host", "in_flight", "pool", "port", "requests")
+    __slots__ = ("address", "breaker", "ejected", "failures", "host", "in_flight", "on_result", "pool", "port",
+                 "requests")
 
     def __init__(self, cluster: str, host: str, port: int, pool_settings: PoolSettings) -> None:
         self.host = host
@@ -22,14 +32,44 @@ class Endpoint:
         self.in_flight = 0
         self.requests = 0
         self.failures = 0
+        self.breaker: CircuitBreaker | None = None
+        # Set by the cluster's outlier timer: an ejected endpoint is skipped by the balancer.
+        self.ejected = False
+        # The cluster's hook for attempt results (outlier counting), bound once per endpoint.
+        self.on_result: Callable[[Endpoint, Verdict], None] | None = None
+
+    def admit(self) -> int | None:
+        """May an attempt go here now? The breaker's generation token, or None when it refuses."""
+        breaker = self.breaker
+        if breaker is None:
+            return NO_BREAKER
+        return breaker.allow()
+
+    def report(self, token: int, verdict: Verdict) -> None:
+        """The verdict of an attempt admitted with `token`: feeds the breaker and outlier detection."""
+        if verdict.is_failure:
+            self.failures += 1
+        breaker = self.breaker
+        if breaker is not None:
+            if verdict.cancelled:
+                breaker.cancel(token)
+            else:
+                breaker.record(token, verdict.is_failure)
+        if self.on_result is not None and not verdict.cancelled:
+            self.on_result(self, verdict)
+
+    @property
+    def breaker_state(self) -> str:
+        return self.breaker.state.label if self.breaker is not None else BreakerState.CLOSED.label
 
     def snapshot(self) -> dict[str, object]:
         """What /clusters shows for this endpoint."""
+        breaker = self.breaker_state
         return {
             "address": self.address,
-            "health": "healthy",
-            "breaker": "closed",
-            "ejected": False,
+            "health": "ejected" if self.ejected else ("breaker_open" if breaker == "open" else "healthy"),
+            "breaker": breaker,
+            "ejected": self.ejected,
             "in_flight": self.in_flight,
             "requests": self.requests,
             "failures": self.failures,

@@ -7,6 +7,7 @@ import re
 import signal
 import subprocess
 import sys
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -35,8 +36,24 @@ def test_demo_routes_by_header_splits_and_stops_on_ctrl_c() -> None:
         versions = [get("/api/v1/campaigns")["version"] for _ in range(200)]
         assert 140 <= versions.count("v1") <= 198, versions.count("v1")  # 90/10, loosely
         assert versions.count("v2") >= 2
+        # The retry: the flaky service fails every other request; the caller only sees the success.
+        for _ in range(3):
+            assert get("/api/v1/flaky")["x-sidecar-attempt"] in ("1", "2")
+        # The breaker: three upstream 503s open it, then the sidecar answers for it.
+        proxy_status = []
+        for _ in range(5):
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/unstable", timeout=5)
+            except urllib.error.HTTPError as error:
+                assert error.code == 503
+                proxy_status.append(error.headers.get("proxy-status") or "")
+        assert proxy_status[:3] == ["", "", ""]
+        assert all(s.startswith("sidecar; error=destination_unavailable") for s in proxy_status[3:])
         with urllib.request.urlopen(f"http://127.0.0.1:{admin}/metrics", timeout=5) as response:
-            assert b'route="campaign-split"' in response.read()
+            metrics = response.read()
+        assert b'route="campaign-split"' in metrics
+        assert b'sidecar_retries_total{cluster="campaign-v1",result="retried",route="flaky"}' in metrics
+        assert b'sidecar_circuit_breaker_state{cluster="campaign-unstable",endpoint="127.0.0.1:' in metrics
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=10) == 0
     finally:
