@@ -53,7 +53,7 @@ clusters:
 # --- the shipped examples -----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["minimal.yaml", "routing.yaml"])
+@pytest.mark.parametrize("name", ["minimal.yaml", "routing.yaml", "demo.yaml", "resilience.yaml"])
 def test_plain_examples_load(name: str) -> None:
     loaded = load_config(CONFIG_DIR / name)
     assert loaded.config.listeners[0].address == Address(host="127.0.0.1", port=15001)

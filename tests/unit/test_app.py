@@ -1,0 +1,34 @@
+"""The composition root's refusal of features that do not exist yet, against the shipped examples."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from proxy.app import unsupported_keys
+from proxy.config.load import load_config
+
+CONFIG = Path(__file__).resolve().parents[2] / "config"
+
+
+@pytest.mark.parametrize("name", ["minimal.yaml", "routing.yaml", "demo.yaml", "resilience.yaml"])
+def test_runnable_examples_use_only_built_features(name: str) -> None:
+    assert unsupported_keys(load_config(CONFIG / name).config) == []
+
+
+def test_the_full_contract_names_what_is_not_built_yet(tmp_path: Path) -> None:
+    text = (CONFIG / "full.yaml").read_text().replace("../certs/dev/", "certs/dev/")
+    (tmp_path / "certs" / "dev").mkdir(parents=True)
+    for name in ("payment-service.pem", "payment-service-key.pem", "ca.pem"):
+        (tmp_path / "certs" / "dev" / name).write_text("dummy\n")
+    (tmp_path / "full.yaml").write_text(text)
+    missing = unsupported_keys(load_config(tmp_path / "full.yaml").config)
+    assert "listeners[0].tls" in missing
+    assert "listeners[0].routes[0].authz" in missing
+    assert "clusters[0].discovery.kubernetes" in missing
+    assert "clusters[0].load_balancer" in missing
+    assert "clusters[3].discovery.dns" in missing
+    assert "tracing.otlp" in missing and "access_log" in missing
+    assert not any(key.endswith((".retries", ".circuit_breaker", ".limits", ".rate_limit", ".fault",
+                                 ".outlier_detection")) for key in missing)
