@@ -1,0 +1,1 @@
+"""Checks of the deployment artefacts: the Dockerfile and the Kubernetes manifests in deploy/kubernetes/."""
