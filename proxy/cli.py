@@ -7,6 +7,7 @@ Must not build runtime objects itself: `run` hands a loaded config to the runtim
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -37,15 +38,31 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _workers_arg(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        count = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number or 'auto' (got {text!r})") from None
+    if count < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1 (got {count})")
+    return count
+
+
+def _worker_count(requested: int | str) -> int:
+    """`auto` is one worker per CPU: SO_REUSEPORT workers scale the data plane across cores."""
+    if requested == "auto":
+        return os.cpu_count() or 1
+    return int(requested)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from proxy.app import unsupported_keys
     from proxy.runtime import run, setup_logging
 
     loaded = _load_or_report(args.config)
     if loaded is None:
-        return 1
-    if args.workers is not None and args.workers != 1:
-        print("sidecar: not supported yet: --workers (one worker process for now)", file=sys.stderr)
         return 1
     missing = unsupported_keys(loaded.config)
     if missing:
@@ -56,8 +73,24 @@ def cmd_run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 1
+    workers = _worker_count(args.workers if args.workers is not None else loaded.config.workers)
     setup_logging(args.log_level)
-    return run(loaded)
+    return run(loaded, workers=workers, log_level=args.log_level)
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    """One worker of a multi-process sidecar; started by the supervisor (`run` with workers > 1) only."""
+    from proxy.runtime import run_worker, setup_logging
+
+    loaded = _load_or_report(args.config)
+    if loaded is None:
+        return 1
+    ports: dict[str, int] = {}
+    for item in args.port:
+        name, _, port = item.rpartition("=")
+        ports[name] = int(port)
+    setup_logging(args.log_level, tag=f"worker-{args.index}")
+    return run_worker(loaded, args.admin_socket, ports)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -110,13 +143,22 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sidecar", description="horizon-sidecar: a service-mesh sidecar proxy"
     )
-    commands = parser.add_subparsers(dest="command", required=True)
+    # metavar lists the public commands: `worker` is internal (the supervisor's way to start a worker).
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{run,validate,demo,certs}")
 
     run = commands.add_parser("run", help="run the sidecar")
     run.add_argument("-c", "--config", required=True, help="the YAML config file")
-    run.add_argument("--workers", type=int, help="override `workers:`")
+    run.add_argument("--workers", type=_workers_arg, help="override `workers:` (a number or 'auto')")
     run.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     run.set_defaults(func=cmd_run)
+
+    worker = commands.add_parser("worker")
+    worker.add_argument("--config", required=True)
+    worker.add_argument("--index", type=int, required=True)
+    worker.add_argument("--admin-socket", required=True, help="serve this worker's admin view here")
+    worker.add_argument("--port", action="append", default=[], help="NAME=PORT: bind listener NAME on PORT")
+    worker.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    worker.set_defaults(func=cmd_worker)
 
     validate = commands.add_parser("validate", help="check a config file and print every problem")
     validate.add_argument("-c", "--config", required=True, help="the YAML config file")

@@ -1,27 +1,71 @@
-"""Process runtime: the event loop (uvloop), signals, and running an App until it has drained.
+"""Process runtime: the event loop (uvloop), signals, worker processes, and running until drained.
 
-Owns installing uvloop, logging set-up, SIGTERM/SIGINT -> drain, and the exit code. Worker processes
-(SO_REUSEPORT) and SIGHUP reload plug in here. Must not build request-path objects (app.py does).
+Owns installing uvloop, logging set-up, SIGTERM/SIGINT -> drain, SIGHUP -> reload, the exit code,
+and, for `workers: N > 1`, the supervisor: it spawns N worker processes that share every listener
+through SO_REUSEPORT, restarts a worker that dies, serves `admin.address` itself by fanning out to the
+workers' admin unix sockets, and drains them all on shutdown (docs/decisions/0005-workers.md).
+Must not build request-path objects (app.py does) or parse argv (cli.py does).
+
+`workers: 1` runs the App in this very process, with no supervisor: a sidecar's idle memory is paid
+once per pod, so the common case must not pay for a second interpreter.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
+import json
 import logging
+import os
+import shutil
 import signal
 import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
+from typing import Any, Final
 
+import aiohttp
 import uvloop
+from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import generate_latest
 
+from proxy.admin.server import AdminServer
 from proxy.app import App
 from proxy.config.load import LoadedConfig
+from proxy.telemetry.exposition import render_metrics
+from proxy.telemetry.merge import MergedMetrics, Source, merge
+from proxy.telemetry.metrics import RELOAD_RESULTS, Metrics
 
 log = logging.getLogger("proxy.runtime")
 
+# A worker that crashes again within STABLE_AFTER seconds of starting is crash-looping: its restart
+# delay doubles from RESTART_DELAY_MIN up to RESTART_DELAY_MAX; a worker that ran longer starts over.
+RESTART_DELAY_MIN: Final = 0.5
+RESTART_DELAY_MAX: Final = 5.0
+STABLE_AFTER: Final = 10.0
+# Admin requests to a worker are tiny and local; a worker that cannot answer in this long is stuck.
+WORKER_ADMIN_TIMEOUT: Final = 5.0
+# After drain_timeout, workers get this long to finish stopping before SIGKILL.
+STOP_GRACE: Final = 5.0
 
-def setup_logging(level: str = "info") -> None:
+
+def setup_logging(level: str = "info", tag: str | None = None) -> None:
+    """Log to stderr; `tag` (e.g. "worker-1") marks a worker's lines, which share the supervisor's stderr."""
+    where = f" {tag}" if tag else ""
     logging.basicConfig(stream=sys.stderr, level=level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+                        format=f"%(asctime)s %(levelname)s{where} %(name)s: %(message)s")
+
+
+def _wire_reload(app: App) -> None:
+    """SIGHUP and a change of the config file on disk reload the App (CONTRACT "Reload and lifecycle")."""
+    asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, app.request_reload)
+    app.watch_config()
+
+
+# -- one process (workers: 1) ----------------------------------------------------------------------
 
 
 async def serve(loaded: LoadedConfig) -> int:
@@ -35,6 +79,7 @@ async def serve(loaded: LoadedConfig) -> int:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, app.request_shutdown)
+    _wire_reload(app)
     log.info("%s", app.describe_bound())
     await app.wait_for_shutdown()
     log.info("draining (up to %gs)", loaded.config.drain_timeout)
@@ -43,7 +88,457 @@ async def serve(loaded: LoadedConfig) -> int:
     return 0
 
 
-def run(loaded: LoadedConfig) -> int:
-    """Run the sidecar in this process on uvloop; returns the exit code."""
+def run(loaded: LoadedConfig, workers: int = 1, log_level: str = "info") -> int:
+    """Run the sidecar on uvloop: in this process for one worker, else as a supervisor of `workers`."""
     uvloop.install()
-    return asyncio.run(serve(loaded))
+    if workers <= 1:
+        return asyncio.run(serve(loaded))
+    return asyncio.run(supervise(loaded, workers, log_level))
+
+
+# -- a worker process (spawned by the supervisor) --------------------------------------------------
+
+
+class _EndOfInput(asyncio.Protocol):
+    """Calls `on_eof` when the supervisor's end of our stdin pipe closes, i.e. when the supervisor died.
+
+    Why a pipe rather than prctl(PR_SET_PDEATHSIG): the pipe exists before the fork, so a supervisor that
+    dies while the worker is still starting is noticed too (the prctl call would come after exec, racing
+    it), and it is portable. The worker then drains like on SIGTERM, so it never outlives its supervisor
+    by more than its drain.
+    """
+
+    def __init__(self, on_eof: Callable[[], None]) -> None:
+        self._on_eof = on_eof
+        self.orphaned = False
+
+    def eof_received(self) -> bool | None:
+        self.connection_lost(None)
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.orphaned = True
+        self._on_eof()
+
+
+def with_ports(loaded: LoadedConfig, ports: Mapping[str, int]) -> LoadedConfig:
+    """The config with these listeners' ports replaced (workers after the first bind the port the first
+    one got for a listener configured with port 0, so they all share it)."""
+    if not ports:
+        return loaded
+    config = loaded.config
+    listeners = [
+        listener.model_copy(update={"address": listener.address.model_copy(update={"port": ports[listener.name]})})
+        if listener.name in ports else listener
+        for listener in config.listeners
+    ]
+    return dataclasses.replace(loaded, config=config.model_copy(update={"listeners": listeners}))
+
+
+def _report(message: dict[str, Any]) -> None:
+    # One JSON line on stdout is the worker's only message to its supervisor: bound (with ports) or error.
+    sys.stdout.write(json.dumps(message) + "\n")
+    sys.stdout.flush()
+
+
+async def serve_worker(loaded: LoadedConfig, admin_socket: str) -> int:
+    """Run one worker: listeners with SO_REUSEPORT, the admin view on `admin_socket`; drain on SIGTERM,
+    SIGINT, or when the supervisor goes away."""
+    app = App(loaded, admin_unix=admin_socket, reuse_port=True)
+    loop = asyncio.get_running_loop()
+    # Signal handlers before the bound report: the supervisor forwards signals only to reported workers.
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, app.request_shutdown)
+    try:
+        await app.start()
+    except OSError as exc:
+        _report({"error": str(exc.strerror or exc)})
+        return 1
+    _wire_reload(app)
+    _transport, supervisor = await loop.connect_read_pipe(lambda: _EndOfInput(app.request_shutdown), sys.stdin)
+    # Only the supervisor's line names the listeners (CONTRACT: the first line of `run`'s log).
+    log.debug("%s", app.describe_bound())
+    _report({"bound": app.bound})
+    # Nothing else may write to the report pipe (nobody reads it after the first line).
+    sys.stdout = sys.stderr
+    await app.wait_for_shutdown()
+    log.debug("draining (up to %gs)", loaded.config.drain_timeout)
+    await app.drain_and_stop()
+    if supervisor.orphaned:
+        # The supervisor died without cleaning up: the last worker out removes the runtime directory
+        # (rmdir fails, harmlessly, while a sibling's socket is still there).
+        with contextlib.suppress(OSError):
+            os.unlink(admin_socket)
+            os.rmdir(os.path.dirname(admin_socket))
+    return 0
+
+
+def run_worker(loaded: LoadedConfig, admin_socket: str, ports: Mapping[str, int]) -> int:
+    """The hidden `worker` command: one worker process of a supervised sidecar."""
+    # A SIGHUP forwarded before the loop's handler exists must not kill the worker (the default action).
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    uvloop.install()
+    return asyncio.run(serve_worker(with_ports(loaded, ports), admin_socket))
+
+
+# -- the supervisor (workers: N > 1) ---------------------------------------------------------------
+
+
+def describe_exit(returncode: int) -> str:
+    """'exited with code 3' or 'killed by SIGKILL', for the log line explaining a restart."""
+    if returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = f"signal {-returncode}"
+        return f"killed by {name}"
+    return f"exited with code {returncode}"
+
+
+@dataclasses.dataclass(eq=False)
+class WorkerSlot:
+    """One worker index: the process currently filling it (replaced on restart) and how it is doing."""
+
+    index: int
+    socket_path: str
+    session: aiohttp.ClientSession
+    proc: asyncio.subprocess.Process | None = None
+    bound: dict[str, tuple[str, int]] | None = None
+    started_at: float = 0.0
+    restart_delay: float = 0.0
+    state: str = "starting"  # why it is not serving, while `bound` is None
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None and self.proc.returncode is None else None
+
+    @property
+    def serving(self) -> bool:
+        return self.bound is not None and self.pid is not None
+
+
+class Supervisor:
+    """Spawns and watches the worker processes of one sidecar, and drains them together."""
+
+    def __init__(self, loaded: LoadedConfig, count: int, runtime_dir: Path, log_level: str) -> None:
+        self.loaded = loaded
+        self.runtime_dir = runtime_dir
+        self.log_level = log_level
+        # Ports the first worker got for listeners configured with port 0; every later (re)start binds these.
+        self.ports: dict[str, int] = {}
+        self.slots = [self._slot(i) for i in range(count)]
+        # The supervisor's own registry, merged into /metrics (the same family definitions as a worker's;
+        # only sidecar_config_reloads_total is ever counted here, by reload code running in the supervisor).
+        # Workers count their own reloads too: merge.py takes the max for that family, not the sum.
+        self.registry = CollectorRegistry()
+        self.metrics = Metrics(self.registry)
+        self.config_reloads = {result: self.metrics.config_reloads(result) for result in RELOAD_RESULTS}
+        self.draining = False
+        self._stopping = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def _slot(self, index: int) -> WorkerSlot:
+        path = str(self.runtime_dir / f"worker-{index}.sock")
+        # force_close: a restarted worker listens on the same path, so a pooled connection would point at
+        # the dead process; admin traffic is too rare to need keep-alive.
+        connector = aiohttp.UnixConnector(path=path, force_close=True)
+        session = aiohttp.ClientSession(connector=connector,
+                                        timeout=aiohttp.ClientTimeout(total=WORKER_ADMIN_TIMEOUT))
+        return WorkerSlot(index, path, session)
+
+    # -- starting and restarting ---------------------------------------------------------------------
+
+    def _command(self, slot: WorkerSlot) -> list[str]:
+        command = [sys.executable, "-m", "proxy", "worker", "--config", str(self.loaded.path),
+                   "--index", str(slot.index), "--admin-socket", slot.socket_path, "--log-level", self.log_level]
+        for name, port in self.ports.items():
+            command += ["--port", f"{name}={port}"]
+        return command
+
+    async def _spawn(self, slot: WorkerSlot) -> str | None:
+        """Start a process for `slot` and wait for its bound report; None on success, else why it failed.
+
+        The worker reads the config file itself: after a reload every worker runs what the file says, so a
+        worker restarted later starts on the same config as its reloaded siblings.
+        """
+        slot.bound = None
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *self._command(slot), stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
+        except OSError as exc:  # out of processes or file descriptors: retried like a crash
+            return f"cannot spawn: {exc.strerror or exc}"
+        slot.proc = proc
+        assert proc.stdout is not None
+        line = await proc.stdout.readline()
+        try:
+            message = json.loads(line) if line else {}
+        except ValueError:
+            message = {}
+        if isinstance(message, dict) and "bound" in message:
+            slot.bound = {name: (str(host), int(port)) for name, (host, port) in message["bound"].items()}
+            slot.started_at = time.monotonic()
+            if self._stopping.is_set():
+                # Shutdown began while it was starting; it missed the forwarded SIGTERM.
+                with contextlib.suppress(ProcessLookupError):
+                    proc.terminate()
+            return None
+        if proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+        returncode = await proc.wait()
+        error = message.get("error") if isinstance(message, dict) else None
+        return str(error) if error else describe_exit(returncode)
+
+    async def start(self) -> str | None:
+        """Start every worker; None once all are bound, else the reason the sidecar cannot start."""
+        configured = {listener.name: listener.address.port for listener in self.loaded.config.listeners}
+        rest = self.slots
+        if 0 in configured.values():
+            # Port 0: the first worker learns which port the kernel picks; the others then share that one.
+            first, rest = self.slots[0], self.slots[1:]
+            error = await self._spawn(first)
+            if error is not None:
+                return f"worker 0: {error}"
+            assert first.bound is not None
+            self.ports = {name: port for name, (_host, port) in first.bound.items() if configured.get(name) == 0}
+        errors = await asyncio.gather(*(self._spawn(slot) for slot in rest))
+        # Workers usually fail alike (a port taken): name each distinct reason once, with its workers.
+        failed: dict[str, list[str]] = {}
+        for slot, error in zip(rest, errors, strict=True):
+            if error is not None:
+                failed.setdefault(error, []).append(str(slot.index))
+        if failed:
+            return "; ".join(f"worker{'s' if len(who) > 1 else ''} {', '.join(who)}: {error}"
+                             for error, who in failed.items())
+        for slot in self.slots:
+            task = asyncio.create_task(self._watch(slot), name=f"watch worker {slot.index}")
+            self._tasks.add(task)
+        return None
+
+    async def _sleep_unless_stopping(self, delay: float) -> bool:
+        """Sleep `delay` seconds; False at once if shutdown begins meanwhile."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(delay):
+                await self._stopping.wait()
+        return not self._stopping.is_set()
+
+    async def _watch(self, slot: WorkerSlot) -> None:
+        """Restart the worker in `slot` whenever it dies, until shutdown."""
+        while True:
+            assert slot.proc is not None
+            pid = slot.proc.pid
+            returncode = await slot.proc.wait()
+            slot.bound = None
+            if self._stopping.is_set():
+                slot.state = "stopped"
+                return
+            reason = describe_exit(returncode)
+            crash_looping = time.monotonic() - slot.started_at < STABLE_AFTER and slot.restart_delay > 0
+            delay = min(slot.restart_delay * 2, RESTART_DELAY_MAX) if crash_looping else RESTART_DELAY_MIN
+            log.warning("worker %d (pid %d) %s; restarting in %gs", slot.index, pid, reason, delay)
+            while True:
+                slot.restart_delay = delay
+                slot.state = f"restarting ({reason})"
+                if not await self._sleep_unless_stopping(delay):
+                    slot.state = "stopped"
+                    return
+                error = await self._spawn(slot)
+                if error is None:
+                    log.info("worker %d restarted (pid %d)", slot.index, slot.proc.pid)
+                    break
+                reason = f"failed to start: {error}"
+                delay = min(delay * 2, RESTART_DELAY_MAX)
+                log.warning("worker %d %s; retrying in %gs", slot.index, reason, delay)
+
+    # -- signals and shutdown --------------------------------------------------------------------------
+
+    def forward(self, signum: signal.Signals) -> None:
+        """Send `signum` to every worker that has reported in (their handlers are installed by then)."""
+        for slot in self.slots:
+            if slot.serving and slot.proc is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    slot.proc.send_signal(signum)
+
+    def request_shutdown(self) -> None:
+        """SIGTERM, SIGINT or POST /shutdown: /ready turns 503 at once, then the workers drain."""
+        self.draining = True
+        self._stopping.set()
+
+    async def wait_for_shutdown(self) -> None:
+        await self._stopping.wait()
+
+    async def stop(self) -> None:
+        """Forward SIGTERM, wait for every worker's drain (each bounded by drain_timeout), then clean up."""
+        self.request_shutdown()
+        procs = [slot.proc for slot in self.slots if slot.proc is not None and slot.proc.returncode is None]
+        for proc in procs:
+            # Also to a worker still starting (not reported yet): it has nothing to drain, so the default
+            # action (exit) before its handler exists is as good as the drain after.
+            with contextlib.suppress(ProcessLookupError):
+                proc.terminate()
+        waits = [asyncio.ensure_future(proc.wait()) for proc in procs]
+        if waits:
+            _done, pending = await asyncio.wait(waits, timeout=self.loaded.config.drain_timeout + STOP_GRACE)
+            for slot in self.slots:
+                if slot.proc is not None and slot.proc.returncode is None:
+                    log.warning("worker %d (pid %d) did not stop in time; killing it", slot.index, slot.proc.pid)
+                    with contextlib.suppress(ProcessLookupError):
+                        slot.proc.kill()
+            if pending:
+                await asyncio.wait(pending)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+
+    async def close(self) -> None:
+        """Close the admin client sessions (after the admin server, whose pages use them, has stopped)."""
+        for slot in self.slots:
+            await slot.session.close()
+
+    # -- talking to workers ----------------------------------------------------------------------------
+
+    async def ask(self, slot: WorkerSlot, method: str, path: str) -> tuple[int, str]:
+        """One admin request to a worker over its unix socket: (status, body)."""
+        async with slot.session.request(method, f"http://worker-{slot.index}{path}") as response:
+            return response.status, await response.text()
+
+    def metrics_text(self) -> str:
+        return generate_latest(self.registry).decode()
+
+
+class SupervisorView:
+    """The supervisor's `AdminSource`: answers for the whole sidecar by asking every worker."""
+
+    def __init__(self, supervisor: Supervisor) -> None:
+        self._sup = supervisor
+
+    async def _each(self, call: Callable[[WorkerSlot], Awaitable[Any]]) -> list[Any]:
+        # Serving workers in parallel; one that fails yields its exception rather than failing the page.
+        return await asyncio.gather(*(call(slot) for slot in self._sup.slots), return_exceptions=True)
+
+    async def ready(self) -> tuple[bool, str]:
+        if self._sup.draining:
+            return False, "draining"
+
+        async def one(slot: WorkerSlot) -> str | None:
+            if not slot.serving:
+                return f"worker {slot.index} {slot.state}"
+            status, text = await self._sup.ask(slot, "GET", "/ready")
+            return None if status == 200 else f"worker {slot.index}: {text.strip()}"
+
+        reasons = []
+        for slot, answer in zip(self._sup.slots, await self._each(one), strict=True):
+            if isinstance(answer, BaseException):
+                reasons.append(f"worker {slot.index}: admin unreachable ({type(answer).__name__})")
+            elif answer is not None:
+                reasons.append(answer)
+        return (False, "; ".join(reasons)) if reasons else (True, "ready")
+
+    async def config_dump(self) -> dict[str, Any]:
+        # Every worker runs the same file; the first one serving answers (worker 0 unless it is restarting).
+        for slot in self._sup.slots:
+            if slot.serving:
+                status, text = await self._sup.ask(slot, "GET", "/config_dump")
+                if status == 200:
+                    dump: dict[str, Any] = json.loads(text)
+                    return dump
+        raise RuntimeError("no worker is serving")
+
+    async def clusters(self) -> dict[str, Any]:
+        """`{"workers": [{"index", "pid", "clusters": [...]}]}`: pools, breakers and counters are per worker."""
+
+        async def one(slot: WorkerSlot) -> dict[str, Any]:
+            entry: dict[str, Any] = {"index": slot.index, "pid": slot.pid}
+            if not slot.serving:
+                return {**entry, "error": slot.state, "clusters": []}
+            status, text = await self._sup.ask(slot, "GET", "/clusters")
+            if status != 200:
+                return {**entry, "error": f"worker answered {status}", "clusters": []}
+            clusters: list[Any] = json.loads(text)["clusters"]
+            return {**entry, "clusters": clusters}
+
+        workers = []
+        for slot, answer in zip(self._sup.slots, await self._each(one), strict=True):
+            if isinstance(answer, BaseException):
+                answer = {"index": slot.index, "pid": slot.pid, "error": f"admin unreachable ({type(answer).__name__})",
+                          "clusters": []}
+            workers.append(answer)
+        return {"workers": workers}
+
+    async def metrics(self, accept: str | None) -> tuple[bytes, str]:
+        async def one(slot: WorkerSlot) -> str | None:
+            if not slot.serving:
+                return None
+            status, text = await self._sup.ask(slot, "GET", "/metrics")
+            return text if status == 200 else None
+
+        sources = [Source(None, self._sup.metrics_text())]
+        for slot, answer in zip(self._sup.slots, await self._each(one), strict=True):
+            if isinstance(answer, str):
+                sources.append(Source(str(slot.index), answer))
+            elif isinstance(answer, BaseException):
+                log.warning("metrics of worker %d unavailable: %s", slot.index, answer)
+        return render_metrics(MergedMetrics(merge(sources)), accept)
+
+    def request_shutdown(self) -> None:
+        self._sup.request_shutdown()
+
+    def log_level(self) -> str:
+        return logging.getLevelName(logging.getLogger().getEffectiveLevel()).lower()
+
+    async def set_log_level(self, level: str) -> None:
+        logging.getLogger().setLevel(level.upper())
+        # Workers started from now on (restarts) inherit it through their command line.
+        self._sup.log_level = level
+
+        async def one(slot: WorkerSlot) -> None:
+            if slot.serving:
+                await self._sup.ask(slot, "POST", f"/logging?level={level}")
+
+        for slot, answer in zip(self._sup.slots, await self._each(one), strict=True):
+            if isinstance(answer, BaseException):
+                log.warning("could not set the log level of worker %d: %s", slot.index, answer)
+
+
+def _fmt(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+async def supervise(loaded: LoadedConfig, count: int, log_level: str) -> int:
+    """Run `count` workers behind one admin endpoint until SIGTERM/SIGINT/POST /shutdown; 0 after the drain."""
+    runtime_dir = Path(tempfile.mkdtemp(prefix="sidecar-"))  # mode 0700: only we reach the worker sockets
+    supervisor = Supervisor(loaded, count, runtime_dir, log_level)
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, supervisor.request_shutdown)
+    loop.add_signal_handler(signal.SIGHUP, supervisor.forward, signal.SIGHUP)
+    admin_address = loaded.config.admin.address
+    admin = AdminServer(SupervisorView(supervisor), admin_address.host, admin_address.port)
+    try:
+        # The admin endpoint first: a startup probe sees 503 "worker I starting", and a taken admin port
+        # fails before any worker is spawned.
+        try:
+            admin_port = await admin.start()
+        except OSError as exc:
+            print(f"sidecar: cannot start: admin {admin_address}: {exc.strerror or exc}", file=sys.stderr)
+            return 1
+        error = await supervisor.start()
+        if error is not None:
+            print(f"sidecar: cannot start: {error}", file=sys.stderr)
+            await supervisor.stop()
+            return 1
+        bound = supervisor.slots[0].bound or {}
+        listeners = " ".join(f"{name}={_fmt(host, port)}" for name, (host, port) in bound.items())
+        pids = ",".join(str(slot.pid) for slot in supervisor.slots)
+        log.info("listening: %s; admin %s; %d workers (pids %s)", listeners or "(no listeners)",
+                 _fmt(admin_address.host, admin_port), count, pids)
+        await supervisor.wait_for_shutdown()
+        log.info("draining %d workers (up to %gs)", count, loaded.config.drain_timeout)
+        await supervisor.stop()
+        log.info("stopped")
+        return 0
+    finally:
+        await admin.stop()
+        await supervisor.close()
+        shutil.rmtree(runtime_dir, ignore_errors=True)

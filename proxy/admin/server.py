@@ -14,7 +14,7 @@ import ipaddress
 import json
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any, Final, Protocol
+from typing import Any, Final, Protocol, TypeVar
 
 from aiohttp import web
 
@@ -26,17 +26,21 @@ _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 class AdminSource(Protocol):
-    """What the admin server shows and what it can ask the process to do."""
+    """What the admin server shows and what it can ask the process to do.
 
-    def ready(self) -> tuple[bool, str]:
+    Methods may answer directly or with an awaitable: a worker's view is in memory, while a
+    multi-worker supervisor must ask its workers over their unix sockets first.
+    """
+
+    def ready(self) -> tuple[bool, str] | Awaitable[tuple[bool, str]]:
         """(True, "") when ready; (False, reason) otherwise, including while draining."""
         ...
 
-    def config_dump(self) -> dict[str, Any]:
+    def config_dump(self) -> dict[str, Any] | Awaitable[dict[str, Any]]:
         """The effective config, secrets redacted, with a top-level `version_hash`."""
         ...
 
-    def clusters(self) -> dict[str, Any]:
+    def clusters(self) -> dict[str, Any] | Awaitable[dict[str, Any]]:
         """Per cluster: endpoints with health, breaker state, ejection, in-flight, EWMA latency."""
         ...
 
@@ -50,16 +54,26 @@ class AdminSource(Protocol):
 
     def log_level(self) -> str: ...
 
-    def set_log_level(self, level: str) -> None:
+    def set_log_level(self, level: str) -> Awaitable[None] | None:
         """Apply `level` (one of LOG_LEVELS) in every worker."""
         ...
+
+
+_T = TypeVar("_T")
+
+
+async def _answer(value: _T | Awaitable[_T]) -> _T:
+    # isinstance against the ABC (not inspect.isawaitable) so the type checker narrows both branches.
+    if isinstance(value, Awaitable):
+        return await value
+    return value
 
 
 def _is_loopback(request: web.Request) -> bool:
     # The transport's peer, never X-Forwarded-For: a header must not grant shutdown rights.
     peer = request.transport.get_extra_info("peername") if request.transport is not None else None
     if not peer:
-        return False  # unknown peer (e.g. a Unix socket or a closed transport): refuse
+        return False  # unknown peer (e.g. a closed transport): refuse
     try:
         addr = ipaddress.ip_address(peer[0].split("%", 1)[0])
     except (ValueError, TypeError, IndexError):
@@ -94,12 +108,14 @@ async def _no_tracebacks(request: web.Request, handler: _Handler) -> web.StreamR
 
 
 class AdminServer:
-    """Serves the admin endpoints for `source` on host:port (port 0 picks a free port)."""
+    """Serves the admin endpoints for `source` on host:port (port 0 picks a free port), or on the unix
+    socket `unix_path` instead (a worker's admin view, gathered by its supervisor)."""
 
-    def __init__(self, source: AdminSource, host: str, port: int) -> None:
+    def __init__(self, source: AdminSource, host: str, port: int, *, unix_path: str | None = None) -> None:
         self._source = source
         self._host = host
         self._port = port
+        self._unix_path = unix_path
         self._runner: web.AppRunner | None = None
         self.bound_port: int | None = None
 
@@ -116,7 +132,7 @@ class AdminServer:
         return app
 
     async def start(self) -> int:
-        """Bind and serve; return the bound port."""
+        """Bind and serve; return the bound port (0 on a unix socket)."""
         if self._runner is not None:
             raise RuntimeError("admin server already started")
         # access_log=None: scrapes and probes every few seconds would drown the sidecar's own log.
@@ -124,13 +140,17 @@ class AdminServer:
         runner = web.AppRunner(self._app(), access_log=None, handle_signals=False, shutdown_timeout=2.0)
         await runner.setup()
         try:
-            site = web.TCPSite(runner, self._host, self._port)
+            site: web.BaseSite
+            if self._unix_path is not None:
+                site = web.UnixSite(runner, self._unix_path)
+            else:
+                site = web.TCPSite(runner, self._host, self._port)
             await site.start()
         except BaseException:
             await runner.cleanup()
             raise
         self._runner = runner
-        self.bound_port = int(runner.addresses[0][1])
+        self.bound_port = 0 if self._unix_path is not None else int(runner.addresses[0][1])
         return self.bound_port
 
     async def stop(self) -> None:
@@ -138,13 +158,18 @@ class AdminServer:
         if runner is not None:
             await runner.cleanup()
 
+    def _is_local(self, request: web.Request) -> bool:
+        # A unix socket is reachable only through the file system (its directory is the supervisor's
+        # private runtime dir): whoever can connect is this host's sidecar, so it counts as loopback.
+        return self._unix_path is not None or _is_loopback(request)
+
     # -- handlers -------------------------------------------------------------------------------
 
     async def _live(self, request: web.Request) -> web.Response:
         return web.Response(text="live\n")
 
     async def _ready(self, request: web.Request) -> web.Response:
-        ok, reason = self._source.ready()
+        ok, reason = await _answer(self._source.ready())
         if ok:
             return web.Response(text="ready\n")
         return web.Response(status=503, text=f"not ready: {reason}\n")
@@ -155,13 +180,13 @@ class AdminServer:
         return web.Response(body=body, headers={"Content-Type": content_type})
 
     async def _config_dump(self, request: web.Request) -> web.Response:
-        return _json(self._source.config_dump())
+        return _json(await _answer(self._source.config_dump()))
 
     async def _clusters(self, request: web.Request) -> web.Response:
-        return _json(self._source.clusters())
+        return _json(await _answer(self._source.clusters()))
 
     async def _shutdown(self, request: web.Request) -> web.StreamResponse:
-        if not _is_loopback(request):
+        if not self._is_local(request):
             return _forbidden()
         # Answer first, then ask for the drain: the drain may stop this server, and the caller
         # (a Kubernetes Job, a script) should still learn that its request was accepted.
@@ -178,11 +203,11 @@ class AdminServer:
         return _json({"level": self._source.log_level()})
 
     async def _set_logging(self, request: web.Request) -> web.Response:
-        if not _is_loopback(request):
+        if not self._is_local(request):
             return _forbidden()
         level = request.query.get("level", "").lower()
         if level not in LOG_LEVELS:
             return web.Response(status=400, text=f"level must be one of {', '.join(LOG_LEVELS)}\n")
-        self._source.set_log_level(level)
+        await _answer(self._source.set_log_level(level))
         log.info("log level set to %s via admin", level)
         return _json({"level": level})
