@@ -16,7 +16,10 @@ cluster when a config is loaded, never per request. The order, and why:
 - attempt: the balancer offers endpoints whose breaker admits (avoiding those tried), the per-try
   deadline covers connect and the response head, a new span id and `x-sidecar-attempt` go on each try;
 - the one classifier's verdict feeds retry, breaker, outlier detection and attempt metrics alike; the
-  breaker records after the per-try timeout so it sees timeouts as failures.
+  breaker records after the per-try timeout so it sees timeouts as failures, and before the retry
+  decision, so a retry is not sent (and the answer in hand not dropped) when no endpoint can take it;
+- a retry replays the whole body or does not happen: a body over `replay_buffer`, or a streamed one not
+  kept in full, keeps the answer in hand.
 Must not parse bytes (the codec does) or hold policy state of its own (the concern packages do).
 """
 
@@ -35,7 +38,7 @@ from proxy.filters.rewrite import Rewriter
 from proxy.filters.trace import TraceContext, TracePropagator
 from proxy.http.client import ClientConnection, ResponseReady
 from proxy.http.headers import X_FORWARDED_FOR, X_FORWARDED_PROTO, serialize_request
-from proxy.http.server import Exchange, ServerConnection, ServerSettings
+from proxy.http.server import Exchange, RequestBody, ServerConnection, ServerSettings
 from proxy.local_reply import Cause, LocalReply, failure_reply, local_reply
 from proxy.resilience.budget import BudgetDecision
 from proxy.resilience.classify import Verdict, classify_cancelled, classify_failure, classify_status
@@ -309,7 +312,8 @@ class OutboundListener:
                 policy.budget.release_retry()
 
     def _retry_decision(self, exchange: Exchange, policy: CompiledRetryPolicy | None, target: Target, number: int,
-                        verdict: Verdict, reached_upstream: bool, ready: ResponseReady | None) -> _Retry | None:
+                        verdict: Verdict, reached_upstream: bool, ready: ResponseReady | None,
+                        whole: bytes | None) -> _Retry | None:
         """May this attempt's outcome be retried? Checks the policy, the request, the budget; counts."""
         if policy is None or number > policy.attempts or not policy.should_retry(verdict):
             return None
@@ -318,9 +322,15 @@ class OutboundListener:
                 head.method, head.header(IDEMPOTENCY_KEY) is not None, reached_upstream):
             return None
         body = exchange.body
-        if body is not None and body.kept is None and not body.complete:
-            return None  # a streamed body that was not kept (or outgrew the replay buffer)
-        if body is not None and not body.replayable:
+        if body is not None:
+            if whole is not None:
+                if len(whole) > policy.replay_buffer:
+                    return None  # the whole body arrived at once, but is larger than the replay buffer
+            elif not _replayable(body):
+                return None  # a streamed body that outgrew the replay buffer (or was not kept whole)
+        if not target.cluster.available():
+            # Every endpoint is ejected or refused by its breaker: a retry could only end in a local 503,
+            # so the answer in hand (the upstream's, or the failure's own reply) is the better one.
             return None
         decision = policy.budget.try_acquire_retry()
         if decision is not BudgetDecision.ALLOWED:
@@ -397,6 +407,7 @@ class OutboundListener:
         endpoint.requests += 1
         conn: ClientConnection | None = None
         verdict: Verdict | None = None
+        settled = False  # the verdict went to the breaker, outlier detection and metrics
         try:
             try:
                 if attempt_deadline is None:
@@ -408,18 +419,28 @@ class OutboundListener:
                 if deadline is not None and self._loop.time() >= deadline:
                     # The route deadline: a failure for the breaker, and nothing is left to retry in.
                     verdict = classify_failure(FailureKind.TIMEOUT)
+                    settled = _settle(cluster, endpoint, token, verdict)
                     return self._failed(exchange, target, number, None, verdict, True,
-                                        f"route {path.name}: timeout after {path.timeout:g}s", FailureKind.TIMEOUT)
+                                        f"route {path.name}: timeout after {path.timeout:g}s", FailureKind.TIMEOUT,
+                                        whole)
                 verdict = classify_failure(FailureKind.TIMEOUT, per_try_timeout=True)
+                settled = _settle(cluster, endpoint, token, verdict)
                 return self._failed(exchange, target, number, policy, verdict, True,
-                                    f"{endpoint.pool.context}: per-try timeout", FailureKind.TIMEOUT)
+                                    f"{endpoint.pool.context}: per-try timeout", FailureKind.TIMEOUT, whole)
             except UpstreamError as error:
                 verdict = classify_failure(error.kind)
+                settled = _settle(cluster, endpoint, token, verdict)
                 return self._failed(exchange, target, number, policy, verdict, not error.kind.before_connect,
-                                    error.context, error.kind)
+                                    error.context, error.kind, whole)
             response = ready.head
             verdict = classify_status(response.status)
-            retry = self._retry_decision(exchange, policy, target, number, verdict, True, ready)
+            # An answer the policy would retry is settled before deciding: the retry's choice of endpoint
+            # must see it (a breaker it just opened). Any other answer settles once its body has ended,
+            # so a reset mid-body still counts as one.
+            retry = None
+            if policy is not None and policy.should_retry(verdict):
+                settled = _settle(cluster, endpoint, token, verdict)
+                retry = self._retry_decision(exchange, policy, target, number, verdict, True, ready, whole)
             if retry is not None:
                 return retry  # the finally closes `conn`: its answer is dropped
             if path.response_rules is not None:
@@ -451,10 +472,8 @@ class OutboundListener:
             raise
         finally:
             endpoint.in_flight -= 1
-            if verdict is not None:
-                endpoint.report(token, verdict)
-                if not verdict.cancelled:
-                    getattr(cluster.attempts, verdict.label).inc()
+            if verdict is not None and not settled:
+                _settle(cluster, endpoint, token, verdict)
             if body is not None:
                 body.detach()
             if conn is not None:
@@ -464,9 +483,10 @@ class OutboundListener:
                 conn.abort()
 
     def _failed(self, exchange: Exchange, target: Target, number: int, policy: CompiledRetryPolicy | None,
-                verdict: Verdict, reached_upstream: bool, context: str, kind: FailureKind) -> int | _Retry:
+                verdict: Verdict, reached_upstream: bool, context: str, kind: FailureKind,
+                whole: bytes | None) -> int | _Retry:
         """An attempt that produced no response: retry it, or answer for it."""
-        retry = self._retry_decision(exchange, policy, target, number, verdict, reached_upstream, None)
+        retry = self._retry_decision(exchange, policy, target, number, verdict, reached_upstream, None, whole)
         if retry is not None:
             return retry
         if exchange.response_started:
@@ -526,6 +546,24 @@ def _append_forwarded(headers: list[tuple[bytes, bytes]], peer_ip: bytes, proto:
         headers.append((X_FORWARDED_FOR, peer_ip))
     if not has_proto:
         headers.append((X_FORWARDED_PROTO, proto))
+
+
+def _settle(cluster: Cluster, endpoint: Endpoint, token: int, verdict: Verdict) -> bool:
+    """An attempt's verdict to its endpoint (breaker, outlier detection) and the attempt metrics, once."""
+    endpoint.report(token, verdict)
+    if not verdict.cancelled:
+        getattr(cluster.attempts, verdict.label).inc()
+    return True
+
+
+def _replayable(body: RequestBody) -> bool:
+    """Can a streamed body be sent again in full? Only when every byte received so far was kept."""
+    kept = body.kept
+    if kept is None or not body.replayable:
+        return False
+    # A replay that misses bytes would send a truncated body under the original framing (a request the
+    # upstream waits on forever, or a different one): refuse the retry rather than send it.
+    return sum(map(len, kept)) == body.received
 
 
 def _header(headers: list[tuple[bytes, bytes]], name: bytes) -> bytes | None:

@@ -109,6 +109,13 @@ class CircuitBreaker:
         self._requests += 1
         return self._generation
 
+    def would_allow(self) -> bool:
+        """Would `allow()` admit an attempt now? Asks without taking a half-open trial slot."""
+        state = self._current_state(self._clock.now())
+        if state is _OPEN:
+            return False
+        return state is not _HALF_OPEN or self._requests < self.half_open_requests
+
     def record(self, generation: int, failure: bool) -> None:
         """afterRequest: the attempt admitted with `generation` ended; results from an older generation
         (an earlier interval or state) are ignored."""

@@ -139,6 +139,10 @@ class Cluster:
                 return fallback, token
         return None
 
+    def available(self) -> bool:
+        """Could `pick` find an endpoint now? Asked before a retry drops the answer it would replace."""
+        return any(endpoint.available() for endpoint in self.endpoints)
+
     # -- outlier timer -----------------------------------------------------------------------------
 
     def evaluate_outliers(self) -> None:

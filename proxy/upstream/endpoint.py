@@ -2,8 +2,8 @@
 
 Owns the per-endpoint state the balancer and the admin view read: in-flight requests, totals, the
 circuit breaker (gobreaker semantics, `proxy.resilience.breaker`) and the outlier-ejection flag set by
-the cluster's outlier timer. `admit()` and `report()` are the request path's two calls. Must not decide
-routing or retries.
+the cluster's outlier timer. `admit()` and `report()` are the request path's two calls; `available()`
+asks, without admitting, whether a retry could go here. Must not decide routing or retries.
 """
 
 from __future__ import annotations
@@ -44,6 +44,13 @@ class Endpoint:
         if breaker is None:
             return NO_BREAKER
         return breaker.allow()
+
+    def available(self) -> bool:
+        """Could an attempt go here now (not ejected, breaker admitting)? Takes nothing from the breaker."""
+        if self.ejected:
+            return False
+        breaker = self.breaker
+        return breaker is None or breaker.would_allow()
 
     def report(self, token: int, verdict: Verdict) -> None:
         """The verdict of an attempt admitted with `token`: feeds the breaker and outlier detection."""
