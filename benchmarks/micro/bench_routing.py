@@ -5,15 +5,15 @@ prefix, a header route, a catch-all) for the same request hitting the same kind 
 host index's promise ("many virtual hosts cost no more than a few percent") shows as a number; plus the
 other paths through the table (header route, third candidate, unknown host, query matcher) and
 `Split.pick` for one cluster and a 90/10 split.
-Run: `python -m benchmarks.micro.bench_routing [iterations]`.
+Run: `python -m benchmarks.micro.bench_routing [--iterations N]`.
 """
 
 from __future__ import annotations
 
 import random
 import sys
-import timeit
 
+from benchmarks.micro._common import iterations, ns_per_op, print_results
 from proxy.config.model import Route, RouteMatch, SplitEntry
 from proxy.message import RequestHead
 from proxy.routing.split import Split
@@ -26,11 +26,6 @@ _HEADERS = [
     (b"x-request-id", b"4bf92f3577b34da6a3ce929d0e0e4736"),
     (b"traceparent", b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
 ]
-
-
-def ns_per_op(stmt: str, namespace: dict[str, object], number: int, repeat: int = 5) -> float:
-    # Best of `repeat`: the minimum is the least disturbed by the rest of the machine.
-    return min(timeit.repeat(stmt, globals=namespace, number=number, repeat=repeat)) / number * 1e9
 
 
 def host(i: int) -> str:
@@ -57,7 +52,7 @@ def virtual_hosts(count: int) -> list[Route]:
 
 
 def main(argv: list[str]) -> None:
-    number = int(argv[1]) if len(argv) > 1 else 200_000
+    number = iterations(argv, 200_000, __doc__.splitlines()[0])
     one = RouteTable.from_config(
         [Route(name="api", cluster="c", match=RouteMatch(host=host(25), prefix="/api"))])
     many = RouteTable.from_config(virtual_hosts(50))
@@ -94,10 +89,7 @@ def main(argv: list[str]) -> None:
         "Split.pick, single cluster": ns_per_op("single.pick(rng)", ns, number),
         "Split.pick, 90/10": ns_per_op("weighted.pick(rng)", ns, number),
     }
-    width = max(map(len, results))
-    print(f"{number} iterations, best of 5, Python {sys.version.split()[0]}")
-    for name, value in results.items():
-        print(f"{name:<{width}}  {value:8.0f} ns/op")
+    print_results(number, results)
 
 
 if __name__ == "__main__":

@@ -4,15 +4,15 @@ Times `extract` + `inject` together (one upstream attempt) for each incoming sha
 single, b3 multi-header and no context (a new trace), with W3C-only and W3C+b3 injection; plus extract
 and inject alone for the W3C case. Inject copies a fresh header list each op, as the request path does
 when it builds the upstream headers; the copy is timed separately so it can be subtracted.
-Run: `python -m benchmarks.micro.bench_trace [iterations]`.
+Run: `python -m benchmarks.micro.bench_trace [--iterations N]`.
 """
 
 from __future__ import annotations
 
 import random
 import sys
-import timeit
 
+from benchmarks.micro._common import iterations, ns_per_op, print_results
 from proxy.filters.trace import TracePropagator
 
 _COMMON = [
@@ -33,13 +33,8 @@ _SHAPES: dict[str, list[tuple[bytes, bytes]]] = {
 }
 
 
-def ns_per_op(stmt: str, namespace: dict[str, object], number: int, repeat: int = 5) -> float:
-    # Best of `repeat`: the minimum is the least disturbed by the rest of the machine.
-    return min(timeit.repeat(stmt, globals=namespace, number=number, repeat=repeat)) / number * 1e9
-
-
 def main(argv: list[str]) -> None:
-    number = int(argv[1]) if len(argv) > 1 else 100_000
+    number = iterations(argv, 100_000, __doc__.splitlines()[0])
     w3c = TracePropagator.from_config(["w3c"], 0.01, random.Random(1))
     both = TracePropagator.from_config(["w3c", "b3"], 0.01, random.Random(1))
     results: dict[str, float] = {}
@@ -54,10 +49,7 @@ def main(argv: list[str]) -> None:
     results["extract w3c"] = ns_per_op("p.extract(h)", ns, number)
     results["inject w3c (incl. list copy)"] = ns_per_op("p.inject(list(h), ctx)", ns, number)
     results["list copy alone (baseline)"] = ns_per_op("list(h)", ns, number)
-    width = max(map(len, results))
-    print(f"{number} iterations, best of 5, Python {sys.version.split()[0]}")
-    for name, value in results.items():
-        print(f"{name:<{width}}  {value:8.0f} ns/op")
+    print_results(number, results)
 
 
 if __name__ == "__main__":
