@@ -181,8 +181,9 @@ class OutboundListener:
         self._conn_gauge.dec()
 
     def local_reply_sent(self, exchange: Exchange, reply: LocalReply) -> None:
-        """Protocol-level replies (malformed requests) never reach `handle`: count them here."""
-        if not exchange.head.method:
+        """Replies the codec makes itself (malformed requests, 413 on a declared length, CONNECT) never
+        reach `handle`: count them here."""
+        if exchange.local is not None:
             self.router.no_route.record(reply.head.status, self._loop.time() - exchange.started_at)
 
     @property
@@ -257,7 +258,8 @@ class OutboundListener:
                 except TimeoutError:
                     code = self._timed_out(exchange, path)
         except asyncio.CancelledError:
-            code = CLIENT_CLOSED
+            # Cancelled by the codec: the stream idle timer (answered 504 by the codec) or the client left.
+            code = 504 if exchange.timed_out else CLIENT_CLOSED
             raise
         finally:
             target.metrics.record(code or CLIENT_CLOSED, self._loop.time() - exchange.started_at)
@@ -468,7 +470,9 @@ class OutboundListener:
             conn = None
             return response.status
         except asyncio.CancelledError:
-            verdict = classify_cancelled()
+            # A stream idle timeout is the upstream's silence: a failure for the breaker. A client that
+            # went away is nobody's failure.
+            verdict = classify_failure(FailureKind.TIMEOUT) if exchange.timed_out else classify_cancelled()
             raise
         finally:
             endpoint.in_flight -= 1

@@ -122,9 +122,13 @@ class RequestBody:
         """Keep up to `limit` bytes (from the start) so the body can be sent again on a retry."""
         self.replay_limit = limit
         if self.kept is None:
-            self.kept = []
-            if self.received > limit:
+            if self.received > limit or self.received != self._buffered_size:
+                # Too much already, or bytes already sent to a sink and not kept: a replay would be short.
+                self.kept = []
                 self.replayable = False
+            else:
+                # What arrived before the first try is still buffered: it is the start of the replay.
+                self.kept = list(self._buffered)
 
     def feed(self, data: bytes) -> None:
         self.received += len(data)
@@ -900,7 +904,7 @@ class ServerConnection(asyncio.Protocol):
             return
         now = self._loop.time()
         settings = self.listener.settings
-        # Without a deadline of its own (a stream with the idle timer off): look again this much later.
+        # Look again at least this often: state changes (a request ending, a new one starting) do not re-arm.
         deadline = now + min(settings.idle_timeout, settings.header_read_timeout)
         active = self.active
         if self._in_head:
@@ -919,7 +923,9 @@ class ServerConnection(asyncio.Protocol):
                 if now >= stream_deadline:
                     self._stream_idle(active)
                 else:
-                    deadline = min(deadline, stream_deadline) if self._in_head else stream_deadline
+                    # Capped by the fallback: an exchange that ends soon leaves an idle connection whose
+                    # keep-alive deadline must not wait for a long stream deadline.
+                    deadline = min(deadline, stream_deadline)
         elif not self._queue and not self._in_head:
             deadline = self.idle_since + settings.idle_timeout
             if now >= deadline:

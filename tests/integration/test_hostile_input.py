@@ -238,8 +238,6 @@ async def env(sidecar: Callable[[str], Awaitable[object]]) -> AsyncIterator[Env]
     await upstream.stop()
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: local replies carry `connection: close` twice: local_reply() puts "
-                   "it in the head and Exchange._write_head (server.py) appends another")
 async def test_local_reply_head_has_each_header_once(env: Env) -> None:
     response = await send_raw(env.port, b"GET /x HTTP/1.1\r\nX-A: b\r\n\r\n")
     assert response.status == 400
@@ -282,29 +280,12 @@ async def test_invalid_content_length(env: Env, value: bytes) -> None:
     await env.assert_refused(b"POST /x HTTP/1.1\r\nHost: svc\r\nContent-Length: " + value + b"\r\n\r\nhello", 400)
 
 
-_TE_AFTER_HEAD = pytest.mark.xfail(
-    strict=True, reason="BUG: llhttp refuses this Transfer-Encoding only after on_headers_complete has "
-    "enqueued the exchange (server.py treats any Transfer-Encoding as chunked): the head is forwarded "
-    "upstream and the 400 waits forever behind it")
-
-
-@pytest.mark.parametrize("te", [
-    b"chunked, identity",
-    pytest.param(b"identity", marks=_TE_AFTER_HEAD),
-    pytest.param(b"gzip", marks=_TE_AFTER_HEAD),
-    pytest.param(b"xchunked", marks=_TE_AFTER_HEAD),
-])
+@pytest.mark.parametrize("te", [b"chunked, identity", b"identity", b"gzip", b"xchunked"])
 async def test_transfer_encoding_not_ending_in_chunked(env: Env, te: bytes) -> None:
     await env.assert_refused(
         b"POST /x HTTP/1.1\r\nHost: svc\r\nTransfer-Encoding: " + te + b"\r\n\r\n5\r\nhello\r\n0\r\n\r\n", 400)
 
 
-_BODY_ERROR = ("BUG: a framing error in the body of a request whose head was already enqueued is queued "
-               "behind that request (ServerConnection.data_received -> _protocol_error): the handler task "
-               "still forwards the head upstream and the client never gets its 400")
-
-
-@pytest.mark.xfail(strict=True, reason=_BODY_ERROR)
 @pytest.mark.parametrize("chunks", [b"zz\r\nhello\r\n0\r\n\r\n", b"ffffffffffffffffffff\r\nhello\r\n",
                                     b"5\r\nhelloXX0\r\n\r\n", b"5 x\r\nhello\r\n0\r\n\r\n"])
 async def test_invalid_chunk_size(env: Env, chunks: bytes) -> None:
@@ -312,7 +293,6 @@ async def test_invalid_chunk_size(env: Env, chunks: bytes) -> None:
         b"POST /x HTTP/1.1\r\nHost: svc\r\nTransfer-Encoding: chunked\r\n\r\n" + chunks, 400)
 
 
-@pytest.mark.xfail(strict=True, reason=_BODY_ERROR)
 async def test_invalid_chunk_after_the_body_started_streaming(env: Env) -> None:
     """The head has gone upstream already: the client gets its 400, the upstream never a whole request."""
     reader, writer = await asyncio.open_connection("127.0.0.1", env.port)
@@ -440,9 +420,6 @@ async def test_body_over_limit_declared_only(env: Env) -> None:
     await env.assert_refused(b"POST /x HTTP/1.1\r\nHost: svc\r\nContent-Length: 5000000\r\n\r\n", 413)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: ServerConnection.on_body answers 413 for the active exchange but "
-                   "its handler task (already created) is neither cancelled nor told: it still forwards the "
-                   "request head and the first 1 KiB of body upstream")
 async def test_body_over_limit_chunked(env: Env) -> None:
     body = b"".join(b"100\r\n" + b"c" * 256 + b"\r\n" for _ in range(8)) + b"0\r\n\r\n"
     await env.assert_refused(
@@ -518,23 +495,12 @@ async def test_http2_preface(env: Env) -> None:
     await env.assert_refused(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", 505, "http_protocol_error")
 
 
-@pytest.mark.parametrize("split", [
-    3,
-    pytest.param(1, marks=pytest.mark.xfail(strict=True, reason="BUG: the preface is only recognised when "
-                 "the first read starts with b'PRI' (ServerConnection.data_received); a first read of "
-                 "b'P' or b'PR' gets 400 http_request_error (llhttp: 'Pause on PRI/Upgrade')")),
-])
+@pytest.mark.parametrize("split", [3, 1])
 async def test_http2_preface_in_pieces(env: Env, split: int) -> None:
     await env.assert_refused(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", 505, "http_protocol_error", split=split)
 
 
-@pytest.mark.parametrize("line", [
-    pytest.param(b"GET /x HTTP/2.0", marks=pytest.mark.xfail(strict=True, reason="BUG: llhttp accepts an "
-                 "HTTP/2.0 request line and ServerConnection.on_headers_complete treats every version other "
-                 "than 1.1 as 1.0: the request is forwarded (200) instead of 505")),
-    b"GET /x HTTP/1.2",
-    b"GET /x HTTP/3.0",
-])
+@pytest.mark.parametrize("line", [b"GET /x HTTP/2.0", b"GET /x HTTP/1.2", b"GET /x HTTP/3.0"])
 async def test_unsupported_http_version(env: Env, line: bytes) -> None:
     response = await send_raw(env.port, line + b"\r\nHost: svc\r\n\r\n")
     assert response.status in (400, 505)

@@ -16,7 +16,6 @@ import time
 from collections.abc import Awaitable, Callable
 
 import aiohttp
-import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import free_port
@@ -180,9 +179,6 @@ async def test_whole_request_body_is_replayed_intact(sidecar) -> None:  # type: 
     await upstream.stop()
 
 
-@pytest.mark.xfail(strict=False, reason="proxy/http/server.py: RequestBody.keep_for_replay does not keep the bytes "
-                   "buffered before it is called, so a body that partly arrived before the first try cannot be "
-                   "replayed whole (the retry is then refused, and the upstream's 503 is the answer)")
 async def test_streamed_request_body_is_replayed_intact(sidecar) -> None:  # type: ignore[no-untyped-def]
     upstream = await RawUpstream(sequence(503, 200)).start()
     running = await sidecar(config([upstream.address], f"attempts: 2, on: [5xx], {FAST}", "timeout: 2s"))

@@ -355,13 +355,6 @@ def test_bad_chunk_mid_body_gives_protocol_error_and_aborts_downstream(driver: D
     close_session(driver, session)
 
 
-_RESPONSE_SPLITTING = ("BUG: ClientConnection keeps parsing after a complete response: bytes of a second, "
-                       "unsolicited response in the same read reach the downstream (on_body splices them into "
-                       "the attached exchange, or into the body take_body() returns) and the connection is "
-                       "still returned to the pool; it should be closed and the extra bytes dropped")
-
-
-@pytest.mark.xfail(strict=True, reason=_RESPONSE_SPLITTING)
 def test_second_response_in_the_same_read_never_reaches_the_downstream(driver: Driver) -> None:
     session = open_conn(driver)
     data = (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello"
@@ -373,7 +366,6 @@ def test_second_response_in_the_same_read_never_reaches_the_downstream(driver: D
     close_session(driver, session)
 
 
-@pytest.mark.xfail(strict=True, reason=_RESPONSE_SPLITTING)
 def test_second_response_after_attach_never_reaches_the_downstream(driver: Driver) -> None:
     session = open_conn(driver)
     result = exchange(driver, session, [b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhe"])
@@ -386,13 +378,29 @@ def test_second_response_after_attach_never_reaches_the_downstream(driver: Drive
     close_session(driver, session)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: ClientConnection.on_headers_complete takes keep-alive from "
-                   "llhttp, which reads a HEAD answer without Content-Length or Transfer-Encoding as a "
-                   "close-delimited body: keep_alive is False and the healthy connection is not reused")
 def test_unframed_answer_to_head_keeps_the_connection(driver: Driver) -> None:
     session = open_conn(driver)
     result = exchange(driver, session, [b"HTTP/1.1 200 OK\r\nX: y\r\n\r\n"], head_request=True)
     assert result.error is None and result.done
     assert result.head is not None and result.head[4] is True
     assert session.idle == [session.conn]
+    close_session(driver, session)
+
+
+def test_bytes_after_a_head_answer_are_dropped_and_the_connection_closed(driver: Driver) -> None:
+    """A HEAD answer has no body whatever its Content-Length says: bytes after its head answer nothing."""
+    session = open_conn(driver)
+    result = exchange(driver, session, [b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nEVIL!"], head_request=True)
+    assert result.error is None and result.done
+    assert result.body == b"" and result.exchange.body == b""
+    assert not session.idle
+    close_session(driver, session)
+
+
+def test_unframed_answer_to_head_honours_connection_close(driver: Driver) -> None:
+    session = open_conn(driver)
+    result = exchange(driver, session, [b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n"], head_request=True)
+    assert result.error is None and result.done
+    assert result.head is not None and result.head[4] is False
+    assert not session.idle
     close_session(driver, session)

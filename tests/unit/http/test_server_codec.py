@@ -421,8 +421,6 @@ def test_http2_preface_gets_505(driver: Driver, first: int) -> None:
     assert (reply.header(b"proxy-status") or b"").startswith(b"sidecar; error=http_protocol_error")
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: ServerConnection.data_received recognises the HTTP/2 preface "
-                   "only when the first read starts with b'PRI'; a first read of b'P' or b'PR' gives 400")
 @pytest.mark.parametrize("first", [1, 2])
 def test_http2_preface_in_tiny_first_read_gets_505(driver: Driver, first: int) -> None:
     data = HTTP2_PREFACE + b"\r\nSM\r\n\r\n"
@@ -438,12 +436,6 @@ def test_pipelined_request_after_a_bad_one_is_never_handled(driver: Driver) -> N
     assert outcome.closed
 
 
-_BODY_ERROR = ("BUG: ServerConnection: a framing error found after on_headers_complete enqueued the request "
-               "(bad chunk, refused Transfer-Encoding) only queues a 400 behind that request; its handler "
-               "still runs, and with a body that never completes the 400 is never written")
-
-
-@pytest.mark.xfail(strict=True, reason=_BODY_ERROR)
 @pytest.mark.parametrize("data", [
     b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n",
     b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhelloXX",
@@ -457,9 +449,6 @@ def test_body_framing_error_in_the_first_read_gets_400_without_the_handler(drive
     assert outcome.heads == []
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: ServerConnection.on_body answers 413 for the active exchange "
-                   "but does not cancel its handler task, which then runs on an answered exchange (and in the "
-                   "sidecar forwards the request upstream)")
 def test_chunked_body_over_limit_gets_413_without_the_handler(driver: Driver) -> None:
     data = (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
             + b"40\r\n" + b"x" * 64 + b"\r\n" + b"1\r\ny\r\n0\r\n\r\n")
@@ -468,9 +457,6 @@ def test_chunked_body_over_limit_gets_413_without_the_handler(driver: Driver) ->
     assert outcome.heads == []
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: llhttp accepts `HTTP/2.0` in a request line and "
-                   "ServerConnection.on_headers_complete treats every version but 1.1 as 1.0: the request "
-                   "is handled instead of refused with 505")
 def test_http2_version_in_request_line_is_refused(driver: Driver) -> None:
     outcome = run(driver, [b"GET / HTTP/2.0\r\nHost: a\r\n\r\n"])
     assert only_reply(outcome).status in (400, 505)
@@ -481,3 +467,70 @@ def test_unterminated_header_line_is_refused_while_it_grows(driver: Driver) -> N
     pieces = [b"GET / HTTP/1.1\r\nHost: a\r\nX-Big: "] + [b"x" * 1024] * 64
     outcome = run(driver, pieces, TIGHT)
     assert only_reply(outcome).status == 431
+
+
+def test_body_framing_error_after_the_handler_started_cancels_it_with_400(driver: Driver) -> None:
+    """The head was handed over in an earlier read (its body already streaming): the handler is cancelled
+    and the client gets the 400 (nothing else), then the connection closes."""
+    head = b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n"
+    outcome = run(driver, [head, b"zz\r\nworld\r\n0\r\n\r\n"], settle_between=True)
+    assert len(outcome.heads) == 1 and outcome.bodies == []
+    reply = only_reply(outcome)
+    assert reply.status == 400
+    assert (reply.header(b"proxy-status") or b"").startswith(b"sidecar; error=http_request_error")
+
+
+def test_chunked_body_over_limit_after_the_handler_started_gets_413(driver: Driver) -> None:
+    head = b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n20\r\n" + b"x" * 32 + b"\r\n"
+    outcome = run(driver, [head, b"40\r\n" + b"y" * 64 + b"\r\n0\r\n\r\n"], TIGHT, settle_between=True)
+    assert len(outcome.heads) == 1 and outcome.bodies == []
+    assert only_reply(outcome).status == 413
+
+
+def test_local_reply_says_connection_close_once(driver: Driver) -> None:
+    outcome = run(driver, [b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\nBad Header\r\n\r\n"])
+    reply = only_reply(outcome)
+    assert [name for name, _ in reply.headers].count(b"connection") == 1
+
+
+class StallingListener(FakeListener):
+    """Hands the exchange over and then never answers (an upstream that never responds)."""
+
+    async def handle(self, exchange: Exchange) -> None:
+        self.heads.append(head_key(exchange))
+        await asyncio.sleep(3600)
+
+
+def test_stream_idle_timeout_answers_504_and_keeps_a_whole_request_connection(driver: Driver) -> None:
+    listener = StallingListener(driver.loop, ServerSettings(stream_idle_timeout=0.05))
+    conn = ServerConnection(listener, driver.loop)
+    transport = FakeTransport()
+    conn.connection_made(transport)  # type: ignore[arg-type]
+    conn.data_received(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+    driver.loop.run_until_complete(asyncio.sleep(0.15))
+    (reply,) = parse_written(bytes(transport.written))
+    assert reply.status == 504
+    assert (reply.header(b"proxy-status") or b"").startswith(b"sidecar; error=http_response_timeout")
+    assert not transport.closed and conn.idle
+    conn.connection_lost(None)
+    driver.settle()
+    assert not [t for t in asyncio.all_tasks(driver.loop) if not t.done()]
+
+
+def test_stream_idle_timeout_after_the_response_started_resets(driver: Driver) -> None:
+    class HeadThenStall(FakeListener):
+        async def handle(self, exchange: Exchange) -> None:
+            exchange.start_response(ResponseHead(200, b"OK", []), 10, False, b"abc")
+            await asyncio.sleep(3600)
+
+    listener = HeadThenStall(driver.loop, ServerSettings(stream_idle_timeout=0.05))
+    conn = ServerConnection(listener, driver.loop)
+    transport = FakeTransport()
+    conn.connection_made(transport)  # type: ignore[arg-type]
+    conn.data_received(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+    driver.loop.run_until_complete(asyncio.sleep(0.15))
+    assert transport.aborted
+    assert bytes(transport.written).startswith(b"HTTP/1.1 200 OK\r\n")
+    conn.connection_lost(None)
+    driver.settle()
+    assert not [t for t in asyncio.all_tasks(driver.loop) if not t.done()]
