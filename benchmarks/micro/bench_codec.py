@@ -14,6 +14,7 @@ Runs on uvloop when installed, as the sidecar does. Run: `python -m benchmarks.m
 from __future__ import annotations
 
 import asyncio
+import random
 import sys
 import time
 from typing import Any
@@ -93,6 +94,7 @@ class AnsweringListener:
     def __init__(self) -> None:
         self.settings = ServerSettings()
         self.in_flight = 0
+        self.rng = random.Random(0)
         self.handled = 0
 
     async def handle(self, exchange: Exchange) -> None:

@@ -9,6 +9,7 @@ Keep-Alive, TE, Trailer, Transfer-Encoding, Upgrade, Proxy-*), `x-forwarded-for`
 from __future__ import annotations
 
 import os
+import random
 
 from proxy.message import Headers, RequestHead, ResponseHead
 
@@ -21,13 +22,21 @@ X_FORWARDED_FOR = b"x-forwarded-for"
 X_FORWARDED_PROTO = b"x-forwarded-proto"
 
 
-def new_request_id() -> bytes:
-    """A random UUID4 in its canonical text form (cheaper than uuid.uuid4() + str())."""
-    raw = bytearray(os.urandom(16))
-    raw[6] = (raw[6] & 0x0F) | 0x40
-    raw[8] = (raw[8] & 0x3F) | 0x80
-    text = raw.hex()
+_UUID_CLEAR = ~((0xF << 76) | (0x3 << 62))
+_UUID_SET = (0x4 << 76) | (0x2 << 62)
+
+
+def request_id_from_bits(bits: int) -> bytes:
+    """128 random bits -> a UUID4 in canonical text form (version and variant bits set)."""
+    text = "%032x" % ((bits & _UUID_CLEAR) | _UUID_SET)
     return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}".encode()
+
+
+def new_request_id(rng: random.Random | None = None) -> bytes:
+    """A random UUID4. With `rng` (a per-listener generator seeded from the OS at start) it costs no
+    syscall: request ids must be unique, not unguessable, and os.urandom is a syscall per request."""
+    bits = rng.getrandbits(128) if rng is not None else int.from_bytes(os.urandom(16), "big")
+    return request_id_from_bits(bits)
 
 
 def connection_tokens(headers: Headers) -> frozenset[bytes]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -87,6 +88,7 @@ class Listener(Protocol):
 
     settings: ServerSettings
     in_flight: int
+    rng: random.Random  # request ids: a seeded generator, not a syscall per request
 
     def handle(self, exchange: Exchange) -> Awaitable[None]: ...
     def connection_opened(self, conn: ServerConnection) -> None: ...
@@ -199,9 +201,28 @@ class RequestBody:
 class Exchange:
     """One request on a downstream connection and the response written back for it."""
 
-    __slots__ = ("_chunked_out", "body", "close_after", "conn", "expect_continue", "head", "head_only",
-                 "last_activity", "local", "peer_ip", "request_id", "response_done", "response_started",
-                 "response_status", "started_at", "timed_out", "upstream_reader", "websocket")
+    __slots__ = (
+        "_chunked_out",
+        "body",
+        "close_after",
+        "conn",
+        "expect_continue",
+        "expired",
+        "head",
+        "head_only",
+        "last_activity",
+        "local",
+        "peer_ip",
+        "request_id",
+        "response_done",
+        "response_started",
+        "response_status",
+        "started_at",
+        "task",
+        "timed_out",
+        "upstream_reader",
+        "websocket",
+    )
 
     def __init__(self, conn: ServerConnection, head: RequestHead, body: RequestBody | None,
                  request_id: bytes, started_at: float) -> None:
@@ -222,6 +243,9 @@ class Exchange:
         # The connection sets it when the handler starts.
         self.last_activity = started_at
         self.timed_out = False
+        # The handler's task, and which deadline of the request path cancelled it (None: none did).
+        self.task: asyncio.Task[None] | None = None
+        self.expired: object = None
         self.response_started = False
         self.response_done = False
         self.response_status = 0
@@ -653,7 +677,7 @@ class ServerConnection(asyncio.Protocol):
                 request_id = value
                 break
         if not request_id:
-            request_id = new_request_id()
+            request_id = new_request_id(self.listener.rng)
             headers.append((X_REQUEST_ID, request_id))
         head = RequestHead(method=method, path=path.decode("latin-1"), query=query,
                            authority=_authority(host_header), host_header=host_header, headers=headers,
@@ -728,7 +752,7 @@ class ServerConnection(asyncio.Protocol):
             timer = self._timer
             if timer is None or timer.when() > deadline:
                 self._arm_at(deadline)
-        self._task = self._loop.create_task(self._run(exchange))
+        self._task = exchange.task = self._loop.create_task(self._run(exchange))
 
     async def _run(self, exchange: Exchange) -> None:
         try:
@@ -845,7 +869,7 @@ class ServerConnection(asyncio.Protocol):
         self._in_head = False
         head = RequestHead(method=b"", path="", query=b"", authority="", host_header=b"", headers=[],
                            keep_alive=False)
-        exchange = Exchange(self, head, None, new_request_id(), self._loop.time())
+        exchange = Exchange(self, head, None, new_request_id(self.listener.rng), self._loop.time())
         exchange.local = reply
         exchange.close_after = True
         self._enqueue(exchange)

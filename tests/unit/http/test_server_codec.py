@@ -11,6 +11,7 @@ connection closing; nothing may escape `data_received`, the loop's exception han
 from __future__ import annotations
 
 import asyncio
+import random
 import string
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -63,6 +64,7 @@ class FakeListener:
     def __init__(self, loop: asyncio.AbstractEventLoop, server_settings: ServerSettings) -> None:
         self.settings = server_settings
         self.in_flight = 0
+        self.rng = random.Random(0)
         self.loop = loop
         self.heads: list[HeadKey] = []
         self.bodies: list[bytes] = []
