@@ -1,4 +1,4 @@
-"""The admin HTTP server (aiohttp.web): health, readiness, metrics, dumps, shutdown, log level.
+"""The admin HTTP server: health, readiness, metrics, dumps, shutdown, log level.
 
 Owns: the admin routes and their status codes (CONTRACT.md "Admin endpoints"), the loopback-only
 rule for the endpoints that change state, and the guarantee that no traceback reaches a client.
@@ -10,19 +10,23 @@ with a fake source and cannot reach into the request path.
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import json
 import logging
-from collections.abc import Awaitable, Callable
+import random
+from collections.abc import Awaitable
+from http import HTTPStatus
 from typing import Any, Final, Protocol, TypeVar
+from urllib.parse import parse_qs
 
-from aiohttp import web
+from proxy.http.server import Exchange, ServerConnection, ServerSettings, create_protocol_factory
+from proxy.local_reply import LocalReply
+from proxy.message import Headers, ResponseHead
 
 log = logging.getLogger(__name__)
 
 LOG_LEVELS: Final = ("debug", "info", "warning", "error")
-
-_Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 class AdminSource(Protocol):
@@ -69,145 +73,174 @@ async def _answer(value: _T | Awaitable[_T]) -> _T:
     return value
 
 
-def _is_loopback(request: web.Request) -> bool:
+def _is_loopback(peer_ip: bytes) -> bool:
     # The transport's peer, never X-Forwarded-For: a header must not grant shutdown rights.
-    peer = request.transport.get_extra_info("peername") if request.transport is not None else None
-    if not peer:
-        return False  # unknown peer (e.g. a closed transport): refuse
     try:
-        addr = ipaddress.ip_address(peer[0].split("%", 1)[0])
-    except (ValueError, TypeError, IndexError):
-        return False
+        addr = ipaddress.ip_address(peer_ip.decode("latin-1").split("%", 1)[0])
+    except ValueError:
+        return False  # unknown peer: refuse
     # On a dual-stack "::" bind an IPv4 loopback client appears as ::ffff:127.x.y.z.
     if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
         addr = addr.ipv4_mapped
     return addr.is_loopback
 
 
-def _forbidden() -> web.Response:
-    return web.Response(status=403, text="forbidden: only loopback clients may do this\n")
+_TEXT = b"text/plain; charset=utf-8"
+_JSON = b"application/json; charset=utf-8"
 
 
-def _json(data: Any) -> web.Response:
+class _Answer:
+    """One admin response: status, content type, body."""
+
+    __slots__ = ("body", "content_type", "extra", "status")
+
+    def __init__(self, status: int, body: bytes | str, content_type: bytes = _TEXT,
+                 extra: Headers | None = None) -> None:
+        self.status = status
+        self.body = body.encode() if isinstance(body, str) else body
+        self.content_type = content_type
+        self.extra = extra or []
+
+
+def _json(data: Any) -> _Answer:
     # default=str: a dump holding a Path or an enum should still render, not fail the whole page.
-    return web.Response(
-        text=json.dumps(data, indent=2, default=str) + "\n", content_type="application/json"
-    )
+    return _Answer(200, json.dumps(data, indent=2, default=str) + "\n", _JSON)
 
 
-@web.middleware
-async def _no_tracebacks(request: web.Request, handler: _Handler) -> web.StreamResponse:
-    """Turn any failure of a handler (usually of the source) into a short 500, logged here."""
-    try:
-        return await handler(request)
-    except web.HTTPException:
-        raise  # 404/405 and friends are answers, not failures
-    except Exception:
-        log.exception("admin %s %s failed", request.method, request.path)
-        return web.Response(status=500, text=f"internal error serving {request.path}; see the sidecar log\n")
+def _forbidden() -> _Answer:
+    return _Answer(403, "forbidden: only loopback clients may do this\n")
+
+
+# path -> the methods it answers (anything else on a known path is 405 with Allow).
+_ROUTES: dict[str, tuple[bytes, ...]] = {
+    "/live": (b"GET", b"HEAD"), "/ready": (b"GET", b"HEAD"), "/metrics": (b"GET", b"HEAD"),
+    "/config_dump": (b"GET", b"HEAD"), "/clusters": (b"GET", b"HEAD"), "/shutdown": (b"POST",),
+    "/logging": (b"GET", b"HEAD", b"POST"),
+}
 
 
 class AdminServer:
     """Serves the admin endpoints for `source` on host:port (port 0 picks a free port), or on the unix
-    socket `unix_path` instead (a worker's admin view, gathered by its supervisor)."""
+    socket `unix_path` instead (a worker's admin view, gathered by its supervisor).
+
+    It runs on the sidecar's own HTTP/1.1 codec (`proxy.http.server`), not aiohttp.web: the admin
+    traffic is a few probes and scrapes, and aiohttp.web alone added ~12 MB to every sidecar's idle RSS
+    (docs/decisions/0007-admin-on-the-codec.md)."""
 
     def __init__(self, source: AdminSource, host: str, port: int, *, unix_path: str | None = None) -> None:
         self._source = source
         self._host = host
         self._port = port
         self._unix_path = unix_path
-        self._runner: web.AppRunner | None = None
+        self._server: asyncio.Server | None = None
         self.bound_port: int | None = None
-
-    def _app(self) -> web.Application:
-        app = web.Application(middlewares=[_no_tracebacks])
-        app.router.add_get("/live", self._live)
-        app.router.add_get("/ready", self._ready)
-        app.router.add_get("/metrics", self._metrics)
-        app.router.add_get("/config_dump", self._config_dump)
-        app.router.add_get("/clusters", self._clusters)
-        app.router.add_post("/shutdown", self._shutdown)
-        app.router.add_get("/logging", self._get_logging)
-        app.router.add_post("/logging", self._set_logging)
-        return app
+        # The codec's Listener protocol: small limits, admin requests are tiny.
+        self.settings = ServerSettings(max_head_bytes=16 * 1024, max_headers=50, header_read_timeout=10.0,
+                                       idle_timeout=60.0, max_request_body=64 * 1024, max_requests_in_flight=64)
+        self.in_flight = 0
+        self.rng = random.Random()
+        self._connections: set[ServerConnection] = set()
 
     async def start(self) -> int:
         """Bind and serve; return the bound port (0 on a unix socket)."""
-        if self._runner is not None:
+        if self._server is not None:
             raise RuntimeError("admin server already started")
-        # access_log=None: scrapes and probes every few seconds would drown the sidecar's own log.
-        # shutdown_timeout is short because admin requests are tiny; stop() must not hold a drain.
-        runner = web.AppRunner(self._app(), access_log=None, handle_signals=False, shutdown_timeout=2.0)
-        await runner.setup()
-        try:
-            site: web.BaseSite
-            if self._unix_path is not None:
-                site = web.UnixSite(runner, self._unix_path)
-            else:
-                site = web.TCPSite(runner, self._host, self._port)
-            await site.start()
-        except BaseException:
-            await runner.cleanup()
-            raise
-        self._runner = runner
-        self.bound_port = 0 if self._unix_path is not None else int(runner.addresses[0][1])
+        loop = asyncio.get_running_loop()
+        factory = create_protocol_factory(self)
+        if self._unix_path is not None:
+            self._server = await loop.create_unix_server(factory, self._unix_path)
+            self.bound_port = 0
+        else:
+            self._server = await loop.create_server(factory, self._host or None, self._port, reuse_address=True)
+            self.bound_port = int(self._server.sockets[0].getsockname()[1])
         return self.bound_port
 
     async def stop(self) -> None:
-        runner, self._runner = self._runner, None
-        if runner is not None:
-            await runner.cleanup()
+        server, self._server = self._server, None
+        if server is None:
+            return
+        server.close()
+        for conn in list(self._connections):
+            conn.drain()
+        # Admin requests are tiny: give in-flight ones a moment, then cut what is left.
+        for _ in range(40):
+            if not self._connections:
+                break
+            await asyncio.sleep(0.05)
+        for conn in list(self._connections):
+            conn.abort()
 
-    def _is_local(self, request: web.Request) -> bool:
+    # -- the codec's Listener protocol --------------------------------------------------------------
+
+    def connection_opened(self, conn: ServerConnection) -> None:
+        self._connections.add(conn)
+
+    def connection_closed(self, conn: ServerConnection) -> None:
+        self._connections.discard(conn)
+
+    def local_reply_sent(self, exchange: Exchange, reply: LocalReply) -> None:
+        pass
+
+    async def handle(self, exchange: Exchange) -> None:
+        head = exchange.head
+        path = head.path
+        methods = _ROUTES.get(path)
+        if methods is None:
+            answer = _Answer(404, f"not found: {path}\n")
+        elif head.method not in methods:
+            answer = _Answer(405, "method not allowed\n", extra=[(b"allow", b", ".join(methods))])
+        else:
+            try:
+                answer = await self._route(exchange, path, head.method)
+            except Exception:
+                log.exception("admin %s %s failed", head.method.decode("latin-1"), path)
+                answer = _Answer(500, f"internal error serving {path}; see the sidecar log\n")
+        self._send(exchange, answer)
+        if path == "/shutdown" and answer.status == 200:
+            # Answer first, then ask for the drain: the drain may stop this server, and the caller
+            # (a Kubernetes Job, a script) should still learn that its request was accepted.
+            try:
+                self._source.request_shutdown()
+            except Exception:
+                log.exception("admin POST /shutdown: request_shutdown failed")
+
+    @staticmethod
+    def _send(exchange: Exchange, answer: _Answer) -> None:
+        headers: Headers = [(b"content-type", answer.content_type), *answer.extra]
+        exchange.start_response(ResponseHead(answer.status, HTTPStatus(answer.status).phrase.encode(), headers),
+                                len(answer.body), False, answer.body)
+        exchange.end_response()
+
+    def _is_local(self, exchange: Exchange) -> bool:
         # A unix socket is reachable only through the file system (its directory is the supervisor's
         # private runtime dir): whoever can connect is this host's sidecar, so it counts as loopback.
-        return self._unix_path is not None or _is_loopback(request)
+        return self._unix_path is not None or _is_loopback(exchange.peer_ip)
 
-    # -- handlers -------------------------------------------------------------------------------
-
-    async def _live(self, request: web.Request) -> web.Response:
-        return web.Response(text="live\n")
-
-    async def _ready(self, request: web.Request) -> web.Response:
-        ok, reason = await _answer(self._source.ready())
-        if ok:
-            return web.Response(text="ready\n")
-        return web.Response(status=503, text=f"not ready: {reason}\n")
-
-    async def _metrics(self, request: web.Request) -> web.Response:
-        body, content_type = await self._source.metrics(request.headers.get("Accept"))
-        # Raw header, not content_type=: the value carries a charset, which aiohttp rejects there.
-        return web.Response(body=body, headers={"Content-Type": content_type})
-
-    async def _config_dump(self, request: web.Request) -> web.Response:
-        return _json(await _answer(self._source.config_dump()))
-
-    async def _clusters(self, request: web.Request) -> web.Response:
-        return _json(await _answer(self._source.clusters()))
-
-    async def _shutdown(self, request: web.Request) -> web.StreamResponse:
-        if not self._is_local(request):
+    async def _route(self, exchange: Exchange, path: str, method: bytes) -> _Answer:
+        source = self._source
+        if path == "/live":
+            return _Answer(200, "live\n")
+        if path == "/ready":
+            ok, reason = await _answer(source.ready())
+            return _Answer(200, "ready\n") if ok else _Answer(503, f"not ready: {reason}\n")
+        if path == "/metrics":
+            accept = exchange.head.header(b"accept")
+            body, content_type = await source.metrics(accept.decode("latin-1") if accept is not None else None)
+            return _Answer(200, body, content_type.encode())
+        if path == "/config_dump":
+            return _json(await _answer(source.config_dump()))
+        if path == "/clusters":
+            return _json(await _answer(source.clusters()))
+        if path == "/shutdown":
+            return _Answer(200, "shutting down\n") if self._is_local(exchange) else _forbidden()
+        if method != b"POST":
+            return _json({"level": source.log_level()})
+        if not self._is_local(exchange):
             return _forbidden()
-        # Answer first, then ask for the drain: the drain may stop this server, and the caller
-        # (a Kubernetes Job, a script) should still learn that its request was accepted.
-        response = web.Response(text="shutting down\n")
-        await response.prepare(request)
-        await response.write_eof()
-        try:
-            self._source.request_shutdown()
-        except Exception:
-            log.exception("admin POST /shutdown: request_shutdown failed")
-        return response
-
-    async def _get_logging(self, request: web.Request) -> web.Response:
-        return _json({"level": self._source.log_level()})
-
-    async def _set_logging(self, request: web.Request) -> web.Response:
-        if not self._is_local(request):
-            return _forbidden()
-        level = request.query.get("level", "").lower()
+        query = parse_qs(exchange.head.query.decode("latin-1"))
+        level = (query.get("level") or [""])[0].lower()
         if level not in LOG_LEVELS:
-            return web.Response(status=400, text=f"level must be one of {', '.join(LOG_LEVELS)}\n")
-        await _answer(self._source.set_log_level(level))
+            return _Answer(400, f"level must be one of {', '.join(LOG_LEVELS)}\n")
+        await _answer(source.set_log_level(level))
         log.info("log level set to %s via admin", level)
         return _json({"level": level})
