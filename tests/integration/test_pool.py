@@ -130,3 +130,55 @@ async def test_pool_recovers_after_upstream_restart(sidecar) -> None:  # type: i
     assert await asyncio.to_thread(_get_many, running.port(), 2) == [(200, b"ok:/n/0"), (200, b"ok:/n/1")]
     assert restarted.connections == 1
     await restarted.stop()
+
+
+def _pool_config(upstream: str, pool: str) -> str:
+    return f"""
+    admin: {{address: "127.0.0.1:0"}}
+    listeners:
+      - name: outbound
+        address: "127.0.0.1:0"
+        routes: [{{name: all, match: {{prefix: /}}, cluster: backend}}]
+    clusters:
+      - name: backend
+        endpoints: ["{upstream}"]
+        pool: {pool}
+    """
+
+
+async def test_max_requests_per_connection_rotates_upstream_connections(sidecar) -> None:  # type: ignore[no-untyped-def]
+    upstream = await RawUpstream().start()
+    running = await sidecar(_pool_config(upstream.address, "{max_requests_per_connection: 3}"))
+    results = await asyncio.to_thread(_get_many, running.port(), 9)
+    assert [status for status, _ in results] == [200] * 9
+    assert upstream.connections == 3  # 3 requests each, then a fresh connection
+    assert [r.index for r in upstream.requests] == [1, 2, 3] * 3
+    await upstream.stop()
+
+
+async def test_idle_upstream_connections_close_after_pool_idle_timeout(sidecar) -> None:  # type: ignore[no-untyped-def]
+    upstream = await RawUpstream().start()
+    running = await sidecar(_pool_config(upstream.address, "{idle_timeout: 200ms}"))
+    await asyncio.to_thread(_get_many, running.port(), 1)
+    pool = running.app.clusters["backend"].endpoints[0].pool
+    assert pool.idle_count == 1
+    await asyncio.sleep(0.6)
+    assert pool.idle_count == 0
+    await asyncio.to_thread(_get_many, running.port(), 1)
+    assert upstream.connections == 2  # the idle one was closed, so a new one was opened
+    await upstream.stop()
+
+
+async def test_max_idle_per_endpoint_bounds_the_pool(sidecar) -> None:  # type: ignore[no-untyped-def]
+    async def slow(request: RawRequest, writer: asyncio.StreamWriter) -> None:
+        await asyncio.sleep(0.2)  # keeps the 5 requests concurrent: 5 upstream connections
+        writer.write(response(200, b"ok"))
+
+    upstream = await RawUpstream(slow).start()
+    running = await sidecar(_pool_config(upstream.address, "{max_idle_per_endpoint: 2}"))
+    # 5 concurrent clients need 5 upstream connections; only 2 may stay idle afterwards.
+    await asyncio.gather(*(asyncio.to_thread(_get_many, running.port(), 1) for _ in range(5)))
+    pool = running.app.clusters["backend"].endpoints[0].pool
+    assert upstream.connections == 5
+    assert pool.idle_count == 2
+    await upstream.stop()
