@@ -16,8 +16,8 @@ import time
 from typing import Any
 
 import aiohttp
-from prometheus_client.parser import text_string_to_metric_families
 
+from tests.integration.admin_client import endpoint_view, metric
 from tests.integration.raw import RawClient, RawRequest, RawUpstream, response
 
 CLIENT_TIMEOUT = aiohttp.ClientTimeout(total=5)
@@ -75,29 +75,7 @@ async def fetch(url: str, **kwargs: Any) -> tuple[int, dict[str, str], bytes]:
         return reply.status, {k.lower(): v for k, v in reply.headers.items()}, await reply.read()
 
 
-async def admin_json(running: Any, path: str) -> Any:
-    async with aiohttp.ClientSession(timeout=CLIENT_TIMEOUT) as session, \
-            session.get(running.admin_url(path)) as reply:
-        return await reply.json()
 
-
-async def metric(running: Any, name: str, **labels: str) -> float:
-    async with aiohttp.ClientSession(timeout=CLIENT_TIMEOUT) as session, \
-            session.get(running.admin_url("/metrics")) as reply:
-        text = await reply.text()
-    total = 0.0
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                total += sample.value
-    return total
-
-
-async def endpoint_view(running: Any, address: str) -> dict[str, Any]:
-    clusters = (await admin_json(running, "/clusters"))["clusters"]
-    [backend] = [c for c in clusters if c["name"] == "backend"]
-    [view] = [e for e in backend["endpoints"] if e["address"] == address]
-    return view  # type: ignore[no-any-return]
 
 
 def reset(client: RawClient) -> None:

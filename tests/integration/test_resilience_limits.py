@@ -13,8 +13,8 @@ import time
 from typing import Any
 
 import aiohttp
-from prometheus_client.parser import text_string_to_metric_families
 
+from tests.integration.admin_client import metric
 from tests.integration.raw import RawRequest, RawUpstream, response
 
 CLIENT_TIMEOUT = aiohttp.ClientTimeout(total=5)
@@ -67,17 +67,6 @@ async def timed_fetch(url: str) -> tuple[int, dict[str, str], float]:
         await reply.read()
         return reply.status, {k.lower(): v for k, v in reply.headers.items()}, time.monotonic() - started
 
-
-async def metric(running: Any, name: str, **labels: str) -> float:
-    async with aiohttp.ClientSession(timeout=CLIENT_TIMEOUT) as session, \
-            session.get(running.admin_url("/metrics")) as reply:
-        text = await reply.text()
-    total = 0.0
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                total += sample.value
-    return total
 
 
 async def until(condition: Any, timeout: float = 2.0) -> None:

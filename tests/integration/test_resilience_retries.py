@@ -16,9 +16,9 @@ import time
 from collections.abc import Awaitable, Callable
 
 import aiohttp
-from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import free_port
+from tests.integration.admin_client import metric
 from tests.integration.raw import RawClient, RawRequest, RawUpstream, response
 
 Handler = Callable[[RawRequest, asyncio.StreamWriter], Awaitable[None]]
@@ -67,18 +67,6 @@ async def fetch(method: str, url: str, **kwargs: object) -> tuple[int, dict[str,
             session.request(method, url, **kwargs) as reply:  # type: ignore[arg-type]
         return reply.status, {k.lower(): v for k, v in reply.headers.items()}, await reply.read()
 
-
-async def metric(running: object, name: str, **labels: str) -> float:
-    """The sum of the samples of `name` whose labels include `labels`, from the admin /metrics."""
-    url = running.admin_url("/metrics")  # type: ignore[attr-defined]
-    async with aiohttp.ClientSession(timeout=CLIENT_TIMEOUT) as session, session.get(url) as reply:
-        text = await reply.text()
-    total = 0.0
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                total += sample.value
-    return total
 
 
 # -- what is retried, and what the client gets -------------------------------------------------------------
