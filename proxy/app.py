@@ -9,6 +9,7 @@ per-request state.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import random
 import socket
@@ -99,6 +100,8 @@ class App:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._outlier_tasks: dict[str, asyncio.Task[Any]] = {}
         self._reload_lock = asyncio.Lock()
+        # The content hash of the last file a reload refused, so one bad edit is refused (and counted) once.
+        self._refused_hash: str | None = None
         # Listeners replaced by a reload (address change, removal) whose connections are still finishing.
         self._draining_listeners: set[OutboundListener] = set()
         self._reloads_succeeded = self.metrics.config_reloads("success")
@@ -196,6 +199,14 @@ class App:
                 return False
             path = self.loaded.path
             try:
+                content = hashlib.sha256(path.read_bytes()).hexdigest()
+            except OSError:
+                content = None
+            if content is not None and content == self._refused_hash:
+                # SIGHUP and the file watch both report one edit: refuse (and count) a bad file once.
+                log.debug("reload: %s is the file already refused; nothing to do", path)
+                return False
+            try:
                 loaded = load_config(path)
             except ConfigError as error:
                 for problem in error.problems:
@@ -203,6 +214,7 @@ class App:
                 log.error("reload refused: %s: %d problem(s); the running config (version %s) stays",
                           path, len(error.problems), self.loaded.version_hash[:12])
                 self._reloads_failed.inc()
+                self._refused_hash = content
                 return False
             if loaded.version_hash == self.loaded.version_hash:
                 log.info("reload: %s unchanged (version %s)", path, loaded.version_hash[:12])
@@ -212,6 +224,7 @@ class App:
                 for key in missing:
                     log.error("reload refused: %s: not supported yet: %s", path, key)
                 self._reloads_failed.inc()
+                self._refused_hash = loaded.version_hash
                 return False
             try:
                 await self._apply(loaded)

@@ -63,6 +63,9 @@ async def start_service(version: str, port: int) -> tuple[web.AppRunner, int]:
 
 def _port_free(address: Address) -> bool:
     with socket.socket() as sock:
+        # As the sidecar binds (SO_REUSEADDR): connections in TIME_WAIT from a run a moment ago do not
+        # make a port look taken.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((address.host, address.port))
         except OSError:
@@ -99,7 +102,7 @@ def instructions(app: App) -> str:
     admin = f"http://{admin_host}:{admin_port}"
     return "\n".join([
         "",
-        "horizon-sidecar demo: campaign-service v1 and v2 behind the sidecar. Try:",
+        "horizon-sidecar demo: campaign-service v1 and v2 behind the sidecar. Try, in another terminal:",
         "",
         "  # header routing: x-version: v2 always reaches v2",
         f"  curl -s -H 'x-version: v2' {base}/api/v1/campaigns",
@@ -114,13 +117,15 @@ def instructions(app: App) -> str:
         "  # a retry: the service fails every other request with 503; the caller sees 200 (attempt 2)",
         f"  curl -s {base}/api/v1/flaky",
         "",
-        "  # the breaker: 3 failures open it; then the sidecar answers 503 destination_unavailable itself",
+        "  # the breaker: the service's own 503s open it (3 of them); then the sidecar answers 503 itself,",
+        "  # at once and without calling the service: its Proxy-Status says destination_unavailable",
         f"  for i in 1 2 3 4; do curl -s -o /dev/null -w '%{{http_code}} ' {base}/api/v1/unstable; done; echo",
         f"  curl -si {base}/api/v1/unstable | grep -i proxy-status",
         "",
         "  # metrics, clusters and the config in force",
         f"  curl -s {admin}/metrics | grep -E 'sidecar_(requests|retries|circuit_breaker_state)'",
         f"  curl -s {admin}/clusters",
+        f"  curl -s {admin}/config_dump",
         "",
         "Ctrl-C stops everything.",
         "",

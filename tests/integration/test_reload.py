@@ -81,6 +81,7 @@ async def test_invalid_reload_changes_nothing_and_counts_a_failure(tmp_path: Pat
     version = app.loaded.version_hash
     path.write_text(config(one.address, two.address, "no-such-cluster") + "bogus: 1\n")
     assert not await app.reload()
+    assert not await app.reload()  # SIGHUP and the file watch report the same edit: refused, counted once
     assert app.loaded.version_hash == version
     port, admin = app.bound["outbound"][1], app.bound["admin"][1]
     async with aiohttp.ClientSession() as session:
