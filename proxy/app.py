@@ -98,7 +98,8 @@ class App:
         self.stopped = asyncio.Event()
         self._shutdown_requested = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._outlier_tasks: dict[str, asyncio.Task[Any]] = {}
+        # Keyed by the Cluster object: a reload builds the replacement before retiring the old one.
+        self._outlier_tasks: dict[Cluster, asyncio.Task[Any]] = {}
         self._reload_lock = asyncio.Lock()
         # The content hash of the last file a reload refused, so one bad edit is refused (and counted) once.
         self._refused_hash: str | None = None
@@ -116,12 +117,12 @@ class App:
         if cluster.outlier is not None:
             task = asyncio.create_task(self._outlier_timer(cluster), name=f"outlier {cluster.name}")
             self._tasks.add(task)
-            self._outlier_tasks[cluster.name] = task
+            self._outlier_tasks[cluster] = task
         return cluster
 
     def _retire_cluster(self, cluster: Cluster) -> None:
         """A cluster removed or replaced by a reload: idle connections close now, busy ones when done."""
-        task = self._outlier_tasks.pop(cluster.name, None)
+        task = self._outlier_tasks.pop(cluster, None)
         if task is not None:
             task.cancel()
             self._tasks.discard(task)
@@ -298,6 +299,7 @@ class App:
         # connections finish; old clusters close idle connections (in-flight requests keep theirs).
         for server in retired_servers:
             server.close()
+        self._draining_listeners = {old for old in self._draining_listeners if old.connections}
         for name, listener in retired_listeners:
             log.info("listener %s: draining its old address", name)
             listener.drain()
@@ -350,9 +352,11 @@ class App:
         for listener in every:
             for conn in list(listener.connections):
                 conn.abort()
-        for task in self._tasks:
-            task.cancel()
+        tasks = list(self._tasks)
         self._tasks.clear()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         for cluster in self.clusters.values():
             cluster.close()
         if self.admin is not None:

@@ -39,6 +39,7 @@ class Cause(enum.Enum):
     HEAD_TIMEOUT = (408, "http_request_error", "request head not received in time")
     METHOD_NOT_ALLOWED = (405, "http_request_error", "CONNECT is not supported")
     HTTP2_PREFACE = (505, "http_protocol_error", "HTTP/2 is not supported on this listener")
+    INTERNAL = (500, "proxy_internal_error", "internal error in the sidecar")
     HTTP_VERSION = (505, "http_protocol_error", "only HTTP/1.0 and HTTP/1.1 are supported on this listener")
 
     @property
@@ -49,6 +50,11 @@ class Cause(enum.Enum):
     def error(self) -> str:
         return self.value[1]
 
+
+# Request-side protocol errors: the client's byte stream can no longer be trusted, so the connection
+# closes after the reply. An upstream's bad response says nothing about the client's connection.
+_CLOSING = frozenset((Cause.BAD_REQUEST, Cause.HEAD_TOO_LARGE, Cause.BODY_TOO_LARGE, Cause.HEAD_TIMEOUT,
+                      Cause.METHOD_NOT_ALLOWED, Cause.HTTP2_PREFACE, Cause.HTTP_VERSION))
 
 FAILURE_CAUSES: dict[FailureKind, Cause] = {
     FailureKind.CONNECT_REFUSED: Cause.CONNECT_REFUSED,
@@ -103,7 +109,7 @@ def local_reply(
     if retry_after is not None:
         headers.append((b"retry-after", str(retry_after).encode()))
     # Protocol-level errors close the connection: the stream position can no longer be trusted.
-    must_close = close if close is not None else cause.error in ("http_request_error", "http_protocol_error")
+    must_close = close if close is not None else cause in _CLOSING
     if must_close:
         headers.append((b"connection", b"close"))
     head = ResponseHead(code, REASONS.get(code, b"Error"), headers, keep_alive=not must_close)

@@ -76,9 +76,14 @@ TRY_DEADLINE = "try"
 def _expire(exchange: Exchange, which: str) -> None:
     """Timer callback: a deadline passed. Cancels the handler; `exchange.expired` says which deadline."""
     task = exchange.task
-    if exchange.expired is None and not exchange.timed_out and task is not None and not task.done():
+    if exchange.timed_out or task is None or task.done():
+        return
+    if exchange.expired is None:
         exchange.expired = which
         task.cancel()
+    elif which is ROUTE_DEADLINE:
+        # Both fired before the handler ran: its one pending cancellation now means the route's deadline.
+        exchange.expired = ROUTE_DEADLINE
 
 
 class Target:
@@ -196,7 +201,7 @@ class OutboundListener:
     def local_reply_sent(self, exchange: Exchange, reply: LocalReply) -> None:
         """Replies the codec makes itself (malformed requests, 413 on a declared length, CONNECT) never
         reach `handle`: count them here."""
-        if exchange.local is not None:
+        if exchange.local is not None and exchange.task is None:
             self.router.no_route.record(reply.head.status, self._loop.time() - exchange.started_at)
 
     @property
@@ -337,7 +342,7 @@ class OutboundListener:
                         verdict: Verdict, reached_upstream: bool, ready: ResponseReady | None,
                         whole: bytes | None) -> _Retry | None:
         """May this attempt's outcome be retried? Checks the policy, the request, the budget; counts."""
-        if policy is None or number > policy.attempts or not policy.should_retry(verdict):
+        if policy is None or number > policy.attempts or not policy.should_retry(verdict) or exchange.response_done:
             return None
         head = exchange.head
         if exchange.response_started or not policy.may_retry_request(

@@ -76,6 +76,7 @@ class ClientConnection(asyncio.Protocol):
         "context",
         "downstream",
         "on_idle",
+        "on_lost",
         "parser",
         "requests_sent",
         "transport",
@@ -89,6 +90,8 @@ class ClientConnection(asyncio.Protocol):
         self.parser = httptools.HttpResponseParser(self)
         self.closed = False
         self.on_idle: Callable[[ClientConnection], None] | None = None
+        # The pool's hook for a closed connection (so its count of open connections stays true).
+        self.on_lost: Callable[[ClientConnection], None] | None = None
         self.requests_sent = 0
         self.downstream: Exchange | None = None
         # The client connection whose request body streams into this one (paused while we cannot write).
@@ -225,6 +228,8 @@ class ClientConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        if self.on_lost is not None:
+            self.on_lost(self)
         if self._tunnel is not None:
             self._tunnel.close()
             self._tunnel = None

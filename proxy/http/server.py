@@ -770,7 +770,7 @@ class ServerConnection(asyncio.Protocol):
             # A bug must never show a client a traceback: log it, and answer or reset.
             log.exception("request handler failed (request id %s)", exchange.request_id.decode("latin-1"))
             if not exchange.response_started:
-                exchange.send_local(local_reply(Cause.UPSTREAM_PROTOCOL, "internal error in the sidecar"))
+                exchange.send_local(local_reply(Cause.INTERNAL))
             elif not exchange.response_done:
                 exchange.abort()
 
@@ -879,8 +879,9 @@ class ServerConnection(asyncio.Protocol):
         if last is not None and last.local is not None:
             self._stop_parsing()  # CONNECT: answered 405, then closed
         elif last is not None and last.websocket:
-            # Everything after the handshake belongs to the tunnel, once the upstream agrees (101).
-            self._stopped = True
+            # Everything after the handshake belongs to the tunnel, once the upstream agrees (101); until
+            # then the socket is not read, so a client cannot make us buffer without bound.
+            self._stop_parsing()
             self._early = rest
         else:
             # Any other Upgrade (h2c, ...) is dropped as hop-by-hop: keep parsing HTTP/1.1.

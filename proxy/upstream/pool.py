@@ -86,6 +86,7 @@ class Pool:
             kind = FailureKind.UNROUTABLE if exc.errno in _UNROUTABLE else FailureKind.CONNECT_REFUSED
             raise UpstreamError(kind, f"{self.context}: connect failed: {exc.strerror or exc}") from None
         conn.on_idle = self._release
+        conn.on_lost = self._forget
         self._open.add(conn)
         return conn
 
@@ -118,8 +119,6 @@ class Pool:
             conn, _ = idle.popleft()
             self._forget(conn)
             conn.close()
-        # Forget connections that closed while in use or idle, so the open set stays bounded.
-        self._open = {c for c in self._open if not c.closed}
         if idle:
             self._timer = self._loop.call_at(idle[0][1] + self.settings.idle_timeout, self._sweep)
 
