@@ -1,4 +1,5 @@
-"""Command line: argv -> commands (run, validate, certs). The only module that reads argv or the environment.
+"""Command line: argv -> commands (run, validate, certs, demo, and the hidden worker). The only module
+that reads argv or the environment.
 
 Owns argument parsing, printing config problems as `FILE:LINE: key.path: message`, and exit codes.
 Must not build runtime objects itself: `run` hands a loaded config to the runtime.

@@ -12,6 +12,24 @@ from dataclasses import dataclass
 Headers = list[tuple[bytes, bytes]]
 
 
+def first_header(headers: Headers, name: bytes) -> bytes | None:
+    """The first value of `name` (lower-case) in a header list, or None when absent."""
+    for key, value in headers:
+        if key == name:
+            return value
+    return None
+
+
+def authority_of(host: str) -> str:
+    """A Host value -> lower-case name without port, IPv6 brackets removed: what host matchers compare."""
+    text = host.lower()
+    if text.startswith("["):
+        end = text.find("]")
+        return text[1:end] if end > 0 else text
+    name, _, _ = text.partition(":")
+    return name
+
+
 @dataclass(slots=True)
 class RequestHead:
     """One request's head. Header names are lower-case bytes; values are raw bytes.
@@ -33,10 +51,7 @@ class RequestHead:
 
     def header(self, name: bytes) -> bytes | None:
         """First value of `name` (lower-case), or None when absent."""
-        for key, value in self.headers:
-            if key == name:
-                return value
-        return None
+        return first_header(self.headers, name)
 
     def target(self) -> bytes:
         """The origin-form request target (path and query) as sent upstream."""

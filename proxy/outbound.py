@@ -30,6 +30,8 @@ import logging
 import random
 from collections.abc import Sequence
 
+from prometheus_client import Counter
+
 from proxy.clock import Clock
 from proxy.errors import FailureKind, UpstreamError
 from proxy.filters.headers import HeaderRewriter
@@ -40,11 +42,12 @@ from proxy.http.client import ClientConnection, ResponseReady
 from proxy.http.headers import X_FORWARDED_FOR, X_FORWARDED_PROTO, serialize_request
 from proxy.http.server import Exchange, RequestBody, ServerConnection, ServerSettings
 from proxy.local_reply import Cause, LocalReply, failure_reply, local_reply
+from proxy.message import first_header
 from proxy.resilience.budget import BudgetDecision
 from proxy.resilience.classify import Verdict, classify_cancelled, classify_failure, classify_status
 from proxy.resilience.fault import FaultInjector
 from proxy.resilience.limits import LimitDecision
-from proxy.resilience.retry import CompiledRetryPolicy
+from proxy.resilience.retry import IDEMPOTENT_METHODS, CompiledRetryPolicy
 from proxy.routing.split import Split
 from proxy.routing.table import RouteTable
 from proxy.telemetry.metrics import Metrics, RetryMetrics, RouteMetrics
@@ -53,8 +56,6 @@ from proxy.upstream.endpoint import Endpoint
 
 log = logging.getLogger("proxy.outbound")
 
-# Methods whose request may be sent again on a fresh connection when a pooled one turns out stale.
-IDEMPOTENT = frozenset((b"GET", b"HEAD", b"PUT", b"DELETE", b"OPTIONS", b"TRACE"))
 WEBSOCKET_HEADERS = b"connection: upgrade\r\nupgrade: websocket\r\n"
 CLIENT_CLOSED = 499  # nginx's convention for "the client went away before the answer" in metrics
 IDEMPOTENCY_KEY = b"idempotency-key"
@@ -114,7 +115,7 @@ class RoutePath:
         self.retry: CompiledRetryPolicy | None = None
         self.rate_limiter: RateLimiter | None = None
         self.fault: FaultInjector | None = None
-        self.rate_limited: object = None
+        self.rate_limited: Counter | None = None
         # Answers made on this route before a cluster is chosen (rate limited, fault abort).
         self.local: RouteMetrics | None = None
 
@@ -240,7 +241,8 @@ class OutboundListener:
         if path.rate_limiter is not None:
             wait = path.rate_limiter.check(head.headers)
             if wait:
-                path.rate_limited.inc()  # type: ignore[attr-defined]
+                if path.rate_limited is not None:
+                    path.rate_limited.inc()
                 reply = local_reply(Cause.RATE_LIMITED, f"route {path.name}: rate limited",
                                     retry_after=retry_after(wait))
                 self._answer_local(exchange, path.local, reply)
@@ -369,7 +371,7 @@ class OutboundListener:
         target.retries.retried.inc()
         delay = policy.backoff.delay(number)
         if ready is not None:
-            hint = policy.retry_after_delay(_header(ready.head.headers, RETRY_AFTER), ready.head.status,
+            hint = policy.retry_after_delay(first_header(ready.head.headers, RETRY_AFTER), ready.head.status,
                                             self._clock.wall())
             if hint is not None and hint > delay:
                 delay = hint
@@ -557,7 +559,8 @@ class OutboundListener:
             except UpstreamError as error:
                 # A pooled connection the upstream closed while idle: send once more on a new one (not a
                 # retry) when nothing can have been processed twice.
-                if error.stale and not fresh and head.method in IDEMPOTENT and (body is None or whole is not None):
+                replayable = body is None or whole is not None
+                if error.stale and not fresh and head.method in IDEMPOTENT_METHODS and replayable:
                     fresh = True
                     continue
                 conn.abort()
@@ -601,10 +604,3 @@ def _replayable(body: RequestBody) -> bool:
     # A replay that misses bytes would send a truncated body under the original framing (a request the
     # upstream waits on forever, or a different one): refuse the retry rather than send it.
     return sum(map(len, kept)) == body.received
-
-
-def _header(headers: list[tuple[bytes, bytes]], name: bytes) -> bytes | None:
-    for key, value in headers:
-        if key == name:
-            return value
-    return None

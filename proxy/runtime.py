@@ -229,9 +229,8 @@ class Supervisor:
         # Ports the first worker got for listeners configured with port 0; every later (re)start binds these.
         self.ports: dict[str, int] = {}
         self.slots = [self._slot(i) for i in range(count)]
-        # The supervisor's own registry, merged into /metrics (the same family definitions as a worker's;
-        # only sidecar_config_reloads_total is ever counted here, by reload code running in the supervisor).
-        # Workers count their own reloads too: merge.py takes the max for that family, not the sum.
+        # The supervisor's own registry, merged into /metrics (the same family definitions as a worker's).
+        # Workers apply and count each reload themselves; merge.py takes the max for that family.
         self.registry = CollectorRegistry()
         self.metrics = Metrics(self.registry)
         self.config_reloads = {result: self.metrics.config_reloads(result) for result in RELOAD_RESULTS}

@@ -19,7 +19,7 @@ from __future__ import annotations
 import re
 
 from proxy.config.model import Rewrite, RouteMatch
-from proxy.message import RequestHead
+from proxy.message import RequestHead, authority_of
 
 _BAD_HOST = re.compile(r"[\s/?#@\x00-\x1f\x7f]")
 
@@ -34,7 +34,7 @@ class Rewriter:
         # None = replace the whole path; otherwise the prefix the route's matcher guaranteed.
         self._matched = matched
         self._host_header = host.encode("ascii") if host is not None else None
-        self._authority = _authority(host) if host is not None else None
+        self._authority = authority_of(host) if host is not None else None
 
     @classmethod
     def from_config(cls, rewrite: Rewrite | None, match: RouteMatch) -> Rewriter | None:
@@ -70,14 +70,3 @@ class Rewriter:
             head.host_header = self._host_header
             assert self._authority is not None
             head.authority = self._authority
-
-
-def _authority(host: str) -> str:
-    """`host[:port]` -> lower-case host without port, as the codec fills `RequestHead.authority`."""
-    text = host.lower()
-    if text.startswith("["):
-        # IPv6 literal: the port, if any, follows the closing bracket.
-        close = text.find("]")
-        return text[: close + 1] if close >= 0 else text
-    name, sep, port = text.rpartition(":")
-    return name if sep and port.isdigit() else text

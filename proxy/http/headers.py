@@ -51,16 +51,6 @@ def connection_tokens(headers: Headers) -> frozenset[bytes]:
     return frozenset(tokens)
 
 
-def is_hop_by_hop(name: bytes, named: frozenset[bytes]) -> bool:
-    return name in HOP_BY_HOP or name.startswith(b"proxy-") or name in named
-
-
-def strip_hop_by_hop(headers: Headers, has_connection: bool) -> Headers:
-    """Headers without the hop-by-hop ones. `has_connection` lets the common case skip the token scan."""
-    named = connection_tokens(headers) if has_connection else frozenset()
-    return [(n, v) for n, v in headers if not (n in HOP_BY_HOP or n.startswith(b"proxy-") or n in named)]
-
-
 def serialize_request(head: RequestHead, headers: Headers, framing: bytes) -> bytes:
     """Request line + headers + `framing` (a Content-Length or Transfer-Encoding line, or b"") + CRLF."""
     parts = [head.method, b" ", head.target(), b" HTTP/1.1\r\nhost: ", head.host_header, b"\r\n"]

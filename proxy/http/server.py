@@ -28,7 +28,7 @@ from proxy.http.headers import (
     serialize_response,
 )
 from proxy.local_reply import Cause, LocalReply, local_reply
-from proxy.message import Headers, RequestHead, ResponseHead
+from proxy.message import Headers, RequestHead, ResponseHead, authority_of
 
 log = logging.getLogger("proxy.http.server")
 
@@ -455,7 +455,7 @@ class ServerConnection(asyncio.Protocol):
         self.listener.connection_closed(self)
         active = self.active
         if active is not None and not active.response_done:
-            # The client went away mid-request: the handler sees `client_gone` and stops its work.
+            # The client went away mid-request: the handler task is cancelled and stops its work.
             active.response_done = True
             if active.body is not None and not active.body.complete:
                 active.body.failed = True
@@ -680,7 +680,8 @@ class ServerConnection(asyncio.Protocol):
             request_id = new_request_id(self.listener.rng)
             headers.append((X_REQUEST_ID, request_id))
         head = RequestHead(method=method, path=path.decode("latin-1"), query=query,
-                           authority=_authority(host_header), host_header=host_header, headers=headers,
+                           authority=authority_of(host_header.decode("latin-1")), host_header=host_header,
+                           headers=headers,
                            keep_alive=parser.should_keep_alive(), http_minor=http_minor)
         body: RequestBody | None = None
         if chunked or (content_length is not None and content_length > 0):
@@ -985,16 +986,6 @@ def _split_absolute(target: bytes) -> tuple[bytes, bytes] | None:
     if not path.startswith(b"/"):
         path = b"/" + path
     return authority, path
-
-
-def _authority(host: bytes) -> str:
-    """Host header -> lower-case name without port (what host matchers compare)."""
-    text = host.decode("latin-1").lower()
-    if text.startswith("["):
-        end = text.find("]")
-        return text[1:end] if end > 0 else text
-    name, _, _ = text.partition(":")
-    return name
 
 
 def create_protocol_factory(listener: Listener) -> Callable[[], ServerConnection]:

@@ -1,1 +1,1 @@
-"""Telemetry: metric families, trace context, access logs."""
+"""Telemetry: metric families, their exposition, and merging workers' expositions."""

@@ -16,9 +16,7 @@ from prometheus_client.registry import Collector
 def render_metrics(registry: Collector, accept: str | None) -> tuple[bytes, str]:
     """Return (body, content type) for a scrape with `Accept: accept`.
 
-    The content type already carries `charset=utf-8`. Send it as a raw `Content-Type` header:
-    aiohttp's `web.Response(content_type=...)` rejects a value that contains a charset
-    (python-ecosystem.md section 6).
+    The content type already carries `charset=utf-8`: send it as the `Content-Type` header as is.
     """
     encoder, content_type = choose_encoder(accept or "")
     return encoder(registry), content_type
