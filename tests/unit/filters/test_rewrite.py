@@ -9,12 +9,7 @@ import pytest
 from proxy.config.model import Rewrite, RouteMatch
 from proxy.filters.rewrite import Rewriter
 from proxy.message import RequestHead
-
-
-def make_head(path: str = "/x", *, query: bytes = b"", authority: str = "h") -> RequestHead:
-    return RequestHead(
-        method=b"GET", path=path, query=query, authority=authority, host_header=authority.encode(), headers=[]
-    )
+from tests.unit.heads import make_head
 
 
 def rewritten(match: dict[str, Any], rewrite: dict[str, Any], head: RequestHead) -> RequestHead:

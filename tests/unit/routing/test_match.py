@@ -11,26 +11,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from proxy.config.model import RouteMatch
-from proxy.message import RequestHead
 from proxy.routing.match import QueryParams, RouteMatcher
-
-
-def make_head(
-    path: str = "/x",
-    *,
-    method: bytes = b"GET",
-    query: bytes = b"",
-    authority: str = "h",
-    headers: list[tuple[bytes, bytes]] | None = None,
-) -> RequestHead:
-    return RequestHead(
-        method=method,
-        path=path,
-        query=query,
-        authority=authority,
-        host_header=authority.encode(),
-        headers=headers or [],
-    )
+from tests.unit.heads import make_head
 
 
 def matcher(**match: Any) -> RouteMatcher:

@@ -10,24 +10,7 @@ from hypothesis import strategies as st
 from proxy.config.model import Route, RouteMatch
 from proxy.message import RequestHead
 from proxy.routing.table import CompiledRoute, RouteTable
-
-
-def make_head(
-    path: str = "/x",
-    *,
-    method: bytes = b"GET",
-    query: bytes = b"",
-    authority: str = "h",
-    headers: list[tuple[bytes, bytes]] | None = None,
-) -> RequestHead:
-    return RequestHead(
-        method=method,
-        path=path,
-        query=query,
-        authority=authority,
-        host_header=authority.encode(),
-        headers=headers or [],
-    )
+from tests.unit.heads import make_head
 
 
 def route(name: str, cluster: str = "c", **match: Any) -> Route:
