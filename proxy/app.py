@@ -20,7 +20,7 @@ from prometheus_client import CollectorRegistry
 from proxy.admin.server import AdminServer
 from proxy.clock import Clock
 from proxy.config.load import ConfigError, LoadedConfig, load_config, redacted_dump
-from proxy.config.model import Address, Config, Listener
+from proxy.config.model import Address, Config, Listener, host_port
 from proxy.config.model import Cluster as ClusterConfig
 from proxy.config.watch import ConfigWatcher
 from proxy.discovery.static import static_endpoints
@@ -173,11 +173,11 @@ class App:
             self.bound["admin"] = (admin_address.host, admin_port)
 
     def describe_bound(self) -> str:
-        parts = [f"{name}={_fmt(host, port)}" for name, (host, port) in self.bound.items() if name != "admin"]
+        parts = [f"{name}={host_port(host, port)}" for name, (host, port) in self.bound.items() if name != "admin"]
         if "admin" not in self.bound:
             return f"listening: {' '.join(parts) or '(no listeners)'}; admin on {self.admin_unix}"
         host, port = self.bound["admin"]
-        return f"listening: {' '.join(parts) or '(no listeners)'}; admin {_fmt(host, port)}"
+        return f"listening: {' '.join(parts) or '(no listeners)'}; admin {host_port(host, port)}"
 
     # -- hot reload --------------------------------------------------------------------------------
 
@@ -401,7 +401,3 @@ class AdminView:
 
     def set_log_level(self, level: str) -> None:
         logging.getLogger().setLevel(level.upper())
-
-
-def _fmt(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

@@ -34,6 +34,7 @@ from prometheus_client.exposition import generate_latest
 from proxy.admin.server import AdminServer
 from proxy.app import App
 from proxy.config.load import LoadedConfig
+from proxy.config.model import host_port
 from proxy.telemetry.exposition import render_metrics
 from proxy.telemetry.merge import MergedMetrics, Source, merge
 from proxy.telemetry.metrics import RELOAD_RESULTS, Metrics
@@ -506,8 +507,6 @@ class SupervisorView:
                 log.warning("could not set the log level of worker %d: %s", slot.index, answer)
 
 
-def _fmt(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 async def supervise(loaded: LoadedConfig, count: int, log_level: str) -> int:
@@ -534,10 +533,10 @@ async def supervise(loaded: LoadedConfig, count: int, log_level: str) -> int:
             await supervisor.stop()
             return 1
         bound = supervisor.slots[0].bound or {}
-        listeners = " ".join(f"{name}={_fmt(host, port)}" for name, (host, port) in bound.items())
+        listeners = " ".join(f"{name}={host_port(host, port)}" for name, (host, port) in bound.items())
         pids = ",".join(str(slot.pid) for slot in supervisor.slots)
         log.info("listening: %s; admin %s; %d workers (pids %s)", listeners or "(no listeners)",
-                 _fmt(admin_address.host, admin_port), count, pids)
+                 host_port(admin_address.host, admin_port), count, pids)
         await supervisor.wait_for_shutdown()
         log.info("draining %d workers (up to %gs)", count, loaded.config.drain_timeout)
         await supervisor.stop()

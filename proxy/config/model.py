@@ -82,7 +82,12 @@ class Address(BaseModel):
         return cls(host=host, port=int(port_text))
 
     def __str__(self) -> str:
-        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+        return host_port(self.host, self.port)
+
+
+def host_port(host: str, port: int) -> str:
+    """`host:port`, with IPv6 hosts in brackets: how addresses are written in configs, logs and metrics."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 AddressField = Annotated[Address, BeforeValidator(Address.parse)]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from proxy.config.model import host_port
 from proxy.resilience.breaker import BreakerState, CircuitBreaker
 from proxy.resilience.classify import Verdict
 from proxy.upstream.pool import Pool, PoolSettings
@@ -27,7 +28,7 @@ class Endpoint:
     def __init__(self, cluster: str, host: str, port: int, pool_settings: PoolSettings) -> None:
         self.host = host
         self.port = port
-        self.address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        self.address = host_port(host, port)
         self.pool = Pool(host, port, pool_settings, f"cluster {cluster}: endpoint {self.address}")
         self.in_flight = 0
         self.requests = 0

@@ -249,8 +249,11 @@ class RawClient:
         self.writer.close()
 
 
-def outbound_config(upstream: str, listener_extra: str = "", route_extra: str = "", top_extra: str = "") -> str:
-    """A one-listener, one-route, one-cluster config; extras are YAML lines indented for their place."""
+def outbound_config(upstream: str | list[str], listener_extra: str = "", route_extra: str = "", top_extra: str = "",
+                    cluster_extra: str = "") -> str:
+    """A one-listener, one-route, one-cluster config (one endpoint or several); extras are YAML lines
+    indented for their place."""
+    listed = ", ".join(f'"{e}"' for e in ([upstream] if isinstance(upstream, str) else upstream))
     return f"""
     admin: {{address: "127.0.0.1:0"}}
     {top_extra}
@@ -265,5 +268,6 @@ def outbound_config(upstream: str, listener_extra: str = "", route_extra: str = 
             {route_extra}
     clusters:
       - name: backend
-        endpoints: ["{upstream}"]
+        endpoints: [{listed}]
+        {cluster_extra}
     """

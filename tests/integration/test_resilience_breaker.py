@@ -18,29 +18,14 @@ from typing import Any
 import aiohttp
 
 from tests.integration.admin_client import endpoint_view, metric
-from tests.integration.raw import RawClient, RawRequest, RawUpstream, response
+from tests.integration.raw import RawClient, RawRequest, RawUpstream, outbound_config, response
 
 CLIENT_TIMEOUT = aiohttp.ClientTimeout(total=5)
 BREAKER = "{min_requests: 3, failure_ratio: 0.6, interval: 10s, open_timeout: 500ms, half_open_requests: 2}"
 
 
 def config(endpoints: list[str], breaker: str = BREAKER, route_extra: str = "") -> str:
-    listed = ", ".join(f'"{e}"' for e in endpoints)
-    return f"""
-    admin: {{address: "127.0.0.1:0"}}
-    listeners:
-      - name: outbound
-        address: "127.0.0.1:0"
-        routes:
-          - name: all
-            match: {{prefix: /}}
-            cluster: backend
-            {route_extra}
-    clusters:
-      - name: backend
-        endpoints: [{listed}]
-        circuit_breaker: {breaker}
-    """
+    return outbound_config(endpoints, route_extra=route_extra, cluster_extra=f"circuit_breaker: {breaker}")
 
 
 class Controlled:

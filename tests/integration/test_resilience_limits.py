@@ -15,29 +15,15 @@ from typing import Any
 import aiohttp
 
 from tests.integration.admin_client import metric
-from tests.integration.raw import RawRequest, RawUpstream, response
+from tests.integration.raw import RawRequest, RawUpstream, outbound_config, response
 
 CLIENT_TIMEOUT = aiohttp.ClientTimeout(total=5)
 LIMITS = "{max_requests: 2, max_pending: 1, pending_timeout: 300ms}"
 
 
 def config(endpoint: str, limits: str = LIMITS, listener_extra: str = "", route_extra: str = "") -> str:
-    return f"""
-    admin: {{address: "127.0.0.1:0"}}
-    listeners:
-      - name: outbound
-        address: "127.0.0.1:0"
-        {listener_extra}
-        routes:
-          - name: all
-            match: {{prefix: /}}
-            cluster: backend
-            {route_extra}
-    clusters:
-      - name: backend
-        endpoints: ["{endpoint}"]
-        limits: {limits}
-    """
+    return outbound_config(endpoint, listener_extra=listener_extra, route_extra=route_extra,
+                           cluster_extra=f"limits: {limits}")
 
 
 class Slow:

@@ -16,28 +16,13 @@ import time
 import aiohttp
 
 from tests.integration.admin_client import endpoint_view, metric
-from tests.integration.raw import RawRequest, RawUpstream, response
+from tests.integration.raw import RawRequest, RawUpstream, outbound_config, response
 
 CLIENT_TIMEOUT = aiohttp.ClientTimeout(total=5)
 
 
 def config(endpoints: list[str], route_extra: str = "", cluster_extra: str = "") -> str:
-    listed = ", ".join(f'"{e}"' for e in endpoints)
-    return f"""
-    admin: {{address: "127.0.0.1:0"}}
-    listeners:
-      - name: outbound
-        address: "127.0.0.1:0"
-        routes:
-          - name: all
-            match: {{prefix: /}}
-            cluster: backend
-            {route_extra}
-    clusters:
-      - name: backend
-        endpoints: [{listed}]
-        {cluster_extra}
-    """
+    return outbound_config(endpoints, route_extra=route_extra, cluster_extra=cluster_extra)
 
 
 class Fixed:

@@ -19,7 +19,7 @@ import aiohttp
 
 from tests.conftest import free_port
 from tests.integration.admin_client import metric
-from tests.integration.raw import RawClient, RawRequest, RawUpstream, response
+from tests.integration.raw import RawClient, RawRequest, RawUpstream, outbound_config, response
 
 Handler = Callable[[RawRequest, asyncio.StreamWriter], Awaitable[None]]
 CLIENT_TIMEOUT = aiohttp.ClientTimeout(total=5)
@@ -27,22 +27,7 @@ CLIENT_TIMEOUT = aiohttp.ClientTimeout(total=5)
 
 def config(endpoints: list[str], retries: str, route_extra: str = "") -> str:
     """One listener, one route with `retries: {retries}`, one static cluster."""
-    listed = ", ".join(f'"{e}"' for e in endpoints)
-    return f"""
-    admin: {{address: "127.0.0.1:0"}}
-    listeners:
-      - name: outbound
-        address: "127.0.0.1:0"
-        routes:
-          - name: all
-            match: {{prefix: /}}
-            cluster: backend
-            retries: {{{retries}}}
-            {route_extra}
-    clusters:
-      - name: backend
-        endpoints: [{listed}]
-    """
+    return outbound_config(endpoints, route_extra=f"retries: {{{retries}}}\n            {route_extra}")
 
 
 # Backoff that does not slow the tests down (the backoff itself is tested on its own below).
