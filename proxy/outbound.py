@@ -30,8 +30,6 @@ import logging
 import random
 from collections.abc import Sequence
 
-from prometheus_client import Counter
-
 from proxy.clock import Clock
 from proxy.errors import FailureKind, UpstreamError
 from proxy.filters.headers import HeaderRewriter
@@ -50,6 +48,7 @@ from proxy.resilience.limits import LimitDecision
 from proxy.resilience.retry import IDEMPOTENT_METHODS, CompiledRetryPolicy
 from proxy.routing.split import Split
 from proxy.routing.table import RouteTable
+from proxy.telemetry.cells import CounterCell
 from proxy.telemetry.metrics import Metrics, RetryMetrics, RouteMetrics
 from proxy.upstream.cluster import Cluster
 from proxy.upstream.endpoint import Endpoint
@@ -115,7 +114,7 @@ class RoutePath:
         self.retry: CompiledRetryPolicy | None = None
         self.rate_limiter: RateLimiter | None = None
         self.fault: FaultInjector | None = None
-        self.rate_limited: Counter | None = None
+        self.rate_limited: CounterCell | None = None
         # Answers made on this route before a cluster is chosen (rate limited, fault abort).
         self.local: RouteMetrics | None = None
 

@@ -11,6 +11,16 @@ counts what it is told).
 
 Binding happens when a route, cluster or listener is built (or rebuilt on reload); the handles are
 then held by those runtime objects for their lifetime.
+
+The families the request path touches on every request or connection (requests, request duration,
+upstream attempts, retries, rate limited, limits rejected, downstream connections) are lock-free cells
+from `cells.py` rather than prometheus_client children: a worker is one process with one event loop,
+and scrapes run on that loop, so prometheus_client's per-`inc()` lock, amount check and per-bucket
+locked histogram walk are pure cost there. Their exposition (names, HELP/TYPE, labels, buckets,
+order) is byte-for-byte what prometheus_client rendered for them, so dashboards and the supervisor's
+merge (merge.py, which parses the text) see no difference. The control-path families (breaker,
+endpoints, TLS, certificates, reloads) stay prometheus_client families: they change rarely, and may
+be touched from wherever the control path runs.
 """
 
 from __future__ import annotations
@@ -18,7 +28,9 @@ from __future__ import annotations
 import contextlib
 from typing import Final
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
+from prometheus_client import CollectorRegistry, Counter, Gauge, disable_created_metrics
+
+from proxy.telemetry.cells import CounterCell, CounterFamily, GaugeCell, GaugeFamily, HistogramCell, HistogramFamily
 
 # Request latency of a proxy spans sub-millisecond local replies to long upstream calls; 30 s is the
 # top finite bucket because longer requests are streams whose exact duration nobody alerts on.
@@ -43,70 +55,70 @@ class RouteMetrics:
 
     `record` is called once per logical request (retries included, as the contract says). The
     requests counter has a `code` label, whose values are only known as responses arrive, so the
-    child for each code is bound on first use and cached here: later requests with that code are a
-    dict lookup plus `inc()`.
+    cell for each code is bound on first use and cached here: later requests with that code are a
+    dict lookup plus an add.
     """
 
     __slots__ = ("_cluster", "_codes", "_duration", "_listener", "_requests", "_route")
 
     def __init__(
-        self, requests: Counter, duration: Histogram, listener: str, route: str, cluster: str
+        self, requests: CounterFamily, duration: HistogramFamily, listener: str, route: str, cluster: str
     ) -> None:
         self._requests = requests
         self._listener = listener
         self._route = route
         self._cluster = cluster
-        self._codes: dict[int, Counter] = {}
-        self._duration = duration.labels(listener, route, cluster)
+        self._codes: dict[int, CounterCell] = {}
+        self._duration: HistogramCell = duration.labels(listener, route, cluster)
 
     def record(self, code: int, seconds: float) -> None:
         """Count one finished logical request with status `code` that took `seconds`."""
-        child = self._codes.get(code)
-        if child is None:
-            child = self._bind_code(code)
-        child.inc()
+        cell = self._codes.get(code)
+        if cell is None:
+            cell = self._bind_code(code)
+        cell.inc()
         self._duration.observe(seconds)
 
-    def _bind_code(self, code: int) -> Counter:
+    def _bind_code(self, code: int) -> CounterCell:
         # Off the common path: runs once per distinct status code seen on this route.
-        child = self._requests.labels(self._listener, self._route, self._cluster, str(code))
-        self._codes[code] = child
-        return child
+        cell = self._requests.labels(self._listener, self._route, self._cluster, str(code))
+        self._codes[code] = cell
+        return cell
 
 
 class AttemptMetrics:
-    """`sidecar_upstream_attempts_total` children of one cluster, one attribute per outcome."""
+    """`sidecar_upstream_attempts_total` cells of one cluster, one attribute per outcome."""
 
     __slots__ = ("connect_failure", "failure", "reset", "success", "timeout")
 
-    def __init__(self, family: Counter, cluster: str) -> None:
-        self.success: Counter = family.labels(cluster, "success")
-        self.failure: Counter = family.labels(cluster, "failure")
-        self.timeout: Counter = family.labels(cluster, "timeout")
-        self.reset: Counter = family.labels(cluster, "reset")
-        self.connect_failure: Counter = family.labels(cluster, "connect_failure")
+    def __init__(self, family: CounterFamily, cluster: str) -> None:
+        self.success: CounterCell = family.labels(cluster, "success")
+        self.failure: CounterCell = family.labels(cluster, "failure")
+        self.timeout: CounterCell = family.labels(cluster, "timeout")
+        self.reset: CounterCell = family.labels(cluster, "reset")
+        self.connect_failure: CounterCell = family.labels(cluster, "connect_failure")
 
 
 class RetryMetrics:
-    """`sidecar_retries_total` children of one (route, cluster), one attribute per result."""
+    """`sidecar_retries_total` cells of one (route, cluster), one attribute per result."""
 
     __slots__ = ("budget_exhausted", "limit_exceeded", "retried")
 
-    def __init__(self, family: Counter, route: str, cluster: str) -> None:
-        self.retried: Counter = family.labels(route, cluster, "retried")
-        self.budget_exhausted: Counter = family.labels(route, cluster, "budget_exhausted")
-        self.limit_exceeded: Counter = family.labels(route, cluster, "limit_exceeded")
+    def __init__(self, family: CounterFamily, route: str, cluster: str) -> None:
+        self.retried: CounterCell = family.labels(route, cluster, "retried")
+        self.budget_exhausted: CounterCell = family.labels(route, cluster, "budget_exhausted")
+        self.limit_exceeded: CounterCell = family.labels(route, cluster, "limit_exceeded")
 
 
 class LimitsRejectedMetrics:
-    """`sidecar_limits_rejected_total` children of one cluster, one attribute per reason."""
+    """`sidecar_limits_rejected_total` cells of one cluster, one attribute per reason."""
 
     __slots__ = ("max_pending", "max_requests", "pending_timeout")
 
-    def __init__(self, family: Counter, cluster: str) -> None:
-        self.max_requests: Counter = family.labels(cluster, "max_requests")
-        self.max_pending: Counter = family.labels(cluster, "max_pending")
-        self.pending_timeout: Counter = family.labels(cluster, "pending_timeout")
+    def __init__(self, family: CounterFamily, cluster: str) -> None:
+        self.max_requests: CounterCell = family.labels(cluster, "max_requests")
+        self.max_pending: CounterCell = family.labels(cluster, "max_pending")
+        self.pending_timeout: CounterCell = family.labels(cluster, "pending_timeout")
 
 
 class BreakerTransitionMetrics:
@@ -135,7 +147,10 @@ class Metrics:
     """All `sidecar_*` families of one worker, registered on `registry`.
 
     The families are public attributes for control-path code and tests; request-path code takes
-    the bound handles from the `for_*` / helper methods below, once, when it is built.
+    the bound handles from the `for_*` / helper methods below, once, when it is built. The hot
+    families are `cells.*Family` objects (`.labels(*values)` returns a cell), the others
+    prometheus_client families. They are created, and so registered and exposed, in the same order
+    as when all of them were prometheus_client families.
     """
 
     __slots__ = (
@@ -161,28 +176,28 @@ class Metrics:
         # process-wide, and must be thrown before the first family is created.
         disable_created_metrics()  # type: ignore[no-untyped-call]
         self.registry = registry
-        # prometheus_client appends `_total` to counter names itself; the names below are the
-        # contract's names without that suffix.
-        self.requests = Counter(
+        # The exposition appends `_total` to counter names (for prometheus_client's families and for
+        # ours alike); the names below are the contract's names without that suffix.
+        self.requests = CounterFamily(
             "sidecar_requests",
             "Logical downstream requests (retries included), by final status code.",
             ("listener", "route", "cluster", "code"),
             registry=registry,
         )
-        self.request_duration = Histogram(
+        self.request_duration = HistogramFamily(
             "sidecar_request_duration_seconds",
             "Duration of logical downstream requests, retries and backoff included.",
             ("listener", "route", "cluster"),
-            buckets=DURATION_BUCKETS,
             registry=registry,
+            buckets=DURATION_BUCKETS,
         )
-        self.upstream_attempts = Counter(
+        self.upstream_attempts = CounterFamily(
             "sidecar_upstream_attempts",
             "Upstream tries (one per attempt), by classified outcome.",
             ("cluster", "outcome"),
             registry=registry,
         )
-        self.retries_family = Counter(
+        self.retries_family = CounterFamily(
             "sidecar_retries",
             "Retry decisions: retried, or refused by the budget or its concurrency limit.",
             ("route", "cluster", "result"),
@@ -200,13 +215,13 @@ class Metrics:
             ("cluster", "to"),
             registry=registry,
         )
-        self.rate_limited_family = Counter(
+        self.rate_limited_family = CounterFamily(
             "sidecar_rate_limited",
             "Requests answered 429 by the local rate limiter.",
             ("listener", "route"),
             registry=registry,
         )
-        self.limits_rejected_family = Counter(
+        self.limits_rejected_family = CounterFamily(
             "sidecar_limits_rejected",
             "Requests refused by cluster limits (bulkhead); one per connection_limit_reached reply.",
             ("cluster", "reason"),
@@ -218,7 +233,7 @@ class Metrics:
             ("cluster", "state"),
             registry=registry,
         )
-        self.downstream_connections_family = Gauge(
+        self.downstream_connections_family = GaugeFamily(
             "sidecar_downstream_connections",
             "Open downstream connections per listener.",
             ("listener",),
@@ -255,8 +270,8 @@ class Metrics:
         `cluster=""`, which keeps label sets uniform per family as Prometheus expects."""
         return RouteMetrics(self.requests, self.request_duration, listener, "", "")
 
-    def downstream_connections(self, listener: str) -> Gauge:
-        """Gauge child for open downstream connections of `listener` (inc on accept, dec on close)."""
+    def downstream_connections(self, listener: str) -> GaugeCell:
+        """Gauge cell for open downstream connections of `listener` (inc on accept, dec on close)."""
         return self.downstream_connections_family.labels(listener)
 
     def attempts(self, cluster: str) -> AttemptMetrics:
@@ -268,7 +283,7 @@ class Metrics:
     def limits_rejected(self, cluster: str) -> LimitsRejectedMetrics:
         return LimitsRejectedMetrics(self.limits_rejected_family, cluster)
 
-    def rate_limited(self, listener: str, route: str) -> Counter:
+    def rate_limited(self, listener: str, route: str) -> CounterCell:
         return self.rate_limited_family.labels(listener, route)
 
     # -- control path handles -------------------------------------------------------------------

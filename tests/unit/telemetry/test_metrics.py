@@ -9,6 +9,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
+from proxy.telemetry.cells import CounterCell, GaugeCell, HistogramCell
 from proxy.telemetry.exposition import render_metrics
 from proxy.telemetry.metrics import ATTEMPT_OUTCOMES, LIMIT_REASONS, RETRY_RESULTS, Metrics
 
@@ -83,8 +84,8 @@ def test_code_children_are_bound_once(metrics: Metrics) -> None:
     rm.record(500, 0.001)
     assert rm._codes[200] is first
     assert set(rm._codes) == {200, 500}
-    # prometheus_client hands back the same child for the same labels, so two handles on one
-    # route share a series rather than splitting it.
+    # The family hands back the same cell for the same labels, so two handles on one route share a
+    # series rather than splitting it.
     other = metrics.for_route("outbound", "campaign", "campaign-v1")
     other.record(200, 0.001)
     assert other._codes[200] is first
@@ -132,6 +133,28 @@ def test_bound_helpers_hit_their_series(registry: CollectorRegistry, metrics: Me
     assert registry.get_sample_value("sidecar_config_reloads_total", {"result": "failure"}) == 1
     with pytest.raises(ValueError):
         metrics.config_reloads("maybe")
+
+
+def test_request_path_handles_are_lock_free_cells(metrics: Metrics) -> None:
+    # The per-request and per-connection handles must not be prometheus_client children (a lock per
+    # inc(), a Python loop over the buckets per observe()); see cells.py.
+    route = metrics.for_route("outbound", "r1", "c1")
+    route.record(200, 0.001)
+    assert isinstance(route._codes[200], CounterCell)
+    assert isinstance(route._duration, HistogramCell)
+    attempts, retries, limits = metrics.attempts("c1"), metrics.retries("r1", "c1"), metrics.limits_rejected("c1")
+    handles = [getattr(attempts, o) for o in ATTEMPT_OUTCOMES] + [getattr(retries, r) for r in RETRY_RESULTS]
+    handles += [getattr(limits, r) for r in LIMIT_REASONS] + [metrics.rate_limited("outbound", "r1")]
+    assert all(isinstance(h, CounterCell) for h in handles)
+    assert isinstance(metrics.downstream_connections("outbound"), GaugeCell)
+    # The family attributes still bind series by label values, as prometheus_client's did.
+    assert metrics.requests.labels("outbound", "r1", "c1", "200") is route._codes[200]
+    assert metrics.request_duration.labels("outbound", "r1", "c1") is route._duration
+
+
+def test_second_metrics_on_one_registry_is_refused(registry: CollectorRegistry, metrics: Metrics) -> None:
+    with pytest.raises(ValueError):
+        Metrics(registry)
 
 
 def test_forget_endpoint_drops_breaker_series(registry: CollectorRegistry, metrics: Metrics) -> None:
