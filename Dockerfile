@@ -7,6 +7,19 @@
 # see deploy/kubernetes/). The image ships config/minimal.yaml there as a default so that it starts alone,
 # and every example of config/ under /usr/share/horizon-sidecar/examples/.
 # Kubernetes ignores HEALTHCHECK; its probes (deploy/kubernetes/deployment.yaml) hit the same endpoints.
+# Builder: compiles the request path with mypyc (docs/decisions/0008) into a wheel; needs a C compiler,
+# which the runtime image does not carry.
+FROM python:3.11-slim AS build
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_NO_CACHE_DIR=1
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends gcc libc6-dev \
+ && rm -rf /var/lib/apt/lists/*
+# README.md is copied because pyproject.toml names it as the readme.
+COPY pyproject.toml setup.py README.md /src/
+COPY proxy/ /src/proxy/
+RUN HORIZON_SIDECAR_COMPILE=1 pip wheel --no-deps --wheel-dir /wheels /src
+
 FROM python:3.11-slim
 
 ARG VERSION=0.1.0
@@ -23,13 +36,12 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1
 
-# Every dependency (uvloop, httptools, pydantic-core, cryptography, aiohttp) has a manylinux wheel for
-# CPython 3.11, so no compiler is needed. README.md is copied because pyproject.toml names it as the readme.
-COPY pyproject.toml README.md /tmp/horizon-sidecar/
-COPY proxy/ /tmp/horizon-sidecar/proxy/
+# The compiled wheel from the builder; every dependency (uvloop, httptools, pydantic-core, cryptography,
+# aiohttp) has a manylinux wheel for CPython 3.11.
+COPY --from=build /wheels/ /tmp/wheels/
 COPY config/ /usr/share/horizon-sidecar/examples/
-RUN pip install --no-cache-dir /tmp/horizon-sidecar \
- && rm -rf /tmp/horizon-sidecar \
+RUN pip install --no-cache-dir /tmp/wheels/*.whl \
+ && rm -rf /tmp/wheels \
  && mkdir -p /etc/sidecar \
  && cp /usr/share/horizon-sidecar/examples/minimal.yaml /etc/sidecar/sidecar.yaml \
  && groupadd --system --gid 1337 sidecar \

@@ -1,4 +1,4 @@
-"""Side-by-side comparison of the sidecar with nginx, HAProxy, Caddy and a naive aiohttp proxy.
+"""Side-by-side comparison of the sidecar with nginx, HAProxy, Caddy, a naive aiohttp proxy and the Python floor.
 
 `python -m benchmarks.compare` builds the rig of /work/shared/BENCHMARKS.md in a temp dir (an nginx
 backend and every peer in front of it, pinned), measures throughput (wrk, alternating targets, median of
@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from benchmarks import memory, report
+from benchmarks.build import COMPILED_TREE_ENV, INTERPRETED, compiled_build
 from benchmarks.load import LoadError, hey, wrk
 from benchmarks.peers import ALL_TARGETS, PROXIES, STARTERS, Skip, Started, start_backend, start_sidecar
 from benchmarks.rig import (
@@ -79,6 +80,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--skip-latency", action="store_true", help="skip latency at fixed load (hey)")
     parser.add_argument("--workers", help="also run the sidecar with `workers: N` for each N, e.g. 1,2")
     parser.add_argument("--out", type=Path, default=RESULTS, help="where results go (default benchmarks/results)")
+    parser.add_argument("--interpreted", action="store_true",
+                        help="do not compile: `sidecar` is then the interpreted source, and `sidecar-py` is not run")
+    parser.add_argument("--compiled-tree", help="an existing scripts/build-compiled copy to run `sidecar` from "
+                        f"(default ${COMPILED_TREE_ENV}, else compiled into the run's temp dir)")
     args = parser.parse_args(argv)
     if args.only:
         wanted = [t.strip() for t in args.only.split(",") if t.strip()]
@@ -88,6 +93,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.targets = [t for t in PROXIES if t in wanted]
     else:
         args.targets = list(PROXIES)
+    if args.interpreted and "sidecar-py" in args.targets:
+        args.targets.remove("sidecar-py")
     try:
         args.worker_counts = [int(n) for n in args.workers.split(",")] if args.workers else []
     except ValueError:
@@ -248,8 +255,9 @@ def summarize(results: dict) -> None:
                       "bottleneck, throughput ratios flatten toward 1; CPU per request stays honest"
                       if within else "direct is more than 10% above nginx: the proxies are the bottleneck")
     cpu: dict[str, object] = {name: t["vcpu_s_per_1000"] for name, t in targets.items()}
-    if side and targets.get("nginx", {}).get("vcpu_s_per_1000"):
-        cpu["sidecar/nginx"] = side["vcpu_s_per_1000"] / targets["nginx"]["vcpu_s_per_1000"]
+    for peer in ("nginx", "pyfloor", "sidecar-py"):
+        if side and side["vcpu_s_per_1000"] and targets.get(peer, {}).get("vcpu_s_per_1000"):
+            cpu[f"sidecar/{peer}"] = side["vcpu_s_per_1000"] / targets[peer]["vcpu_s_per_1000"]
     results["cpu"] = {"unit": "vCPU-seconds per 1000 requests (direct: the backend's)", "per_target": cpu}
     lat = results.get("latency") or {}
     direct_lat = lat.get("targets", {}).get("direct", {})
@@ -273,6 +281,15 @@ def run(args: argparse.Namespace) -> dict:
     with tempfile.TemporaryDirectory(prefix="sidecar-bench-") as tmp, signals_raise():
         rig = Rig(Path(tmp), pinning)
         try:
+            build = INTERPRETED
+            if not args.interpreted and any(t.startswith("sidecar") for t in args.targets):
+                say("building the compiled sidecar (scripts/build-compiled, about 1.5 minutes)")
+                build = compiled_build(Path(tmp), args.compiled_tree)
+                if not build.compiled and "sidecar-py" in args.targets:
+                    args.targets.remove("sidecar-py")  # it would be the same build twice
+            rig.sidecar_tree = build.tree
+            results["sidecar_build"] = build.note
+            say(f"sidecar build: {build.note}")
             backend = start_backend(rig)
             started: dict[str, Started] = {"direct": backend}
             for name in args.targets:

@@ -78,6 +78,8 @@ def markdown(results: dict) -> str:
         f"Machine: {m['host']}, {m['nproc']} CPUs ({m['cpu_model']}), kernel {m['kernel']}, "
         f"Python {m['python']}. {results['pinning']}.",
     ]
+    if results.get("sidecar_build"):
+        lines.append(f"`sidecar`: {results['sidecar_build']}; `sidecar-py`: the same source, interpreted.")
     for name, why in (results.get("skipped") or {}).items():
         lines.append(f"Skipped {name}: {why}.")
     tp = results.get("throughput")
@@ -96,9 +98,12 @@ def markdown(results: dict) -> str:
                          f"{runs} | {_fmt(t['vcpu_s_per_1000'], 4)} | {_fmt(ratios.get(f'sidecar/{name}'))} |")
         if "note" in tp:
             lines += ["", f"Note: {tp['note']}."]
-        cpu_ratio = (results.get("cpu") or {}).get("per_target", {}).get("sidecar/nginx")
-        if cpu_ratio is not None:
-            lines.append(f"CPU per request, sidecar / nginx: {cpu_ratio:.2f}x.")
+        per_target = (results.get("cpu") or {}).get("per_target", {})
+        for peer, label in (("nginx", "nginx"), ("pyfloor", "pyfloor (the Python floor of this design)"),
+                            ("sidecar-py", "sidecar-py (compiling's gain)")):
+            cpu_ratio = per_target.get(f"sidecar/{peer}")
+            if cpu_ratio is not None:
+                lines.append(f"CPU per request, sidecar / {label}: {cpu_ratio:.2f}x.")
     lat = results.get("latency")
     if lat:
         lines += ["", "### Latency at 1000 req/s (hey -c 10 -q 100; single latencies quantised to 0.1 ms)", "",

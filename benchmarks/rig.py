@@ -208,6 +208,9 @@ class Rig:
     workdir: Path
     pinning: Pinning
     procs: list[Proc] = field(default_factory=list)
+    # Where `python -m proxy` runs from for the `sidecar` target: a compiled copy (benchmarks/build.py)
+    # or the repository (the interpreted source).
+    sidecar_tree: Path = REPO
 
     def __post_init__(self) -> None:
         atexit.register(self.close)

@@ -17,7 +17,9 @@ from benchmarks.rig import REPO, Proc, Rig, free_port, wait_ready, which
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 # Targets in the order they are reported; "direct" is wrk/hey straight to the backend.
-PROXIES = ("nginx", "haproxy", "caddy", "aiohttp", "sidecar")
+# `sidecar` is the build that ships (compiled, when it could be built); `sidecar-py` the same source
+# interpreted, so the run shows what compiling buys.
+PROXIES = ("nginx", "haproxy", "caddy", "aiohttp", "pyfloor", "sidecar", "sidecar-py")
 ALL_TARGETS = ("direct", *PROXIES)
 BINARIES = {"nginx": "nginx", "haproxy": "haproxy", "caddy": "caddy"}
 
@@ -115,6 +117,19 @@ def start_aiohttp(rig: Rig, backend_port: int) -> Started:
     return _ready(rig, Started("aiohttp", proc, port))
 
 
+def pyfloor_argv(port: int, backend_port: int) -> list[str]:
+    """The Python floor peer's command line (also run under valgrind by benchmarks.instructions)."""
+    return [sys.executable, "-m", "benchmarks.peers.raw_proxy", "--port", str(port), "--upstream",
+            f"127.0.0.1:{backend_port}"]
+
+
+def start_pyfloor(rig: Rig, backend_port: int) -> Started:
+    """benchmarks/peers/raw_proxy.py: the sidecar's building blocks and nothing else (the floor)."""
+    port = free_port()
+    proc = rig.start("pyfloor", pyfloor_argv(port, backend_port), rig.pinning.proxy, cwd=REPO)
+    return _ready(rig, Started("pyfloor", proc, port))
+
+
 def sidecar_config(backend_port: int, workers: int = 1, stream_port: int | None = None) -> tuple[str, int, int]:
     """The realistic config (YAML text), its listener port and its admin port."""
     port, admin_port = free_port(), free_port()
@@ -127,12 +142,20 @@ def sidecar_config(backend_port: int, workers: int = 1, stream_port: int | None 
     return text, port, admin_port
 
 
+def sidecar_minimal_config(backend_port: int) -> tuple[str, int, int]:
+    """The minimal config (one route to one cluster; YAML text), its listener port and its admin port."""
+    port, admin_port = free_port(), free_port()
+    return render("sidecar-minimal.yaml", port=port, admin_port=admin_port, backend_port=backend_port), port, admin_port
+
+
 def start_sidecar(rig: Rig, backend_port: int, workers: int = 1, stream_port: int | None = None,
-                  name: str = "sidecar") -> Started:
-    """`python -m proxy run -c <generated yaml>` on the proxy CPU (all its workers share that CPU)."""
+                  name: str = "sidecar", tree: Path | None = None) -> Started:
+    """`python -m proxy run -c <generated yaml>` on the proxy CPU (all its workers share that CPU), run from
+    `tree` (default: the rig's sidecar build)."""
     text, port, _admin = sidecar_config(backend_port, workers, stream_port)
     conf = _write(rig, f"{name}.yaml", text)
-    proc = rig.start(name, [sys.executable, "-m", "proxy", "run", "-c", str(conf)], rig.pinning.proxy, cwd=REPO)
+    proc = rig.start(name, [sys.executable, "-m", "proxy", "run", "-c", str(conf)], rig.pinning.proxy,
+                     cwd=tree or rig.sidecar_tree)
     problem = wait_ready(proc, port, timeout=20.0)
     if problem is not None:
         rig.stop(proc)
@@ -140,6 +163,11 @@ def start_sidecar(rig: Rig, backend_port: int, workers: int = 1, stream_port: in
             raise Skip(f"the sidecar refuses workers: {workers} (not supported yet)")
         raise Skip(problem)
     return Started(name, proc, port)
+
+
+def start_sidecar_interpreted(rig: Rig, backend_port: int) -> Started:
+    """The sidecar from the repository's own source, interpreted (whatever build `sidecar` runs)."""
+    return start_sidecar(rig, backend_port, name="sidecar-py", tree=REPO)
 
 
 def _binary(name: str) -> str:
@@ -154,5 +182,7 @@ STARTERS = {
     "haproxy": start_haproxy,
     "caddy": start_caddy,
     "aiohttp": start_aiohttp,
+    "pyfloor": start_pyfloor,
     "sidecar": start_sidecar,
+    "sidecar-py": start_sidecar_interpreted,
 }

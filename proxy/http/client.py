@@ -15,7 +15,7 @@ import asyncio
 import socket
 from collections.abc import Callable
 from http import HTTPStatus
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Protocol, cast
 
 import httptools
 
@@ -24,7 +24,29 @@ from proxy.http.headers import HOP_BY_HOP, X_REQUEST_ID, connection_tokens
 from proxy.message import Headers, ResponseHead
 
 if TYPE_CHECKING:
-    from proxy.http.server import Exchange, ReadControl, ServerConnection
+    from proxy.http.server import ReadControl, ServerConnection
+
+
+class _WriteState(Protocol):
+    @property
+    def write_paused(self) -> bool: ...
+
+
+class ResponseSink(Protocol):
+    """Where a response body is spliced: the downstream exchange (`proxy.http.server.Exchange`).
+
+    A protocol rather than the class itself: compiled (mypyc) code checks a concrete parameter type at
+    run time, and the codec's tests drive this module with their own sinks.
+    """
+
+    upstream_reader: ReadControl | None
+
+    @property
+    def conn(self) -> _WriteState: ...
+
+    def write_body(self, data: bytes) -> None: ...
+
+    def abort(self) -> None: ...
 
 
 # Hop-by-hop headers and the upstream's framing: the downstream response is framed anew. The codec
@@ -93,7 +115,7 @@ class ClientConnection(asyncio.Protocol):
         # The pool's hook for a closed connection (so its count of open connections stays true).
         self.on_lost: Callable[[ClientConnection], None] | None = None
         self.requests_sent = 0
-        self.downstream: Exchange | None = None
+        self.downstream: ResponseSink | None = None
         # The client connection whose request body streams into this one (paused while we cannot write).
         self.body_reader: ReadControl | None = None
         self.write_paused = False
@@ -183,7 +205,7 @@ class ClientConnection(asyncio.Protocol):
         self._body = []
         return body[0] if len(body) == 1 else b"".join(body)
 
-    def attach(self, exchange: Exchange) -> bool:
+    def attach(self, exchange: ResponseSink) -> bool:
         """Stream the rest of the response body into `exchange`; True when the response is complete."""
         self.downstream = exchange
         exchange.upstream_reader = self

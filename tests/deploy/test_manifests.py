@@ -334,7 +334,7 @@ def test_exposes_admin_outbound_and_inbound_ports() -> None:
 
 def test_installs_the_package_from_its_sources() -> None:
     copied = " ".join(i.args for i in instructions("COPY"))
-    for needed in ("pyproject.toml", "proxy/", "config/"):
+    for needed in ("pyproject.toml", "setup.py", "proxy/", "config/"):
         assert needed in copied, f"{needed} is not copied into the image"
     with (ROOT / "pyproject.toml").open("rb") as f:
         readme = tomllib.load(f)["project"].get("readme")
@@ -344,10 +344,22 @@ def test_installs_the_package_from_its_sources() -> None:
     assert instructions("LABEL"), "the image carries no labels"
 
 
+def test_the_image_ships_the_compiled_request_path() -> None:
+    # docs/decisions/0008: a builder stage compiles the wheel with mypyc; the runtime stage installs it
+    # and carries no compiler.
+    stages = [i for i in dockerfile() if i.keyword == "FROM"]
+    assert len(stages) >= 2, "no builder stage: the request path would ship interpreted"
+    builder_runs = " ".join(i.args for i in dockerfile()[:dockerfile().index(final_stage()[0])] if i.keyword == "RUN")
+    assert "HORIZON_SIDECAR_COMPILE=1" in builder_runs and "pip wheel" in builder_runs
+    final_runs = " ".join(i.args for i in final_stage() if i.keyword == "RUN")
+    assert ".whl" in final_runs and "gcc" not in final_runs
+    assert any("--from=build" in i.args for i in final_stage() if i.keyword == "COPY")
+
+
 def test_dockerignore_lets_the_build_inputs_through() -> None:
     lines = [ln.strip() for ln in DOCKERIGNORE.read_text().splitlines() if ln.strip() and not ln.startswith("#")]
     if "*" in lines:  # an allow-list: each input must be re-included
-        for needed in ("pyproject.toml", "README.md", "proxy", "config"):
+        for needed in ("pyproject.toml", "setup.py", "README.md", "proxy", "config"):
             assert f"!{needed}" in lines or f"!{needed}/" in lines, f".dockerignore excludes {needed}"
     else:
         for needed in ("pyproject.toml", "README.md", "proxy", "proxy/", "config", "config/"):
