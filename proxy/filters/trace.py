@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterable
-from dataclasses import dataclass
 from typing import Final, Literal
 
 # The format a context was read from; None when the trace was started here.
@@ -72,7 +71,6 @@ _B3_SAMPLED: Final[dict[bytes, bool]] = {b"1": True, b"0": False, b"d": True}
 _X_B3_SAMPLED_VALUES: Final[dict[bytes, bool]] = {b"1": True, b"0": False, b"true": True, b"false": False}
 
 
-@dataclass(slots=True)
 class TraceContext:
     """The trace an incoming request belongs to.
 
@@ -80,13 +78,31 @@ class TraceContext:
     trace started here (no incoming context, or a sampling-only `b3: 0`). Treat as read-only.
     """
 
-    # Not frozen, unlike other values (DESIGN.md): one is built per request, and a frozen dataclass sets
-    # each field through object.__setattr__, which about doubles construction cost.
-    trace_id: bytes
-    parent_span_id: bytes | None
-    sampled: bool
-    tracestate: bytes | None
-    incoming_format: IncomingFormat | None
+    # Not a frozen dataclass, unlike other values (DESIGN.md): one is built per request. A frozen one sets
+    # each field through object.__setattr__, and any dataclass keeps an interpreted __init__ where mypyc
+    # compiles this plain class into a C constructor (docs/decisions/0008).
+    __slots__ = ("incoming_format", "parent_span_id", "sampled", "trace_id", "tracestate")
+
+    def __init__(self, trace_id: bytes, parent_span_id: bytes | None, sampled: bool, tracestate: bytes | None,
+                 incoming_format: IncomingFormat | None) -> None:
+        self.trace_id = trace_id
+        self.parent_span_id = parent_span_id
+        self.sampled = sampled
+        self.tracestate = tracestate
+        self.incoming_format = incoming_format
+
+    def _fields(self) -> tuple[object, ...]:
+        return (self.trace_id, self.parent_span_id, self.sampled, self.tracestate, self.incoming_format)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, TraceContext) and self._fields() == other._fields()
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return (f"TraceContext(trace_id={self.trace_id!r}, parent_span_id={self.parent_span_id!r}, "
+                f"sampled={self.sampled!r}, tracestate={self.tracestate!r}, "
+                f"incoming_format={self.incoming_format!r})")
 
 
 def _span_id(value: bytes) -> bool:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Iterable
-from dataclasses import dataclass
 from typing import Final
 
 from proxy.config.model import RETRY_CONDITIONS
@@ -87,27 +86,34 @@ class Outcome(enum.Enum):
     CANCELLED = "cancelled"
 
 
-@dataclass(frozen=True, slots=True)
 class Verdict:
-    """What one attempt's result means; shared, immutable, compared by identity in tests."""
+    """What one attempt's result means; shared, immutable (treat as read-only), compared by identity in tests.
 
-    outcome: Outcome
-    # For the breaker and outlier detection: connect failure, reset, timeout or any 5xx response.
-    is_failure: bool
-    # Retry conditions satisfied, as bits (see the module docstring); `policy_mask & conditions` decides.
-    conditions: int
-    # The response status, or 0 when the attempt produced no response head.
-    status: int = 0
-    kind: FailureKind | None = None
+    A plain slotted class: `label` and `cancelled` are read per attempt, and as attributes of a class mypyc
+    compiles they cost a field load, where a property reading `Outcome.value` ran enum's interpreted
+    descriptor each time (docs/decisions/0008).
+    """
 
-    @property
-    def cancelled(self) -> bool:
-        """True for a downstream cancellation: report it to the breaker with `cancel`, not `record`."""
-        return self.outcome is Outcome.CANCELLED
+    __slots__ = ("cancelled", "conditions", "is_failure", "kind", "label", "outcome", "status")
 
-    @property
-    def label(self) -> str:
-        return self.outcome.value
+    def __init__(self, outcome: Outcome, is_failure: bool, conditions: int, status: int = 0,
+                 kind: FailureKind | None = None) -> None:
+        self.outcome = outcome
+        # For the breaker and outlier detection: connect failure, reset, timeout or any 5xx response.
+        self.is_failure = is_failure
+        # Retry conditions satisfied, as bits (see the module docstring); `policy_mask & conditions` decides.
+        self.conditions = conditions
+        # The response status, or 0 when the attempt produced no response head.
+        self.status = status
+        self.kind = kind
+        # The `outcome` label of sidecar_upstream_attempts_total.
+        self.label: str = outcome.value
+        # True for a downstream cancellation: report it to the breaker with `cancel`, not `record`.
+        self.cancelled = outcome is Outcome.CANCELLED
+
+    def __repr__(self) -> str:
+        return (f"Verdict(outcome={self.outcome!r}, is_failure={self.is_failure!r}, conditions={self.conditions!r}, "
+                f"status={self.status!r}, kind={self.kind!r})")
 
 
 def _status_verdict(status: int) -> Verdict:
