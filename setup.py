@@ -32,6 +32,7 @@ COMPILED_MODULES = [
     "proxy/resilience/classify.py",
     "proxy/resilience/limits.py",
     "proxy/resilience/retry.py",
+    "proxy/resilience/timeout.py",
     "proxy/routing/match.py",
     "proxy/routing/split.py",
     "proxy/routing/table.py",
