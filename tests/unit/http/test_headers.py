@@ -1,0 +1,58 @@
+"""proxy/http/headers.py: request ids are canonical UUID4s; Connection tokens are parsed the same on the
+cached common values as in general; a request head serializes to the bytes an upstream expects."""
+
+from __future__ import annotations
+
+import random
+import uuid
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from proxy.http.headers import connection_tokens, new_request_id, request_id_from_bits, serialize_request
+from proxy.message import RequestHead
+
+
+@given(st.integers(min_value=0, max_value=2**128 - 1))
+def test_request_id_is_the_canonical_uuid4_of_its_bits(bits: int) -> None:
+    text = request_id_from_bits(bits).decode()
+    parsed = uuid.UUID(text)
+    assert parsed.version == 4 and parsed.variant == uuid.RFC_4122
+    assert str(parsed) == text  # canonical form: lower-case hex, 8-4-4-4-12
+    # Only the version and variant bits differ from the random bits.
+    mask = ~((0xF << 76) | (0x3 << 62)) & (2**128 - 1)
+    assert parsed.int & mask == bits & mask
+
+
+def test_request_ids_from_a_seeded_generator_differ() -> None:
+    rng = random.Random(7)
+    ids = {new_request_id(rng) for _ in range(1000)}
+    assert len(ids) == 1000
+    assert len(new_request_id()) == 36  # from os.urandom when no generator is given
+
+
+@pytest.mark.parametrize("value", [b"keep-alive", b"Keep-Alive", b"close", b"Close"])
+def test_common_connection_values_give_the_same_tokens_as_the_general_parse(value: bytes) -> None:
+    cached = connection_tokens([(b"content-type", b"text/plain"), (b"connection", value)])
+    general = connection_tokens([(b"connection", value + b", ")])  # not a cached value: parsed
+    assert cached == general == frozenset((value.lower(),))
+
+
+@pytest.mark.parametrize(("headers", "tokens"), [
+    ([], frozenset()),
+    ([(b"connection", b"keep-alive, X-Trace")], frozenset({b"keep-alive", b"x-trace"})),
+    ([(b"connection", b"close"), (b"connection", b"x-a")], frozenset({b"close", b"x-a"})),
+    ([(b"connection", b" ,, ")], frozenset()),
+])
+def test_connection_tokens_of_every_connection_line(headers: list[tuple[bytes, bytes]],
+                                                   tokens: frozenset[bytes]) -> None:
+    assert connection_tokens(headers) == tokens
+
+
+def test_serialize_request_writes_line_host_headers_framing_and_blank_line() -> None:
+    head = RequestHead(method=b"POST", path="/a%20b", query=b"x=1", authority="svc", host_header=b"svc:8080",
+                       headers=[(b"accept", b"*/*"), (b"x-request-id", b"id")])
+    assert serialize_request(head, head.headers, b"content-length: 3\r\n") == (
+        b"POST /a%20b?x=1 HTTP/1.1\r\nhost: svc:8080\r\naccept: */*\r\nx-request-id: id\r\n"
+        b"content-length: 3\r\n\r\n")
