@@ -37,7 +37,7 @@ from proxy.filters.ratelimit import RateLimiter, retry_after
 from proxy.filters.rewrite import Rewriter
 from proxy.filters.trace import TraceContext, TracePropagator
 from proxy.http.client import ClientConnection, ResponseReady
-from proxy.http.headers import X_FORWARDED_FOR, X_FORWARDED_PROTO, serialize_request
+from proxy.http.headers import X_FORWARDED_FOR, X_FORWARDED_PROTO, content_length_line, serialize_request
 from proxy.http.server import Exchange, RequestBody, ServerConnection, ServerSettings
 from proxy.local_reply import Cause, LocalReply, failure_reply, local_reply
 from proxy.message import first_header
@@ -430,7 +430,7 @@ class OutboundListener:
             if body.chunked:
                 framing += b"transfer-encoding: chunked\r\n"
             else:
-                framing += b"content-length: %d\r\n" % (body.length or 0)
+                framing += content_length_line(body.length or 0)
         if exchange.websocket:
             framing += WEBSOCKET_HEADERS
         request = serialize_request(head, head.headers, framing)

@@ -24,6 +24,7 @@ from proxy.http.headers import (
     HOP_BY_HOP,
     X_REQUEST_ID,
     connection_tokens,
+    content_length_line,
     new_request_id,
     serialize_response,
 )
@@ -282,13 +283,13 @@ class Exchange:
             return
         if no_body or self.head_only or status in (204, 304) or status < 200:
             if content_length is not None and (self.head_only or status == 304):
-                extra = b"content-length: %d\r\n" % content_length
+                extra = content_length_line(content_length)
             else:
                 extra = b""
             self._write_head(head, extra)
             return
         if content_length is not None:
-            extra = b"content-length: %d\r\n" % content_length
+            extra = content_length_line(content_length)
         elif self.head.http_minor >= 1:
             extra = b"transfer-encoding: chunked\r\n"
             self._chunked_out = True
@@ -316,7 +317,7 @@ class Exchange:
                 extra += b"connection: close\r\n"
         elif self.head.http_minor == 0:
             extra += b"connection: keep-alive\r\n"
-        self.conn.write(serialize_response(head, extra) + first)
+        self.conn.write(serialize_response(head, extra, first))
 
     def write_body(self, data: bytes) -> None:
         self.last_activity = self.conn.now()

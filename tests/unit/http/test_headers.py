@@ -10,7 +10,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from proxy.http.headers import connection_tokens, new_request_id, request_id_from_bits, serialize_request
+from proxy.http.headers import (
+    connection_tokens,
+    content_length_line,
+    new_request_id,
+    request_id_from_bits,
+    serialize_request,
+)
 from proxy.message import RequestHead
 
 
@@ -56,3 +62,8 @@ def test_serialize_request_writes_line_host_headers_framing_and_blank_line() -> 
     assert serialize_request(head, head.headers, b"content-length: 3\r\n") == (
         b"POST /a%20b?x=1 HTTP/1.1\r\nhost: svc:8080\r\naccept: */*\r\nx-request-id: id\r\n"
         b"content-length: 3\r\n\r\n")
+
+
+@pytest.mark.parametrize("length", [0, 33, 1023, 1024, 10**12])
+def test_content_length_line_renders_any_length(length: int) -> None:
+    assert content_length_line(length) == f"content-length: {length}\r\n".encode()
