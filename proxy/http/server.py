@@ -209,6 +209,7 @@ class Exchange:
         "conn",
         "expect_continue",
         "expired",
+        "handler_started",
         "head",
         "head_only",
         "last_activity",
@@ -246,6 +247,8 @@ class Exchange:
         self.timed_out = False
         # The handler's task, and which deadline of the request path cancelled it (None: none did).
         self.task: asyncio.Task[None] | None = None
+        # Set by the handler's first step: until then a cancel would end its task without running any of it.
+        self.handler_started = False
         self.expired: object = None
         self.response_started = False
         self.response_done = False
@@ -757,6 +760,7 @@ class ServerConnection(asyncio.Protocol):
         self._task = exchange.task = self._loop.create_task(self._run(exchange))
 
     async def _run(self, exchange: Exchange) -> None:
+        exchange.handler_started = True
         try:
             await self.listener.handle(exchange)
         except asyncio.CancelledError:
@@ -863,7 +867,7 @@ class ServerConnection(asyncio.Protocol):
             exchange.abort()
             task.cancel()
         else:
-            task.cancel()  # _run sends `local` once the handler has unwound
+            self._cancel_handler(exchange)
 
     def _protocol_error(self, reply: LocalReply) -> None:
         """Answer a request that could not be parsed (in its turn), then close; nothing reaches upstream."""
@@ -965,8 +969,29 @@ class ServerConnection(asyncio.Protocol):
         exchange.timed_out = True
         if not exchange.response_started:
             exchange.local = local_reply(Cause.TIMEOUT, "stream idle timeout")
-        if self._task is not None:
-            self._task.cancel()
+        self._cancel_handler(exchange)
+
+    def _cancel_handler(self, exchange: Exchange) -> None:
+        """Stop the active request's handler so that `exchange.local` is answered (or the client reset).
+
+        A handler that has run cancels itself out: _run answers as it unwinds. One whose first step is still
+        pending (its head and the fault arrived in consecutive reads, one loop turn apart) never gets to run:
+        it is dropped, nothing of it reached the upstream, and the codec answers here, as for a handler that
+        never started.
+        """
+        task = self._task
+        if task is None:
+            return
+        task.cancel()
+        if exchange.handler_started:
+            return
+        # A Task cancelled before its first step throws CancelledError into a coroutine that has not begun:
+        # none of _run executes, so the answer is the codec's.
+        self._task = exchange.task = None
+        if exchange.local is not None and not exchange.response_started:
+            exchange.send_local(exchange.local)
+        elif not exchange.response_done:
+            exchange.abort()
 
 
 def _split_absolute(target: bytes) -> tuple[bytes, bytes] | None:

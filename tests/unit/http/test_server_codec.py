@@ -536,3 +536,15 @@ def test_stream_idle_timeout_after_the_response_started_resets(driver: Driver) -
     conn.connection_lost(None)
     driver.settle()
     assert not [t for t in asyncio.all_tasks(driver.loop) if not t.done()]
+
+
+def test_a_body_error_in_the_read_after_the_head_is_answered_before_the_handler_ever_runs(driver: Driver) -> None:
+    # Found by the splitting property test: the head (and a valid chunk) in one read, a bad chunk ending in
+    # the next, with no loop turn between them. The handler was started but had not run its first step; it
+    # must be dropped and the 400 sent (it used to be cancelled unrun, and nobody answered).
+    data = (b"GET / HTTP/1.1\r\nHost: 0\r\nX-Request-Id: rid-0\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"0\r\n\r\x00GET / HTTP/1.1\r\nHost: 0\r\n\r\n")
+    cut = data.index(b"\x00")
+    split = run(driver, [data[:cut], data[cut:]], DEFAULTS)
+    assert split.summary() == ([], [], [(400, True)], True)
+    assert split.summary() == run(driver, [data], DEFAULTS).summary()
