@@ -7,6 +7,8 @@ heads. Must not know about sockets, framing or routing.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 Headers = list[tuple[bytes, bytes]]
 
 
@@ -28,20 +30,39 @@ def authority_of(host: str) -> str:
     return name
 
 
-class RequestHead:
+class Record:
+    """Value equality and a dataclass-style repr for the plain slotted records built per request.
+
+    Subclasses name their fields, in constructor order, in `FIELDS`. Plain classes rather than dataclasses:
+    mypyc compiles them into native classes with C constructors, where a dataclass keeps an interpreted
+    `__init__` (about 4k instructions per request for the two heads; docs/decisions/0008). Equality and repr
+    are for tests and logs, never the request path.
+    """
+
+    __slots__ = ()
+    FIELDS: ClassVar[tuple[str, ...]] = ()
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and all(getattr(self, n) == getattr(other, n) for n in self.FIELDS)
+
+    __hash__ = None  # type: ignore[assignment]  # mutable (headers are rewritten in place), like a dataclass
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{name}={getattr(self, name)!r}" for name in self.FIELDS)
+        return f"{type(self).__name__}({fields})"
+
+
+class RequestHead(Record):
     """One request's head. Header names are lower-case bytes; values are raw bytes.
 
     `path` is the raw path (as received, not percent-decoded) without the query string: what path
     matchers see; `query` the raw query string without `?`; `authority` the Host (or absolute-form
     authority) lower-cased and without its port (what host matchers see); `host_header` the full
     Host value forwarded upstream.
-
-    A plain slotted class, not a dataclass: one is built per request, and mypyc compiles this shape
-    into a native class with a C constructor, where `@dataclass(slots=True)` stays an interpreted
-    `__init__` (about 4k instructions per request, docs/decisions/0008).
     """
 
     __slots__ = ("authority", "headers", "host_header", "http_minor", "keep_alive", "method", "path", "query")
+    FIELDS = ("method", "path", "query", "authority", "host_header", "headers", "keep_alive", "http_minor")
 
     def __init__(self, method: bytes, path: str, query: bytes, authority: str, host_header: bytes,
                  headers: Headers, keep_alive: bool = True, http_minor: int = 1) -> None:
@@ -53,20 +74,6 @@ class RequestHead:
         self.headers = headers
         self.keep_alive = keep_alive
         self.http_minor = http_minor
-
-    def _fields(self) -> tuple[object, ...]:
-        return (self.method, self.path, self.query, self.authority, self.host_header, self.headers,
-                self.keep_alive, self.http_minor)
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, RequestHead) and self._fields() == other._fields()
-
-    __hash__ = None  # type: ignore[assignment]  # mutable (headers are rewritten in place), as a dataclass
-
-    def __repr__(self) -> str:
-        return (f"RequestHead(method={self.method!r}, path={self.path!r}, query={self.query!r}, "
-                f"authority={self.authority!r}, host_header={self.host_header!r}, headers={self.headers!r}, "
-                f"keep_alive={self.keep_alive!r}, http_minor={self.http_minor!r})")
 
     def header(self, name: bytes) -> bytes | None:
         """First value of `name` (lower-case), or None when absent."""
@@ -80,10 +87,11 @@ class RequestHead:
         return raw
 
 
-class ResponseHead:
-    """One response's head: status, reason and lower-cased byte headers (a plain class: see RequestHead)."""
+class ResponseHead(Record):
+    """One response's head: status, reason and lower-cased byte headers."""
 
     __slots__ = ("headers", "http_minor", "keep_alive", "reason", "status")
+    FIELDS = ("status", "reason", "headers", "keep_alive", "http_minor")
 
     def __init__(self, status: int, reason: bytes, headers: Headers, keep_alive: bool = True,
                  http_minor: int = 1) -> None:
@@ -92,15 +100,3 @@ class ResponseHead:
         self.headers = headers
         self.keep_alive = keep_alive
         self.http_minor = http_minor
-
-    def _fields(self) -> tuple[object, ...]:
-        return (self.status, self.reason, self.headers, self.keep_alive, self.http_minor)
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, ResponseHead) and self._fields() == other._fields()
-
-    __hash__ = None  # type: ignore[assignment]
-
-    def __repr__(self) -> str:
-        return (f"ResponseHead(status={self.status!r}, reason={self.reason!r}, headers={self.headers!r}, "
-                f"keep_alive={self.keep_alive!r}, http_minor={self.http_minor!r})")

@@ -23,6 +23,8 @@ from binascii import hexlify
 from collections.abc import Iterable
 from typing import Final, Literal
 
+from proxy.message import Record
+
 # The format a context was read from; None when the trace was started here.
 IncomingFormat = Literal["w3c", "b3", "b3multi"]
 
@@ -72,17 +74,16 @@ _B3_SAMPLED: Final[dict[bytes, bool]] = {b"1": True, b"0": False, b"d": True}
 _X_B3_SAMPLED_VALUES: Final[dict[bytes, bool]] = {b"1": True, b"0": False, b"true": True, b"false": False}
 
 
-class TraceContext:
+class TraceContext(Record):
     """The trace an incoming request belongs to.
 
     `parent_span_id` is the incoming span id: the parent of every span `inject` creates. None when the
     trace started here (no incoming context, or a sampling-only `b3: 0`). Treat as read-only.
     """
 
-    # Not a frozen dataclass, unlike other values (DESIGN.md): one is built per request. A frozen one sets
-    # each field through object.__setattr__, and any dataclass keeps an interpreted __init__ where mypyc
-    # compiles this plain class into a C constructor (docs/decisions/0008).
+    # Not a frozen dataclass, unlike other values (DESIGN.md): one is built per request (see Record).
     __slots__ = ("incoming_format", "parent_span_id", "sampled", "trace_id", "tracestate")
+    FIELDS = ("trace_id", "parent_span_id", "sampled", "tracestate", "incoming_format")
 
     def __init__(self, trace_id: bytes, parent_span_id: bytes | None, sampled: bool, tracestate: bytes | None,
                  incoming_format: IncomingFormat | None) -> None:
@@ -91,19 +92,6 @@ class TraceContext:
         self.sampled = sampled
         self.tracestate = tracestate
         self.incoming_format = incoming_format
-
-    def _fields(self) -> tuple[object, ...]:
-        return (self.trace_id, self.parent_span_id, self.sampled, self.tracestate, self.incoming_format)
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, TraceContext) and self._fields() == other._fields()
-
-    __hash__ = None  # type: ignore[assignment]
-
-    def __repr__(self) -> str:
-        return (f"TraceContext(trace_id={self.trace_id!r}, parent_span_id={self.parent_span_id!r}, "
-                f"sampled={self.sampled!r}, tracestate={self.tracestate!r}, "
-                f"incoming_format={self.incoming_format!r})")
 
 
 def _span_id(value: bytes) -> bool:
