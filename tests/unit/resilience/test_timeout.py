@@ -4,6 +4,7 @@ when cancelled, and an earlier deadline re-arms the timer."""
 from __future__ import annotations
 
 import asyncio
+import math
 
 import pytest
 
@@ -104,3 +105,87 @@ def test_resolution_must_be_positive() -> None:
             DeadlineTimers(loop, 0)
     finally:
         loop.close()
+
+
+def test_under_uvloop_a_bucket_fires_once_and_the_loop_does_not_spin() -> None:
+    # uvloop's clock counts whole milliseconds; a bucket time a float step above that millisecond must still
+    # count as due (it used to re-arm with a zero delay until the next millisecond, hundreds of times).
+    import uvloop
+
+    loop = uvloop.new_event_loop()
+
+    class CountingLoop(asyncio.AbstractEventLoop):
+        """The uvloop loop's clock and timers, counting how often the loop timer is armed."""
+
+        armed = 0
+
+        def time(self) -> float:
+            return loop.time()
+
+        def call_at(self, when, callback, *args, context=None):  # type: ignore[no-untyped-def]
+            CountingLoop.armed += 1
+            return loop.call_at(when, callback, *args, context=context)
+
+    try:
+        timers: DeadlineTimers[str, int] = DeadlineTimers(CountingLoop(), RESOLUTION)
+        fired: list[int] = []
+
+        async def schedule() -> None:
+            start = loop.time()
+            for number in range(60):
+                timers.call_at(start + 0.005 + number * 0.01, lambda _name, n: fired.append(n), "d", number)
+            await asyncio.sleep(0.7)
+
+        loop.run_until_complete(schedule())
+        assert fired == list(range(60))
+        assert CountingLoop.armed <= 62  # one wake-up a bucket (give or take the first and last)
+    finally:
+        loop.close()
+
+
+async def test_a_failing_callback_is_logged_and_the_others_still_fire(caplog: pytest.LogCaptureFixture) -> None:
+    loop = asyncio.get_running_loop()
+    timers: DeadlineTimers[str, int] = DeadlineTimers(loop, RESOLUTION)
+    fired: list[str] = []
+
+    def failing(_name: str, _number: int) -> None:
+        raise RuntimeError("boom")
+
+    when = loop.time() + 0.02
+    timers.call_at(when, failing, "first", 0)
+    timers.call_at(when, lambda name, _n: fired.append(name), "second", 0)
+    timers.call_at(when + 0.05, lambda name, _n: fired.append(name), "later bucket", 0)
+    await asyncio.sleep(0.07 + RESOLUTION + SLACK)
+    assert fired == ["second", "later bucket"]
+    assert "deadline callback failed" in caplog.text
+
+
+async def test_deadlines_of_one_bucket_fire_in_time_order_whatever_order_they_came_in() -> None:
+    # A per-try deadline scheduled after the route's, but earlier, in the same bucket: it fires first.
+    loop = asyncio.get_running_loop()
+    timers: DeadlineTimers[str, int] = DeadlineTimers(loop, 1.0)  # one wide bucket
+    fired: list[str] = []
+    base = math.floor(loop.time()) + 1.0
+    timers.call_at(base + 0.6, lambda name, _n: fired.append(name), "route", 0)
+    timers.call_at(base + 0.3, lambda name, _n: fired.append(name), "per-try", 0)
+    await asyncio.sleep(base + 1.0 - loop.time() + SLACK)
+    assert fired == ["per-try", "route"]
+
+
+async def test_an_infinite_deadline_never_fires_and_costs_nothing() -> None:
+    loop = asyncio.get_running_loop()
+    timers: DeadlineTimers[str, int] = DeadlineTimers(loop, RESOLUTION)
+    deadline = timers.call_at(math.inf, lambda _name, _n: None, "never", 0)
+    assert len(timers) == 0 and timers._ticks == []
+    deadline.cancel()
+
+
+async def test_cancelled_far_deadlines_hold_no_buckets_and_their_ticks_are_compacted() -> None:
+    # A route timeout of an hour: every request's deadline is cancelled long before its bucket's time.
+    loop = asyncio.get_running_loop()
+    timers: DeadlineTimers[str, int] = DeadlineTimers(loop, RESOLUTION)
+    for number in range(10_000):
+        timers.call_at(loop.time() + 3600 + number * RESOLUTION, lambda _name, _n: None, "far", number).cancel()
+    assert timers._buckets == {}
+    assert len(timers._ticks) <= 64 + 1
+    timers.close()
