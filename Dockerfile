@@ -15,8 +15,10 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
 RUN apt-get update \
  && apt-get install -y --no-install-recommends gcc libc6-dev \
  && rm -rf /var/lib/apt/lists/*
-# README.md is copied because pyproject.toml names it as the readme.
+# README.md is copied because pyproject.toml names it as the readme; buildsys/ is the build backend, which
+# gives the isolated build environment mypy and the runtime dependencies that mypyc type-checks against.
 COPY pyproject.toml setup.py README.md /src/
+COPY buildsys/ /src/buildsys/
 COPY proxy/ /src/proxy/
 RUN HORIZON_SIDECAR_COMPILE=1 pip wheel --no-deps --wheel-dir /wheels /src
 

@@ -334,7 +334,7 @@ def test_exposes_admin_outbound_and_inbound_ports() -> None:
 
 def test_installs_the_package_from_its_sources() -> None:
     copied = " ".join(i.args for i in instructions("COPY"))
-    for needed in ("pyproject.toml", "setup.py", "proxy/", "config/"):
+    for needed in ("pyproject.toml", "setup.py", "buildsys/", "proxy/", "config/"):
         assert needed in copied, f"{needed} is not copied into the image"
     with (ROOT / "pyproject.toml").open("rb") as f:
         readme = tomllib.load(f)["project"].get("readme")
@@ -359,7 +359,7 @@ def test_the_image_ships_the_compiled_request_path() -> None:
 def test_dockerignore_lets_the_build_inputs_through() -> None:
     lines = [ln.strip() for ln in DOCKERIGNORE.read_text().splitlines() if ln.strip() and not ln.startswith("#")]
     if "*" in lines:  # an allow-list: each input must be re-included
-        for needed in ("pyproject.toml", "setup.py", "README.md", "proxy", "config"):
+        for needed in ("pyproject.toml", "setup.py", "buildsys", "README.md", "proxy", "config"):
             assert f"!{needed}" in lines or f"!{needed}/" in lines, f".dockerignore excludes {needed}"
     else:
         for needed in ("pyproject.toml", "README.md", "proxy", "proxy/", "config", "config/"):
