@@ -9,6 +9,7 @@ the interpreted build runs from the repository itself.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,11 +30,15 @@ class SidecarBuild:
     note: str
 
 
-INTERPRETED = SidecarBuild(REPO, False, "interpreted (the source tree)")
-
-
 def _is_compiled(tree: Path) -> bool:
     return any((tree / "proxy").glob("outbound.*.so"))
+
+
+def interpreted() -> SidecarBuild:
+    """The repository's own source; says so when compiled modules in it shadow the source."""
+    if _is_compiled(REPO):
+        return SidecarBuild(REPO, True, "compiled modules found in the source tree itself (not interpreted)")
+    return SidecarBuild(REPO, False, "interpreted (the source tree)")
 
 
 def compiled_build(workdir: Path, existing: str | None = None) -> SidecarBuild:
@@ -50,11 +55,20 @@ def compiled_build(workdir: Path, existing: str | None = None) -> SidecarBuild:
         return SidecarBuild(REPO, False, f"interpreted: {tree} holds no compiled build")
     tree = workdir / "compiled"
     try:
-        done = subprocess.run([str(REPO / "scripts" / "build-compiled"), str(tree)], capture_output=True, text=True,
-                              timeout=BUILD_TIMEOUT, check=False)
-    except (OSError, subprocess.TimeoutExpired) as exc:
+        # Its own process group: on a timeout (or Ctrl-C) the compilers it started go too, not on measuring.
+        build = subprocess.Popen([str(REPO / "scripts" / "build-compiled"), str(tree)], stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True, start_new_session=True)
+    except OSError as exc:
         return SidecarBuild(REPO, False, f"interpreted: compiling failed ({exc})")
-    if done.returncode != 0 or not _is_compiled(tree):
-        reason = (done.stderr.strip().splitlines() or ["no output"])[-1]
+    try:
+        _out, err = build.communicate(timeout=BUILD_TIMEOUT)
+    except BaseException as exc:
+        os.killpg(build.pid, signal.SIGKILL)
+        build.wait()
+        if isinstance(exc, subprocess.TimeoutExpired):
+            return SidecarBuild(REPO, False, f"interpreted: compiling took over {BUILD_TIMEOUT:g}s")
+        raise
+    if build.returncode != 0 or not _is_compiled(tree):
+        reason = (err.strip().splitlines() or ["no output"])[-1]
         return SidecarBuild(REPO, False, f"interpreted: compiling failed ({reason})")
     return SidecarBuild(tree, True, "compiled with mypyc (scripts/build-compiled)")

@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from benchmarks import memory, report
-from benchmarks.build import COMPILED_TREE_ENV, INTERPRETED, compiled_build
+from benchmarks.build import COMPILED_TREE_ENV, compiled_build, interpreted
 from benchmarks.load import LoadError, hey, wrk
 from benchmarks.peers import ALL_TARGETS, PROXIES, STARTERS, Skip, Started, start_backend, start_sidecar
 from benchmarks.rig import (
@@ -281,7 +281,11 @@ def run(args: argparse.Namespace) -> dict:
     with tempfile.TemporaryDirectory(prefix="sidecar-bench-") as tmp, signals_raise():
         rig = Rig(Path(tmp), pinning)
         try:
-            build = INTERPRETED
+            build = source = interpreted()
+            if source.compiled and "sidecar-py" in args.targets:
+                say(f"SKIP sidecar-py: {source.note}")
+                results["skipped"]["sidecar-py"] = source.note
+                args.targets.remove("sidecar-py")
             if not args.interpreted and any(t.startswith("sidecar") for t in args.targets):
                 say("building the compiled sidecar (scripts/build-compiled, about 1.5 minutes)")
                 build = compiled_build(Path(tmp), args.compiled_tree)

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import subprocess
 import sys
 import tempfile
 import time
@@ -25,7 +24,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from benchmarks.build import INTERPRETED, SidecarBuild, compiled_build
+from benchmarks.build import SidecarBuild, compiled_build, interpreted
+from benchmarks.load import LoadError, run_tool
 from benchmarks.peers import Skip, pyfloor_argv, sidecar_config, sidecar_minimal_config, start_backend
 from benchmarks.rig import REPO, Pinning, Proc, Rig, free_port, http_get, machine, signals_raise, tool_version, which
 
@@ -84,21 +84,11 @@ def interpreter() -> str:
     return str(path)
 
 
-def _run(argv: list[str], timeout: float) -> str:
-    try:
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
-    except subprocess.TimeoutExpired as exc:
-        raise Failed(f"{argv[0]} did not finish within {timeout:g}s") from exc
-    if done.returncode != 0:
-        raise Failed(f"{' '.join(argv)} exited {done.returncode}: {(done.stderr or done.stdout).strip()[-300:]}")
-    return done.stdout
-
-
 def send(pinning: Pinning, port: int, requests: int) -> int:
     """`hey -n N -c 10` on the load CPU; the number of 200 responses (raises unless all N are 200)."""
     argv = pinning.wrap(pinning.load, ["hey", "-n", str(requests), "-c", str(CONCURRENCY), "-cpus", "1",
                                        f"http://127.0.0.1:{port}/"])
-    out = _run(argv, timeout=60 + requests * SECONDS_PER_REQUEST)
+    out = run_tool(argv, timeout=60 + requests * SECONDS_PER_REQUEST)
     statuses = {int(code): int(count) for code, count in re.findall(r"\[(\d{3})\]\s+(\d+) responses", out)}
     if statuses.get(200, 0) != requests:
         errors = out[out.find("Error distribution"):].strip()[:300] if "Error distribution" in out else ""
@@ -148,12 +138,12 @@ def count(rig: Rig, name: str, argv: list[str], port: int, requests: int, cwd: P
             f"warm-up {WARMUP_REQUESTS} requests")
         send(rig.pinning, port, WARMUP_REQUESTS)
         pid = str(proc.pid)  # taskset and valgrind exec: the pid is the interpreter's
-        _run([*control, "--instr=on", pid], CONTROL_TIMEOUT)
-        _run([*control, "--zero", pid], CONTROL_TIMEOUT)
+        run_tool([*control, "--instr=on", pid], CONTROL_TIMEOUT)
+        run_tool([*control, "--zero", pid], CONTROL_TIMEOUT)
         measure_start = time.monotonic()
         send(rig.pinning, port, requests)
         seconds = time.monotonic() - measure_start
-        _run([*control, "--dump", pid], CONTROL_TIMEOUT)
+        run_tool([*control, "--dump", pid], CONTROL_TIMEOUT)
         dump = Path(f"{out_file}.{pid}.1")
         deadline = time.monotonic() + 10.0
         while not dump.exists() and time.monotonic() < deadline:
@@ -211,13 +201,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 say(f"sidecar build: {compiled.note}")
                 builds.append(compiled)
             if args.build == "interpreted" or (args.build == "both" and builds[0].compiled):
-                builds.append(INTERPRETED)
+                builds.append(interpreted())
             results["builds"] = [b.note for b in builds]
             for name, argv, port, cwd in targets(rig, backend.port, configs, builds, args.pyfloor):
                 say(f"{name}: starting under callgrind")
                 try:
                     counted[name] = count(rig, name, argv, port, args.requests, cwd)
-                except Failed as exc:
+                except (Failed, LoadError) as exc:
                     say(f"  {name}: FAILED: {exc}")
                     counted[name] = {"error": str(exc).splitlines()[0]}
         finally:

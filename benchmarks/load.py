@@ -18,13 +18,14 @@ class LoadError(Exception):
     """The load generator failed or printed something we cannot read."""
 
 
-def _run(argv: list[str], timeout: float) -> str:
+def run_tool(argv: list[str], timeout: float) -> str:
+    """Run a measuring tool to completion: its stdout, or LoadError (timeout, non-zero exit)."""
     try:
         done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
     except subprocess.TimeoutExpired as exc:
         raise LoadError(f"{argv[0]} did not finish within {timeout:g}s") from exc
     if done.returncode != 0:
-        raise LoadError(f"{' '.join(argv)} exited {done.returncode}: {done.stderr.strip()[-300:]}")
+        raise LoadError(f"{' '.join(argv)} exited {done.returncode}: {(done.stderr or done.stdout).strip()[-300:]}")
     return done.stdout
 
 
@@ -32,7 +33,7 @@ def wrk(pinning: Pinning, port: int, seconds: int, connections: int = 50, path: 
     """`wrk -t1 -cN -dS`: requests completed, requests/s, and the non-2xx/socket-error counts."""
     argv = pinning.wrap(pinning.load, ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s",
                                        f"http://127.0.0.1:{port}{path}"])
-    out = _run(argv, timeout=seconds + 30)
+    out = run_tool(argv, timeout=seconds + 30)
     match = re.search(r"(\d+) requests in ([\d.]+)(m?s)", out)
     if match is None:
         raise LoadError(f"cannot read wrk's output:\n{out}")
@@ -61,7 +62,7 @@ def hey(pinning: Pinning, port: int, seconds: int, workers: int = 10, qps_per_wo
     """
     argv = pinning.wrap(pinning.load, ["hey", "-c", str(workers), "-q", str(qps_per_worker), "-z", f"{seconds}s",
                                        "-cpus", "1", "-o", "csv", f"http://127.0.0.1:{port}{path}"])
-    out = _run(argv, timeout=seconds + 30)
+    out = run_tool(argv, timeout=seconds + 30)
     latencies: list[float] = []
     failed = 0
     for line in out.splitlines()[1:]:
