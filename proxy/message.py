@@ -43,7 +43,9 @@ class Record:
     FIELDS: ClassVar[tuple[str, ...]] = ()
 
     def __eq__(self, other: object) -> bool:
-        return type(other) is type(self) and all(getattr(self, n) == getattr(other, n) for n in self.FIELDS)
+        if type(other) is not type(self):
+            return NotImplemented  # the other side may know how to compare (mock.ANY does)
+        return all(getattr(self, name) == getattr(other, name) for name in self.FIELDS)
 
     __hash__ = None  # type: ignore[assignment]  # mutable (headers are rewritten in place), like a dataclass
 

@@ -3,6 +3,8 @@ normalises what host matchers see."""
 
 from __future__ import annotations
 
+from unittest import mock
+
 import pytest
 
 from proxy.filters.trace import TraceContext
@@ -24,6 +26,7 @@ def test_records_are_equal_by_value_and_type_and_unhashable() -> None:
     assert ResponseHead(200, b"OK", []) != ResponseHead(200, b"OK", [], http_minor=0)
     assert TraceContext(b"t", None, True, None, "w3c") != TraceContext(b"t", None, False, None, "w3c")
     assert head() != ("GET", "/a")  # another type is never equal
+    assert head() == mock.ANY  # but may decide for itself
     with pytest.raises(TypeError):
         hash(head())  # mutable: headers are rewritten in place
 
