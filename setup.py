@@ -48,7 +48,7 @@ COMPILED_MODULES = [
 def _ext_modules() -> list[object]:
     if os.environ.get("HORIZON_SIDECAR_COMPILE", "0") != "1":
         return []
-    from mypyc.build import mypycify  # only a compiled build needs mypy (pyproject's build requirements)
+    from mypyc.build import mypycify  # only a compiled build needs mypy (buildsys/horizon_build.py asks for it)
 
     return list(mypycify(COMPILED_MODULES, opt_level="3"))
 
