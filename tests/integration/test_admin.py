@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import shutil
 import subprocess
 
@@ -78,3 +79,28 @@ async def test_clusters_config_dump_ready_and_shutdown(sidecar) -> None:  # type
             assert response.status == 503
             assert "draining" in await response.text()
     await upstream.stop()
+
+
+async def test_admin_refuses_dns_names_and_state_changes_from_browsers(sidecar) -> None:  # type: ignore[no-untyped-def]
+    running = await sidecar(config("127.0.0.1:9"))  # a static endpoint is known at once: /ready is 200
+    root = logging.getLogger()
+    level = root.level
+    try:
+        async with aiohttp.ClientSession() as session:
+            for host, expected in (("evil.example", 403), ("evil.example:15000", 403), ("127.0.0.1:15000", 200),
+                                   ("[::1]:15000", 200), ("localhost:15000", 200), ("10.1.2.3", 200)):
+                for path in ("/metrics", "/ready", "/config_dump"):
+                    async with session.get(running.admin_url(path), headers={"Host": host}) as response:
+                        assert response.status == expected, (host, path)
+            origin = {"Origin": "http://evil.example"}
+            async with session.post(running.admin_url("/logging?level=debug"), headers=origin) as response:
+                assert response.status == 403
+            assert root.level == level
+            async with session.post(running.admin_url("/shutdown"), headers=origin) as response:
+                assert response.status == 403
+            async with session.get(running.admin_url("/ready")) as response:
+                assert response.status == 200  # not draining
+            assert not running.app.draining
+    finally:
+        root.setLevel(level)
+
