@@ -1,7 +1,9 @@
 """The admin HTTP server: health, readiness, metrics, dumps, shutdown, log level.
 
 Owns: the admin routes and their status codes (CONTRACT.md "Admin endpoints"), the loopback-only
-rule for the endpoints that change state, and the guarantee that no traceback reaches a client.
+rule for the endpoints that change state, the browser guards on TCP (a `Host` that is a DNS name other
+than localhost is refused, against DNS rebinding; a state change carrying `Origin` is refused, against
+cross-site requests), and the guarantee that no traceback reaches a client.
 
 Must not: know how the sidecar is built. Everything it shows comes from an `AdminSource` the
 assembly hands in; it imports no listener, cluster, metrics or config module, so it can be tested
@@ -15,6 +17,7 @@ import ipaddress
 import json
 import logging
 import random
+import re
 from collections.abc import Awaitable
 from http import HTTPStatus
 from typing import Any, Final, Protocol, TypeVar
@@ -73,6 +76,44 @@ async def _answer(value: _T | Awaitable[_T]) -> _T:
     return value
 
 
+# A Host port: digits, possibly none ("localhost:" is valid URI syntax).
+_PORT = re.compile(r"(?::[0-9]{0,5})?")
+
+
+def host_allowed(host: bytes) -> bool:
+    """Whether an admin request's Host passes the DNS-rebinding guard.
+
+    A rebinding page reaches the admin port through a name its author controls, and the browser sends that
+    name as Host; it cannot make the browser send an IP literal or `localhost` (which never resolves
+    through the attacker's DNS). So: allowed are an IPv4 literal, a bracketed IPv6 literal, `localhost` in
+    any case and with an optional trailing dot, each with an optional port, and no Host at all (an HTTP/1.0
+    client; browsers always send one, and HTTP/1.1 without Host is a 400 before this). Anything else is
+    refused: other names, `*.localhost`, unbracketed IPv6, non-canonical IPv4 such as `127.1`.
+    """
+    text = host.decode("latin-1").lower()
+    if not text:
+        return True
+    if text.startswith("["):
+        end = text.find("]")
+        if end < 0 or not _PORT.fullmatch(text, end + 1):
+            return False
+        try:
+            ipaddress.IPv6Address(text[1:end])  # a zone (`%25eth0`, RFC 6874) is accepted as part of it
+        except ValueError:
+            return False
+        return True
+    name = text.partition(":")[0]
+    if not _PORT.fullmatch(text, len(name)):
+        return False  # e.g. unbracketed IPv6: a second colon is not a port
+    if name in ("localhost", "localhost."):
+        return True
+    try:
+        ipaddress.IPv4Address(name)
+    except ValueError:
+        return False
+    return True
+
+
 def _is_loopback(peer_ip: bytes) -> bool:
     # The transport's peer, never X-Forwarded-For: a header must not grant shutdown rights.
     try:
@@ -109,6 +150,12 @@ def _json(data: Any) -> _Answer:
 
 def _forbidden() -> _Answer:
     return _Answer(403, "forbidden: only loopback clients may do this\n")
+
+
+_BAD_HOST = "forbidden: Host must be localhost or an IP address (the admin port refuses DNS names: rebinding)\n"
+_CROSS_SITE = "forbidden: a state change may not carry an Origin header (the admin port refuses browsers)\n"
+# The methods that change nothing here; any other one carrying Origin is refused.
+_SAFE_METHODS = (b"GET", b"HEAD")
 
 
 # path -> the methods it answers (anything else on a known path is 405 with Allow).
@@ -185,7 +232,10 @@ class AdminServer:
         head = exchange.head
         path = head.path
         methods = _ROUTES.get(path)
-        if methods is None:
+        refusal = self._browser_refusal(exchange)
+        if refusal is not None:
+            answer = refusal
+        elif methods is None:
             answer = _Answer(404, f"not found: {path}\n")
         elif head.method not in methods:
             answer = _Answer(405, "method not allowed\n", extra=[(b"allow", b", ".join(methods))])
@@ -210,6 +260,27 @@ class AdminServer:
         exchange.start_response(ResponseHead(answer.status, HTTPStatus(answer.status).phrase.encode(), headers),
                                 len(answer.body), False, answer.body)
         exchange.end_response()
+
+    def _browser_refusal(self, exchange: Exchange) -> _Answer | None:
+        """A 403 for what only a browser driven by another site would send; None to carry on.
+
+        Not on a unix socket: no browser can reach one, and the supervisor addresses its workers' sockets
+        by made-up names (`http://worker-0/...`)."""
+        if self._unix_path is not None:
+            return None
+        head = exchange.head
+        if not host_allowed(head.host_header):
+            log.warning("admin: refused %s %s with Host %r: not localhost or an IP address",
+                        head.method.decode("latin-1"), head.path[:100], head.host_header[:100].decode("latin-1"))
+            return _Answer(403, _BAD_HOST)
+        # Before the loopback rule: a browser on this very host is a loopback client. A browser marks every
+        # cross-site (and same-site) POST with Origin; curl, kubelet and scripts send none.
+        origin = head.header(b"origin") if head.method not in _SAFE_METHODS else None
+        if origin is not None:
+            log.warning("admin: refused %s %s carrying Origin %r", head.method.decode("latin-1"),
+                        head.path[:100], origin[:100].decode("latin-1"))
+            return _Answer(403, _CROSS_SITE)
+        return None
 
     def _is_local(self, exchange: Exchange) -> bool:
         # A unix socket is reachable only through the file system (its directory is the supervisor's

@@ -2,8 +2,8 @@
 
 Owns: reading the file, YAML 1.2 scalar resolution (only true/false are booleans; `on:` is the key "on"),
 duplicate keys, turning every pydantic and cross-check error into one `FILE:LINE: key.path: message`
-`Problem`, resolving relative file paths against the config file's directory, the version hash, and the
-redacted dump served by /config_dump.
+`Problem`, resolving relative file paths against the config file's directory, and the version hash. The
+redacted dump served by /config_dump is `redact.py`'s (re-exported here).
 
 Must not: define the schema (that is `model.py`), decide cross-references (that is `validate.py`), or touch
 anything at run time (no sockets, no watchers, no logging setup): `sidecar validate`, start-up and reload
@@ -25,6 +25,7 @@ from pydantic import ValidationError
 from pydantic_core import ErrorDetails
 
 from proxy.config.model import Config
+from proxy.config.redact import REDACTED, redacted_dump
 from proxy.config.validate import Issue, Loc, cross_check
 
 __all__ = [
@@ -36,9 +37,6 @@ __all__ = [
     "load_config",
     "redacted_dump",
 ]
-
-REDACTED = "[redacted]"
-
 
 @dataclass(frozen=True)
 class Problem:
@@ -109,23 +107,6 @@ def load_config(path: str | Path) -> LoadedConfig:
         version_hash=hashlib.sha256(raw).hexdigest(),
         source_text=text,
     )
-
-
-def redacted_dump(loaded: LoadedConfig) -> dict[str, Any]:
-    """The effective config as JSON-able data for /config_dump: `version_hash` first, durations in seconds,
-    addresses as 'host:port', private key paths and secret-looking values replaced by "[redacted]"."""
-    config = loaded.config
-    dumped: dict[str, Any] = config.model_dump(mode="json")
-    # Addresses read better (and parse back) as the strings users wrote than as {host, port}.
-    dumped["admin"]["address"] = str(config.admin.address)
-    for listener_dump, listener in zip(dumped["listeners"], config.listeners, strict=True):
-        listener_dump["address"] = str(listener.address)
-    for cluster_dump, cluster in zip(dumped["clusters"], config.clusters, strict=True):
-        if cluster.endpoints is not None:
-            cluster_dump["endpoints"] = [str(a) for a in cluster.endpoints]
-    redacted = _redact(dumped)
-    assert isinstance(redacted, dict)
-    return {"version_hash": loaded.version_hash, **redacted}
 
 
 # --- YAML 1.2 ---------------------------------------------------------------------------------------------
@@ -528,7 +509,7 @@ def _prune(data: dict[str, Any], pruning: _Pruning,
     return partial, remap, frozenset(dropped), "admin" not in pruning.top
 
 
-# --- paths and redaction ----------------------------------------------------------------------------------
+# --- paths ------------------------------------------------------------------------------------------------
 
 
 def _resolve_paths(config: Config, base_dir: Path) -> Config:
@@ -555,31 +536,3 @@ def _resolve_paths(config: Config, base_dir: Path) -> Config:
     if log is not None and log.path not in ("stdout", "stderr"):
         update["access_log"] = log.model_copy(update={"path": absolute(log.path)})
     return config.model_copy(update=update)
-
-
-_SECRET_WORDS = ("secret", "password", "passwd", "token", "authorization", "cookie", "private", "credential")
-
-
-def _is_secret_name(name: str) -> bool:
-    lowered = name.lower()
-    # `key` is a TLS private key path; `x-api-key` a header value. `max_keys` and rate_limit's `key`
-    # (a mapping naming a header) are not secrets: only string values under such names are redacted.
-    return (lowered == "key" or lowered.endswith(("_key", "-key", "apikey"))
-            or any(word in lowered for word in _SECRET_WORDS))
-
-
-def _redact(value: Any, secret: bool = False) -> Any:
-    if isinstance(value, dict):
-        out: dict[str, Any] = {}
-        for name, item in value.items():
-            if isinstance(item, str) and (secret or _is_secret_name(name)):
-                out[name] = REDACTED
-            else:
-                # Everything inside a secret-named mapping (a header matcher on `authorization`) is secret,
-                # except under `key`, which only names the header a rate limit buckets by.
-                inner = secret or (name.lower() != "key" and _is_secret_name(name) and isinstance(item, dict))
-                out[name] = _redact(item, inner)
-        return out
-    if isinstance(value, list):
-        return [REDACTED if secret and isinstance(item, str) else _redact(item, secret) for item in value]
-    return value

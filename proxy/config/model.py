@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)\s*$")
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
@@ -102,8 +102,35 @@ class Node(_Model):
     namespace: str | None = None
 
 
+# RFC 9110 token characters: what a header name may be made of.
+_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+
+
+def _header_name(value: str) -> str:
+    """A header name, lower-cased (header names are case-insensitive)."""
+    if not _HEADER_NAME.fullmatch(value):
+        raise ValueError(f"bad header name {value!r}: a name only, like 'x-version'")
+    return value.lower()
+
+
+def _query_name(value: str) -> str:
+    if not value:
+        raise ValueError("a query parameter name must not be empty")
+    return value
+
+
+class ConfigDump(_Model):
+    """What /config_dump may show: header and query values the config sets or matches are redacted unless
+    their name is listed here (header names case-insensitively; query parameter names exactly, as routes
+    match them)."""
+
+    public_headers: list[Annotated[str, AfterValidator(_header_name)]] = Field(default_factory=list)
+    public_query_params: list[Annotated[str, AfterValidator(_query_name)]] = Field(default_factory=list)
+
+
 class Admin(_Model):
     address: AddressField = Field(default_factory=lambda: Address(host="127.0.0.1", port=15000))
+    config_dump: ConfigDump = Field(default_factory=ConfigDump)
 
 
 class HttpSettings(_Model):

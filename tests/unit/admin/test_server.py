@@ -282,3 +282,71 @@ async def test_start_stop_and_port_in_use(source: FakeSource) -> None:
     await first.stop()  # idempotent
     with pytest.raises(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
         pass
+
+
+# --- browsers: DNS rebinding (Host) and cross-site state changes (Origin) ----------------------------------
+
+
+async def raw_status(base: str, request: bytes) -> int:
+    """Send `request` as written (curl and aiohttp both normalise Host) and return the response status."""
+    host, _, port = base.removeprefix("http://").rpartition(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        # Connection: close, so that the server has no connection left to wait for when the test stops it.
+        writer.write(request.replace(b"\r\n", b"\r\nConnection: close\r\n", 1))
+        status_line = await asyncio.wait_for(reader.readline(), 5)
+        await reader.read()
+    finally:
+        writer.close()
+    return int(status_line.split()[1])
+
+
+@pytest.mark.parametrize("host", [
+    b"127.0.0.1:15000", b"10.1.2.3", b"[::1]:15000", b"[::1]", b"localhost", b"localhost:15000", b"LOCALHOST",
+    b"localhost.:15000", b"[fe80::1%25eth0]:15000",
+])
+async def test_localhost_and_ip_literals_pass_the_host_guard(base: str, host: bytes) -> None:
+    for path in (b"/metrics", b"/ready", b"/config_dump", b"/live"):
+        assert await raw_status(base, b"GET " + path + b" HTTP/1.1\r\nHost: " + host + b"\r\n\r\n") == 200
+
+
+@pytest.mark.parametrize("host", [
+    b"evil.example", b"evil.example:15000", b"EVIL.example.", b"sub.localhost", b"localhost.evil.example",
+    b"127.0.0.1.nip.io", b"::1", b"127.1", b"[evil.example]:15000", b"localhost:http",
+])
+async def test_dns_names_fail_the_host_guard_on_every_path(base: str, source: FakeSource, host: bytes) -> None:
+    for method, path in ((b"GET", b"/metrics"), (b"GET", b"/ready"), (b"GET", b"/config_dump"), (b"GET", b"/live"),
+                         (b"GET", b"/nope"), (b"POST", b"/shutdown"), (b"POST", b"/logging?level=debug")):
+        request = method + b" " + path + b" HTTP/1.1\r\nHost: " + host + b"\r\nContent-Length: 0\r\n\r\n"
+        assert await raw_status(base, request) == 403, (method, path)
+    assert source.shutdowns == 0 and source.level == "info"
+
+
+async def test_host_guard_reads_the_absolute_form_authority_and_lets_http10_without_host_pass(base: str) -> None:
+    # An absolute-form target's authority replaces Host (RFC 9112 3.2.2), so it is what the guard judges.
+    assert await raw_status(base, b"GET http://evil.example/ready HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n") == 403
+    assert await raw_status(base, b"GET http://127.0.0.1/ready HTTP/1.1\r\nHost: evil.example\r\n\r\n") == 200
+    # HTTP/1.0 without Host names nothing to rebind (browsers always send Host); HTTP/1.1 without one is a 400.
+    assert await raw_status(base, b"GET /ready HTTP/1.0\r\n\r\n") == 200
+    assert await raw_status(base, b"GET /ready HTTP/1.1\r\n\r\n") == 400
+
+
+async def test_refused_host_answers_why(base: str, client: Client) -> None:
+    async with client.get(f"{base}/ready", headers={"Host": "evil.example:15000"}) as r:
+        assert r.status == 403 and "DNS" in await r.text()
+
+
+@pytest.mark.parametrize("origin", ["http://evil.example", "http://127.0.0.1:15000", "null"])
+async def test_state_changes_with_an_origin_are_refused(base: str, client: Client, source: FakeSource,
+                                                        origin: str) -> None:
+    headers = {"Origin": origin}
+    async with client.post(f"{base}/logging", params={"level": "debug"}, headers=headers) as r:
+        assert r.status == 403 and "Origin" in await r.text()
+    async with client.post(f"{base}/shutdown", headers=headers) as r:
+        assert r.status == 403
+    assert source.level == "info" and source.shutdowns == 0
+    # Reading with an Origin is harmless (a cross-site page cannot read the answer without CORS headers).
+    async with client.get(f"{base}/logging", headers=headers) as r:
+        assert r.status == 200
+    assert (await curl("-X", "POST", "-H", f"Origin: {origin}", f"{base}/shutdown"))[0] == 403
+    assert source.shutdowns == 0
