@@ -46,6 +46,8 @@ def unsupported_keys(config: Config) -> list[str]:
         where = f"listeners[{i}]"
         if listener.tls is not None:
             found.append(f"{where}.tls")
+        if listener.http.http2 is not None:
+            found.append(f"{where}.http.http2")
         for j, route in enumerate(listener.routes):
             if route.authz is not None:
                 found.append(f"{where}.routes[{j}].authz")
@@ -58,6 +60,8 @@ def unsupported_keys(config: Config) -> list[str]:
             found.append(f"{where}.load_balancer")
         if cluster.tls is not None:
             found.append(f"{where}.tls")
+        if cluster.protocol != "http1":
+            found.append(f"{where}.protocol")
     return found
 
 

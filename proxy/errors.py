@@ -19,6 +19,8 @@ class FailureKind(enum.Enum):
     RESET = "http_response_incomplete"
     TIMEOUT = "http_response_timeout"
     PROTOCOL = "http_protocol_error"
+    # The response head or its trailers went past the cluster's max_response_headers / _count.
+    HEADERS_TOO_LARGE = "http_response_header_section_size"
 
     @property
     def before_connect(self) -> bool:

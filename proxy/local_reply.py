@@ -32,6 +32,7 @@ class Cause(enum.Enum):
     UNROUTABLE = (503, "destination_ip_unroutable", "destination unroutable")
     UPSTREAM_RESET = (502, "http_response_incomplete", "upstream reset")
     UPSTREAM_PROTOCOL = (502, "http_protocol_error", "upstream protocol error")
+    UPSTREAM_HEAD_TOO_LARGE = (502, "http_response_header_section_size", "upstream response head too large")
     TIMEOUT = (504, "http_response_timeout", "timeout")
     BAD_REQUEST = (400, "http_request_error", "malformed request")
     HEAD_TOO_LARGE = (431, "http_request_error", "request head too large")
@@ -63,6 +64,7 @@ FAILURE_CAUSES: dict[FailureKind, Cause] = {
     FailureKind.RESET: Cause.UPSTREAM_RESET,
     FailureKind.TIMEOUT: Cause.TIMEOUT,
     FailureKind.PROTOCOL: Cause.UPSTREAM_PROTOCOL,
+    FailureKind.HEADERS_TOO_LARGE: Cause.UPSTREAM_HEAD_TOO_LARGE,
 }
 
 REASONS: dict[int, bytes] = {

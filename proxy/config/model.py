@@ -133,6 +133,14 @@ class Admin(_Model):
     config_dump: ConfigDump = Field(default_factory=ConfigDump)
 
 
+class Http2Settings(_Model):
+    """HTTP/2 on a listener's port (validated now; `run` refuses it until HTTP/2 exists)."""
+
+    max_concurrent_streams: int = Field(default=100, ge=1)
+    initial_stream_window: Size = Field(default=64 * 1024, ge=1)
+    max_resets_per_second: int = Field(default=100, ge=1)
+
+
 class HttpSettings(_Model):
     max_request_headers: Size = 60 * 1024
     max_headers: int = Field(default=100, ge=1)
@@ -141,6 +149,7 @@ class HttpSettings(_Model):
     stream_idle_timeout: Duration = 300.0
     max_request_body: Size = 0
     max_requests_in_flight: int = Field(default=10000, ge=0)
+    http2: Http2Settings | None = None
 
 
 class ListenerTls(_Model):
@@ -433,6 +442,10 @@ class Cluster(_Model):
     discovery: Discovery | None = None
     load_balancer: LoadBalancer = "round_robin"
     connect_timeout: Duration = 5.0
+    protocol: Literal["http1", "http2", "auto"] = "http1"
+    # The upstream's status line + headers (and, separately, its trailers): 502 beyond either bound.
+    max_response_headers: Size = Field(default=60 * 1024, ge=1)
+    max_response_header_count: int = Field(default=100, ge=1)
     tls: ClusterTls | None = None
     circuit_breaker: CircuitBreaker | None = None
     limits: Limits | None = None

@@ -58,6 +58,19 @@ class _Unsolicited(Exception):
     """Raised in parser callbacks for bytes past the end of the response (they must reach no one)."""
 
 
+class _HeadTooLarge(Exception):
+    """Raised in parser callbacks when a response head or its trailers pass the cluster's bounds."""
+
+
+class _BadResponse(Exception):
+    """Raised in parser callbacks for a head the sidecar will not relay (its framing or status)."""
+
+
+# Response heads and trailers default to the request side's bounds (Envoy's 60 KiB and 100 headers).
+DEFAULT_MAX_HEAD_BYTES = 60 * 1024
+DEFAULT_MAX_HEADERS = 100
+
+
 class ResponseReady:
     """What an attempt learns when the response head has arrived."""
 
@@ -80,18 +93,24 @@ class ClientConnection(asyncio.Protocol):
         "_content_length",
         "_done_waiter",
         "_early",
+        "_error",
+        "_head_bytes",
         "_head_request",
         "_head_waiter",
+        "_header_count",
         "_headers",
         "_in_trailers",
         "_keep_alive",
         "_loop",
+        "_max_head_bytes",
+        "_max_headers",
         "_read_paused",
         "_reason",
         "_response_bytes",
         "_skip_message",
         "_status",
         "_tunnel",
+        "_unparsed",
         "_upgraded",
         "body_reader",
         "closed",
@@ -105,9 +124,12 @@ class ClientConnection(asyncio.Protocol):
         "write_paused",
     )
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, context: str) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, context: str,
+                 max_head_bytes: int = DEFAULT_MAX_HEAD_BYTES, max_headers: int = DEFAULT_MAX_HEADERS) -> None:
         self._loop = loop
         self.context = context
+        self._max_head_bytes = max_head_bytes
+        self._max_headers = max_headers
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
         self.closed = False
@@ -141,6 +163,15 @@ class ClientConnection(asyncio.Protocol):
         self._response_bytes = 0
         self._body: list[bytes] = []
         self._body_chunked = False
+        # Head (or trailer) bytes and lines seen by on_header, against the cluster's bounds.
+        self._head_bytes = 0
+        self._header_count = 0
+        # Bytes fed to the parser that it has not yet handed over as a complete head, header line or body
+        # bytes: llhttp (and httptools, which grows a field by concatenation) would otherwise buffer an
+        # endless status line, header line, chunk extension or trailer line without bound.
+        self._unparsed = 0
+        # The failure that ended this exchange, once one has (the connection is then being aborted).
+        self._error: UpstreamError | None = None
 
     # -- sending -----------------------------------------------------------------------------------
 
@@ -219,6 +250,8 @@ class ClientConnection(asyncio.Protocol):
 
     async def response_done(self) -> None:
         """Wait until the response body has been fully passed downstream."""
+        if self._error is not None:
+            raise self._error
         if self._complete:
             return
         self._done_waiter = self._loop.create_future()
@@ -256,6 +289,11 @@ class ClientConnection(asyncio.Protocol):
             self._tunnel.close()
             self._tunnel = None
             return
+        if self._error is not None:
+            # Already failed (and answered for): a close-delimited body cut short must not look complete.
+            if self._done_waiter is not None and not self._done_waiter.done():
+                self._done_waiter.set_exception(self._error)
+            return
         if self._head_waiter is not None and not self._head_waiter.done():
             # Nothing came back on a reused connection: the upstream closed it while idle (a known race).
             stale = self._response_bytes == 0 and self.requests_sent > 1
@@ -281,7 +319,10 @@ class ClientConnection(asyncio.Protocol):
         if self._upgraded:
             self._early += data
             return
+        if self._error is not None:
+            return  # failed and being aborted: nothing more of this response reaches anyone
         self._response_bytes += len(data)
+        self._unparsed += len(data)
         if self._head_waiter is None:
             # Bytes while no request is outstanding: the upstream is confused; never reuse it.
             self.close()
@@ -297,18 +338,34 @@ class ClientConnection(asyncio.Protocol):
             self._upgraded = True
             self._early = data[upgrade.args[0]:]
         except httptools.HttpParserError as exc:
-            if isinstance(exc.__context__, _Unsolicited):
+            reason = exc.__context__
+            if isinstance(reason, _Unsolicited):
                 self._keep_alive = False  # the bytes after the response are dropped with the parser's state
                 return
-            self._fail_protocol(str(exc))
+            if isinstance(reason, _HeadTooLarge):
+                self._fail(FailureKind.HEADERS_TOO_LARGE, self._too_large())
+            else:
+                self._fail(FailureKind.PROTOCOL, f"bad response: {reason or exc}")
+            return
+        if self._unparsed > self._max_head_bytes:
+            # One line (status, header, chunk size or trailer) that does not end: refused at the head bound.
+            self._fail(FailureKind.HEADERS_TOO_LARGE, self._too_large())
             return
         if self._complete and self._head_request:
             # llhttp cannot be told a response answers HEAD; a fresh parser keeps the stream in step.
             self.parser = httptools.HttpResponseParser(self)
 
-    def _fail_protocol(self, detail: str) -> None:
-        error = UpstreamError(FailureKind.PROTOCOL, f"{self.context}: bad response: {detail}",
+    def _too_large(self) -> str:
+        part = "trailers" if self._in_trailers else "head"
+        return (f"response {part} over max_response_headers ({self._max_head_bytes} bytes) "
+                f"or max_response_header_count ({self._max_headers})")
+
+    def _fail(self, kind: FailureKind, detail: str) -> None:
+        """The response cannot be relayed: fail the attempt (or break off the started response), and
+        abort the connection, which is never pooled."""
+        error = UpstreamError(kind, f"{self.context}: {detail}",
                               response_started=self._head_waiter is not None and self._head_waiter.done())
+        self._error = error
         if self._head_waiter is not None and not self._head_waiter.done():
             self._head_waiter.set_exception(error)
         elif self.downstream is not None:
@@ -340,12 +397,22 @@ class ClientConnection(asyncio.Protocol):
         self._in_trailers = False
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if not self._in_trailers:
+        # Head and trailers are bounded alike, each on its own (the counters restart after the head).
+        self._head_bytes += len(name) + len(value) + 4
+        self._header_count += 1
+        if self._head_bytes > self._max_head_bytes or self._header_count > self._max_headers:
+            raise _HeadTooLarge()
+        if self._in_trailers:
+            self._unparsed = 0  # a complete trailer line: the parser holds none of it any more
+        else:
             self._headers.append((name.lower(), value))
 
     def on_headers_complete(self) -> None:
         self._in_trailers = True
+        self._head_bytes = self._header_count = self._unparsed = 0
         status: int = self.parser.get_status_code()
+        if status < 100 or status > 599:
+            raise _BadResponse(f"status {status} is not in 100-599")
         if 100 <= status < 200 and status != 101:
             # Interim responses (100 Continue, 103) are not relayed: the sidecar answers Expect itself.
             self._skip_message = True
@@ -358,6 +425,10 @@ class ClientConnection(asyncio.Protocol):
             if name == b"content-length":
                 content_length = int(value)
             elif name == b"transfer-encoding":
+                # Only `chunked`, once: a body in any other coding is delimited by the close, and re-framing
+                # it as chunked would strip the coding and invent a framing the upstream never sent.
+                if self._chunked or value.strip().lower() != b"chunked":
+                    raise _BadResponse(f"unsupported Transfer-Encoding {value[:64]!r}")
                 self._chunked = True
             elif name == b"connection":
                 has_connection = True
@@ -390,6 +461,7 @@ class ClientConnection(asyncio.Protocol):
     def on_body(self, data: bytes) -> None:
         if self._complete:
             raise _Unsolicited()  # "body" llhttp expects after a HEAD answer's head: there is none
+        self._unparsed = 0
         exchange = self.downstream
         if exchange is not None:
             exchange.write_body(data)

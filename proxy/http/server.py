@@ -37,6 +37,10 @@ log = logging.getLogger("proxy.http.server")
 BODY_HIGH_WATER = 256 * 1024
 # Pipelined requests parsed ahead of the one being answered before reading pauses.
 MAX_QUEUED = 32
+# A read larger than this is parsed in slices of this size, stopping as soon as reading is blocked: one
+# 256 KiB read of tiny pipelined requests would otherwise queue ~10,000 of them at once. The rest waits,
+# unparsed, until reading resumes.
+PARSE_SLICE = 16 * 1024
 # The first line of the HTTP/2 connection preface. llhttp recognises it as the method PRI wherever it is cut
 # (its error is then answered 505, not 400).
 HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n"
@@ -359,6 +363,10 @@ class _StopParsing(Exception):
     """Raised inside parser callbacks once the codec has queued its own final answer."""
 
 
+class _TrailersTooLarge(Exception):
+    """Raised inside on_header for request trailers over the head bounds (431, the body is refused)."""
+
+
 class _BadVersion(Exception):
     """Raised inside on_headers_complete for a request line that is not HTTP/1.0 or HTTP/1.1 (505)."""
 
@@ -368,6 +376,9 @@ _BLOCK_BODY = 1
 _BLOCK_QUEUE = 2
 _BLOCK_UPSTREAM = 4
 _BLOCK_STOPPED = 8
+# Our write buffer to the client is over its high-water mark: a client that does not read its answers
+# must not make us parse (and answer) more requests, as nginx does.
+_BLOCK_WRITE = 16
 
 
 class ServerConnection(asyncio.Protocol):
@@ -386,12 +397,18 @@ class ServerConnection(asyncio.Protocol):
         "_in_head",
         "_in_trailers",
         "_loop",
+        "_paused_at",
+        "_pending",
+        "_pending_scheduled",
         "_queue",
         "_resume_body",
         "_stopped",
         "_task",
         "_timer",
+        "_trailer_bytes",
+        "_trailer_count",
         "_tunnel",
+        "_unparsed",
         "_url",
         "active",
         "draining",
@@ -419,7 +436,17 @@ class ServerConnection(asyncio.Protocol):
         self._header_count = 0
         self._in_head = False
         self._in_trailers = False
+        self._trailer_bytes = 0
+        self._trailer_count = 0
+        # Bytes fed after a head that the parser has not handed over yet (a chunk-size line with endless
+        # extensions, or one endless trailer line): bounded like a head.
+        self._unparsed = 0
         self._head_start = 0.0
+        # Received bytes not parsed yet because reading was blocked mid-read (see PARSE_SLICE).
+        self._pending = b""
+        self._pending_scheduled = False
+        # When our write buffer last went over its high-water mark (the stalled-writer deadline's base).
+        self._paused_at = 0.0
         # True while a synthetic head is being fed to resume a body after a dropped Upgrade.
         self._resume_body = False
         self._queue: deque[Exchange] = deque()
@@ -457,15 +484,8 @@ class ServerConnection(asyncio.Protocol):
             self._tunnel.tunnel_close()
             self._tunnel = None
         self.listener.connection_closed(self)
-        active = self.active
-        if active is not None and not active.response_done:
-            # The client went away mid-request: the handler task is cancelled and stops its work.
-            active.response_done = True
-            if active.body is not None and not active.body.complete:
-                active.body.failed = True
-            if self._task is not None:
-                self._task.cancel()
-        self._queue.clear()
+        # The client went away mid-request (or we closed an idle one): its handler stops its work.
+        self._client_gone("closed its connection")
 
     def data_received(self, data: bytes) -> None:
         if self._tunnel is not None:
@@ -475,20 +495,54 @@ class ServerConnection(asyncio.Protocol):
             if self.active is not None and self.active.websocket:
                 self._early += data  # tunnel bytes sent before the upstream's 101 arrived
             return
+        if self._pending:
+            # Reading resumed before the held-back bytes were parsed: they come first.
+            data, self._pending = self._pending + data, b""
+        self._parse(data)
+
+    def _parse(self, data: bytes) -> None:
+        size = len(data)
+        if size <= PARSE_SLICE:
+            self._feed(data)
+        else:
+            view = memoryview(data)
+            pos = 0
+            while pos < size:
+                self._feed(view[pos:pos + PARSE_SLICE])
+                pos += PARSE_SLICE
+                if self._blocks or self._closing:
+                    break
+            if pos < size and not self._closing:
+                rest = bytes(view[pos:])
+                if self._stopped:
+                    self.data_received(rest)  # tunnel bytes after a handshake, or dropped after an error
+                else:
+                    self._pending += rest
+        # Handlers start only once the whole read is parsed: a framing error later in the same read then
+        # finds the request's handler not started, and is answered without anything going upstream.
+        active = self.active
+        if active is not None and self._task is None and not self._closing:
+            self._start_handler(active)
+
+    def _feed(self, data: bytes | memoryview) -> None:
         if self._in_head:
             # llhttp hands a header line over only once it is complete: a line that never ends would
             # be buffered without bound. Count the bytes of chunks that arrive mid-head instead.
             self._head_fed += len(data)
+        elif self._in_trailers:
+            self._unparsed += len(data)
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
-            self._on_upgrade(data[upgrade.args[0]:])
+            self._on_upgrade(bytes(data[upgrade.args[0]:]))
         except httptools.HttpParserCallbackError as exc:
             reason = exc.__context__
             if isinstance(reason, _StopParsing):
                 self._stop_parsing()
             elif isinstance(reason, _HeadTooLarge):
                 self._protocol_error(local_reply(Cause.HEAD_TOO_LARGE))
+            elif isinstance(reason, _TrailersTooLarge):
+                self._request_error(local_reply(Cause.HEAD_TOO_LARGE, "request trailers too large"))
             elif isinstance(reason, _BadVersion):
                 self._protocol_error(local_reply(Cause.HTTP_VERSION))
             else:
@@ -503,13 +557,12 @@ class ServerConnection(asyncio.Protocol):
             else:
                 self._request_error(local_reply(Cause.BAD_REQUEST, f"malformed request: {exc}"))
         else:
-            if self._in_head and self._head_fed > self.listener.settings.max_head_bytes:
+            max_head = self.listener.settings.max_head_bytes
+            if self._in_head and self._head_fed > max_head:
                 self._protocol_error(local_reply(Cause.HEAD_TOO_LARGE))
-        # Handlers start only once the whole read is parsed: a framing error later in the same read then
-        # finds the request's handler not started, and is answered without anything going upstream.
-        active = self.active
-        if active is not None and self._task is None and not self._closing:
-            self._start_handler(active)
+            elif self._in_trailers and self._unparsed > max_head:
+                # One chunk-size or trailer line that does not end.
+                self._request_error(local_reply(Cause.HEAD_TOO_LARGE, "request trailers too large"))
 
     def eof_received(self) -> bool | None:
         self._eof = True
@@ -517,16 +570,29 @@ class ServerConnection(asyncio.Protocol):
             # Half-close travels through the tunnel; the connection ends when the upstream side closes.
             self._tunnel.tunnel_eof()
             return True
-        # A half-closed client may still wait for answers to what it sent: keep writing until they are out.
-        if self.active is None and not self._queue:
-            return None
-        self._stopped = True
-        # Close after the last request received, not the one being answered: pipelined requests
-        # still queued behind it were sent before the EOF and are owed their answers.
-        last = self._queue[-1] if self._queue else self.active
-        if last is not None:
-            last.close_after = True
-        return True
+        active = self.active
+        if (active is not None and not active.response_done) or self._queue:
+            # TCP cannot tell a half-close from a close, and a client that closed must not hold an upstream
+            # connection and a bulkhead slot until a timeout: like nginx (499) and Envoy, a FIN while
+            # requests are pending means the client is gone. Its requests are cancelled at once.
+            self._client_gone("closed its connection")
+        # Returning None closes the transport, after flushing what was already written.
+        return None
+
+    def _client_gone(self, how: str) -> None:
+        """The client left: cancel the running handler (its upstream request with it), drop queued ones."""
+        active = self.active
+        if active is not None and not active.response_done:
+            active.response_done = True
+            if active.body is not None and not active.body.complete:
+                active.body.failed = True
+            if self._task is not None:
+                if active.handler_started:
+                    log.info("client %s %s before the response to request %s ended: request cancelled",
+                             self.peer_ip.decode("latin-1"), how, active.request_id.decode("latin-1"))
+                self._task.cancel()
+        self._queue.clear()
+        self._pending = b""
 
     def pause_writing(self) -> None:
         self.write_paused = True
@@ -535,6 +601,9 @@ class ServerConnection(asyncio.Protocol):
             active.upstream_reader.pause_reading()
         if self._tunnel is not None:
             self._tunnel.pause_reading()
+        else:
+            self._paused_at = self._loop.time()
+            self._block(_BLOCK_WRITE)
 
     def resume_writing(self) -> None:
         self.write_paused = False
@@ -543,11 +612,16 @@ class ServerConnection(asyncio.Protocol):
             active.upstream_reader.resume_reading()
         if self._tunnel is not None:
             self._tunnel.resume_reading()
+        else:
+            self._unblock(_BLOCK_WRITE)
+            if active is None and self._queue:
+                self._next()  # pipelined requests held back while the client was not reading
 
     # -- reading control ---------------------------------------------------------------------------
 
     def _block(self, reason: int) -> None:
-        if not self._blocks and self.transport is not None and not self._closing:
+        # The socket is paused while any block holds or held-back bytes wait (see _parse_pending).
+        if not self._blocks and not self._pending and self.transport is not None and not self._closing:
             self.transport.pause_reading()
         self._blocks |= reason
 
@@ -555,7 +629,21 @@ class ServerConnection(asyncio.Protocol):
         if self._blocks & reason:
             self._blocks &= ~reason
             if not self._blocks and self.transport is not None and not self._closing:
-                self.transport.resume_reading()
+                if not self._pending:
+                    self.transport.resume_reading()
+                elif not self._pending_scheduled:
+                    # Parse what was held back first, from the loop (not inside whatever unblocked us).
+                    self._pending_scheduled = True
+                    self._loop.call_soon(self._parse_pending)
+
+    def _parse_pending(self) -> None:
+        self._pending_scheduled = False
+        if self._blocks or self._closing or not self._pending:
+            return  # blocked again meanwhile: the next unblock schedules this again
+        data, self._pending = self._pending, b""
+        self._parse(data)
+        if not self._blocks and not self._pending and self.transport is not None and not self._closing:
+            self.transport.resume_reading()
 
     def pause_for_body(self) -> None:
         self._block(_BLOCK_BODY)
@@ -582,6 +670,9 @@ class ServerConnection(asyncio.Protocol):
         self._head_bytes = 0
         self._head_fed = 0
         self._header_count = 0
+        self._trailer_bytes = 0
+        self._trailer_count = 0
+        self._unparsed = 0
         now = self._loop.time()
         self._head_start = now
         deadline = now + self.listener.settings.header_read_timeout
@@ -597,8 +688,17 @@ class ServerConnection(asyncio.Protocol):
             raise _HeadTooLarge()
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if self._in_trailers or self._resume_body:
-            return  # trailers are not forwarded over HTTP/1.1 (Trailer is hop-by-hop)
+        if self._resume_body:
+            return
+        if self._in_trailers:
+            # Trailers are not forwarded over HTTP/1.1 (Trailer is hop-by-hop), but bounded like a head.
+            self._trailer_bytes += len(name) + len(value) + 4
+            self._trailer_count += 1
+            self._unparsed = 0
+            settings = self.listener.settings
+            if self._trailer_bytes > settings.max_head_bytes or self._trailer_count > settings.max_headers:
+                raise _TrailersTooLarge()
+            return
         self._head_bytes += len(name) + len(value) + 4
         self._header_count += 1
         settings = self.listener.settings
@@ -704,6 +804,7 @@ class ServerConnection(asyncio.Protocol):
         self._enqueue(exchange)
 
     def on_body(self, data: bytes) -> None:
+        self._unparsed = 0
         exchange = self._queue[-1] if self._queue else self.active
         if exchange is None or exchange.body is None:
             return
@@ -735,7 +836,8 @@ class ServerConnection(asyncio.Protocol):
             self._next(start=False)
 
     def _next(self, start: bool = True) -> None:
-        while self._queue and self.active is None and not self._closing:
+        # Not while the client is behind on reading its answers: requests wait, parsed but not started.
+        while self._queue and self.active is None and not self._closing and not self.write_paused:
             exchange = self._queue.popleft()
             if len(self._queue) <= MAX_QUEUED // 2:
                 self._unblock(_BLOCK_QUEUE)
@@ -811,9 +913,18 @@ class ServerConnection(asyncio.Protocol):
 
     def close(self) -> None:
         """Close after flushing what was written."""
-        if not self._closing and self.transport is not None:
+        transport = self.transport
+        if not self._closing and transport is not None:
             self._closing = True
-            self.transport.close()
+            transport.close()
+            if transport.get_write_buffer_size():
+                # A flush that a client never reads would hold the socket forever: reset it when the
+                # buffer is still not out after the stream idle timeout.
+                settings = self.listener.settings
+                if self._timer is not None:
+                    self._timer.cancel()
+                self._timer = self._loop.call_later(settings.stream_idle_timeout or settings.idle_timeout,
+                                                    self.abort)
 
     def abort(self) -> None:
         """Drop the connection at once (the client sees an incomplete response)."""
@@ -957,6 +1068,15 @@ class ServerConnection(asyncio.Protocol):
                     # Capped by the fallback: an exchange that ends soon leaves an idle connection whose
                     # keep-alive deadline must not wait for a long stream deadline.
                     deadline = min(deadline, stream_deadline)
+        elif self.write_paused:
+            # Answers are written but the client does not read them (requests may wait behind them): no
+            # byte has moved since the buffer filled, so it gets the stream idle timeout, then a reset
+            # (a close would wait for a flush that never comes).
+            stall_deadline = self._paused_at + (settings.stream_idle_timeout or settings.idle_timeout)
+            if now >= stall_deadline:
+                self.abort()
+                return
+            deadline = min(deadline, stall_deadline)
         elif not self._queue and not self._in_head:
             deadline = self.idle_since + settings.idle_timeout
             if now >= deadline:

@@ -163,6 +163,8 @@ _RESET_VERDICT: Final = Verdict(Outcome.RESET, True, _RESET, 0, FailureKind.RESE
 # A garbled response head is, like a reset, "no complete response head": Envoy resets the stream with
 # reason ProtocolError and retries it under `reset`/`5xx`. The metric calls it a failure.
 _PROTOCOL: Final = Verdict(Outcome.FAILURE, True, _RESET, 0, FailureKind.PROTOCOL)
+# An oversize response head is a protocol failure of the upstream's (Envoy: 502, reason ProtocolError).
+_HEADERS_TOO_LARGE: Final = Verdict(Outcome.FAILURE, True, _RESET, 0, FailureKind.HEADERS_TOO_LARGE)
 # A timeout that is not the per-try one (the route deadline, the stream idle timer) bounds the whole
 # request, so nothing may retry it; the breaker still counts it.
 _TIMEOUT: Final = Verdict(Outcome.TIMEOUT, True, 0, 0, FailureKind.TIMEOUT)
@@ -175,6 +177,7 @@ _KIND_UNROUTABLE: Final = FailureKind.UNROUTABLE
 _KIND_RESET: Final = FailureKind.RESET
 _KIND_TIMEOUT: Final = FailureKind.TIMEOUT
 _KIND_PROTOCOL: Final = FailureKind.PROTOCOL
+_KIND_HEADERS_TOO_LARGE: Final = FailureKind.HEADERS_TOO_LARGE
 
 
 def classify_failure(kind: FailureKind, per_try_timeout: bool = False) -> Verdict:
@@ -195,6 +198,8 @@ def classify_failure(kind: FailureKind, per_try_timeout: bool = False) -> Verdic
         return _UNROUTABLE
     if kind is _KIND_PROTOCOL:
         return _PROTOCOL
+    if kind is _KIND_HEADERS_TOO_LARGE:
+        return _HEADERS_TOO_LARGE
     # A FailureKind added later must be classified here on purpose, not fall into some other verdict.
     raise ValueError(f"unclassified failure kind {kind!r}")
 

@@ -53,6 +53,8 @@ class Cluster:
             max_idle=config.pool.max_idle_per_endpoint,
             idle_timeout=config.pool.idle_timeout,
             max_requests_per_connection=config.pool.max_requests_per_connection,
+            max_head_bytes=config.max_response_headers,
+            max_headers=config.max_response_header_count,
         )
         self.endpoints: tuple[Endpoint, ...] = ()
         self.balancer = RoundRobin(0)

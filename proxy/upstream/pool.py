@@ -28,6 +28,9 @@ class PoolSettings:
     max_idle: int = 64
     idle_timeout: float = 60.0
     max_requests_per_connection: int = 0
+    # Bounds on a response head (status line + headers) and on its trailers, each on its own.
+    max_head_bytes: int = 60 * 1024
+    max_headers: int = 100
 
 
 class Pool:
@@ -69,7 +72,9 @@ class Pool:
         try:
             async with asyncio.timeout(self.settings.connect_timeout):
                 _, conn = await loop.create_connection(
-                    lambda: ClientConnection(loop, self.context), self.host, self.port
+                    lambda: ClientConnection(loop, self.context, self.settings.max_head_bytes,
+                                             self.settings.max_headers),
+                    self.host, self.port
                 )
         except TimeoutError:
             raise UpstreamError(

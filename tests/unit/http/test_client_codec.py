@@ -404,3 +404,97 @@ def test_unframed_answer_to_head_honours_connection_close(driver: Driver) -> Non
     assert result.head is not None and result.head[4] is False
     assert not session.idle
     close_session(driver, session)
+
+
+# -- hostile heads and trailers: bounded by max_response_headers / max_response_header_count ----------
+
+SMALL_HEAD = 512
+FEW_HEADERS = 8
+
+
+def open_bounded(driver: Driver) -> Session:
+    session = open_conn(driver)
+    conn = ClientConnection(driver.loop, "cluster c: endpoint e", SMALL_HEAD, FEW_HEADERS)
+    conn.connection_made(session.transport)  # type: ignore[arg-type]
+    conn.on_idle = session.idle.append
+    session.conn = conn
+    return session
+
+
+@st.composite
+def hostile_heads(draw: st.DrawFn) -> tuple[bytes, bool, bool]:
+    """(wire bytes, fits the bounds, the section is a trailer section) for a head or trailers of random shape."""
+    trailers = draw(st.booleans())
+    lines = draw(st.lists(st.tuples(st.text(string.ascii_lowercase, min_size=1, max_size=12),
+                                    st.integers(0, 200)), max_size=14))
+    endless = draw(st.integers(0, 3000)) if draw(st.booleans()) else None
+    fields = [b"x-%s: %s\r\n" % (name.encode(), b"v" * size) for name, size in lines]
+    size = sum(len(f) + 2 for f in fields)  # on_header counts name + value + 4
+    fits = endless is None and len(fields) <= FEW_HEADERS and size <= SMALL_HEAD - 64
+    if trailers:
+        data = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n" + b"".join(fields)
+    else:
+        data = b"HTTP/1.1 200 OK\r\n" + b"".join(fields) + b"content-length: 0\r\n"
+    if endless is not None:
+        data += b"x-endless: " + b"a" * endless  # a line that has not ended (yet)
+    else:
+        data += b"\r\n"
+    return data, fits, trailers
+
+
+@FAST
+@given(case=hostile_heads(), cuts=cut_points)
+def test_oversize_heads_and_trailers_end_in_header_section_size_never_unbounded(
+        driver: Driver, case: tuple[bytes, bool, bool], cuts: list[int]) -> None:
+    data, fits, trailers = case
+    session = open_bounded(driver)
+    pieces = split_at(data, cuts)
+    result = exchange(driver, session, pieces)
+    if result.error is not None:
+        assert result.error.kind is FailureKind.HEADERS_TOO_LARGE, result.error
+        assert result.error.response_started is trailers
+        assert not fits
+        assert session.transport.aborted and not session.idle
+        assert ("trailers" if trailers else "head") in result.error.context
+    elif fits:
+        assert result.done and result.head is not None and result.head[0] == 200
+    else:
+        # Still waiting: only while what the parser holds is within the bound plus the last read.
+        largest = max((len(p) for p in pieces), default=0)
+        # (the status line, framing and chunk before a trailer section are under 100 bytes).
+        assert len(data) <= SMALL_HEAD + largest + 100, (len(data), largest)
+    close_session(driver, session)
+
+
+def test_an_endless_header_line_fed_a_byte_at_a_time_stops_at_the_bound(driver: Driver) -> None:
+    session = open_bounded(driver)
+    conn = session.conn
+    conn.send(REQUEST, False, False, None)
+    result = Result()
+    driver.loop.create_task(attempt(conn, result))
+    driver.settle(2)
+    conn.data_received(b"HTTP/1.1 200 OK\r\nx-long: ")
+    fed = 0
+    while not session.transport.aborted and fed < 10 * SMALL_HEAD:
+        conn.data_received(b"a")
+        fed += 1
+    driver.settle()
+    assert result.error is not None and result.error.kind is FailureKind.HEADERS_TOO_LARGE
+    assert fed <= SMALL_HEAD
+    close_session(driver, session)
+
+
+@pytest.mark.parametrize("data", [
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\nbody until close",
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    b"HTTP/1.1 600 Odd\r\nContent-Length: 0\r\n\r\n",
+    b"HTTP/1.1 099 Odd\r\nContent-Length: 0\r\n\r\n",
+])
+def test_framing_or_status_the_sidecar_cannot_relay_is_a_protocol_error(driver: Driver, data: bytes) -> None:
+    session = open_conn(driver)
+    result = exchange(driver, session, [data])
+    assert result.error is not None and result.error.kind is FailureKind.PROTOCOL, result
+    assert not result.error.response_started
+    assert session.transport.aborted
+    close_session(driver, session)

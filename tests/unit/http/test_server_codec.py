@@ -20,7 +20,7 @@ import pytest
 from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 
-from proxy.http.server import HTTP2_PREFACE, Exchange, ServerConnection, ServerSettings
+from proxy.http.server import HTTP2_PREFACE, PARSE_SLICE, Exchange, ServerConnection, ServerSettings
 from proxy.local_reply import LocalReply
 from proxy.message import ResponseHead
 from tests.unit.http.fakes import Driver, FakeTransport, split_at
@@ -548,3 +548,82 @@ def test_a_body_error_in_the_read_after_the_head_is_answered_before_the_handler_
     split = run(driver, [data[:cut], data[cut:]], DEFAULTS)
     assert split.summary() == ([], [], [(400, True)], True)
     assert split.summary() == run(driver, [data], DEFAULTS).summary()
+
+
+# -- trailers and pipelining are bounded --------------------------------------------------------------
+
+CHUNKED_HEAD = b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n"
+
+
+@pytest.mark.parametrize("pieces", [
+    [CHUNKED_HEAD, b"0\r\n" + b"".join(b"X-T%d: v\r\n" % i for i in range(9)) + b"\r\n"],
+    [CHUNKED_HEAD, b"0\r\nX-Big: " + b"x" * 600 + b"\r\n\r\n"],
+    [CHUNKED_HEAD, b"0\r\nX-Big: "] + [b"x" * 100] * 20,
+    [CHUNKED_HEAD, b"5;ext="] + [b"x" * 100] * 20,
+])
+def test_request_trailers_over_the_head_bounds_get_431(driver: Driver, pieces: list[bytes]) -> None:
+    outcome = run(driver, pieces, TIGHT)
+    assert only_reply(outcome).status == 431
+    assert outcome.bodies == []  # the body never completed for the handler
+
+
+def test_trailers_within_the_bounds_are_accepted(driver: Driver) -> None:
+    outcome = run(driver, [CHUNKED_HEAD + b"0\r\nX-T: v\r\n\r\n"], TIGHT)
+    assert [r.status for r in outcome.responses] == [200]
+    assert outcome.bodies == [b"hello"]
+
+
+class FillingTransport(FakeTransport):
+    """A transport whose write buffer fills: past `high_water` bytes it pauses the protocol's writing,
+    and `drain` (the client reading) empties it and resumes."""
+
+    def __init__(self, high_water: int) -> None:
+        super().__init__()
+        self.high_water = high_water
+        self.buffered = 0
+        self.delivered = bytearray()
+        self.protocol: ServerConnection | None = None
+
+    def write(self, data: bytes) -> None:
+        super().write(data)
+        self.buffered += len(data)
+        if self.buffered > self.high_water and self.protocol is not None and not self.protocol.write_paused:
+            self.protocol.pause_writing()
+
+    def drain(self) -> None:
+        self.delivered += self.written
+        self.written.clear()
+        self.buffered = 0
+        if self.protocol is not None and self.protocol.write_paused:
+            self.protocol.resume_writing()
+
+
+def test_pipelined_requests_wait_while_the_client_does_not_read(driver: Driver) -> None:
+    driver.loop_errors.clear()
+    listener = FakeListener(driver.loop, DEFAULTS)
+    conn = ServerConnection(listener, driver.loop)
+    transport = FillingTransport(high_water=4096)
+    transport.protocol = conn
+    conn.connection_made(transport)  # type: ignore[arg-type]
+    request = b"GET /p HTTP/1.1\r\nHost: a\r\n\r\n"
+    count = 4000  # one read of ~100 KiB from a client that does not read its answers
+    driver.feed(conn, transport, [request * count], False)
+    driver.settle(20)
+    # Answers stop once the write buffer is full, the socket is not read, and only a slice of the read was
+    # parsed: the rest waits as bytes, not as thousands of queued requests.
+    answered = len(listener.heads)
+    assert 0 < answered < 100
+    assert transport.paused and conn.write_paused
+    assert len(conn._queue) <= PARSE_SLICE // len(request) + 1
+    # The client reads: everything is answered, in order, and reading resumes.
+    for _ in range(count):
+        transport.drain()
+        driver.settle(4)
+        if len(listener.heads) == count and not conn.write_paused:
+            break
+    transport.drain()
+    assert len(listener.heads) == count
+    assert len(parse_written(bytes(transport.delivered))) == count
+    assert not transport.paused
+    conn.connection_lost(None)
+    driver.settle()
