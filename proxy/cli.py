@@ -12,12 +12,17 @@ import os
 import sys
 from pathlib import Path
 
-from proxy.config.load import ConfigError, LoadedConfig, load_config
+from proxy.config.load import ConfigError, ConfigUnreadable, LoadedConfig, load_config
 
 
-def _load_or_report(path: str) -> LoadedConfig | None:
+def _load_or_report(path: str, unreadable_prefix: str = "") -> LoadedConfig | None:
+    """The loaded config, or None after printing why not: every problem and a summary for an invalid file;
+    one line (after `unreadable_prefix`) for a file that cannot be read, which has no lines to point at."""
     try:
         return load_config(path)
+    except ConfigUnreadable as error:
+        print(f"{unreadable_prefix}{error.problems[0]}", file=sys.stderr)
+        return None
     except ConfigError as error:
         for problem in error.problems:
             print(problem, file=sys.stderr)
@@ -62,7 +67,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from proxy.app import unsupported_keys
     from proxy.runtime import run, setup_logging
 
-    loaded = _load_or_report(args.config)
+    # CONTRACT: a config that cannot be read is a cause other than an invalid config: one line naming it.
+    loaded = _load_or_report(args.config, unreadable_prefix="sidecar: cannot start: ")
     if loaded is None:
         return 1
     missing = unsupported_keys(loaded.config)
