@@ -14,20 +14,19 @@ import contextlib
 import dataclasses
 import errno
 import gc
-import hashlib
 import logging
 import os
 import random
 import socket
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Final
 
 from prometheus_client import CollectorRegistry
 
-from proxy.admin.server import AdminServer
+from proxy.admin.server import AdminServer, AdminSource
 from proxy.clock import Clock
-from proxy.config.load import ConfigError, ConfigUnreadable, LoadedConfig, parse_config, read_config, redacted_dump
+from proxy.config.load import ConfigError, ConfigUnreadable, LoadedConfig, parse_config, read_and_hash, redacted_dump
 from proxy.config.model import Address, Config, Listener, host_port
 from proxy.config.model import Cluster as ClusterConfig
 from proxy.config.watch import ConfigWatcher
@@ -92,11 +91,6 @@ class BindError(Exception):
         super().__init__(f"{what}: {os.strerror(error.errno) if error.errno else error}")
 
 
-def _read_and_hash(path: Path) -> tuple[bytes, str]:
-    raw = read_config(path)
-    return raw, hashlib.sha256(raw).hexdigest()
-
-
 # After a reload's build, the loop runs this long before the cyclic collector resumes (see _collector_paused).
 COLLECTOR_RESUME_DELAY: Final = 0.01
 
@@ -110,9 +104,24 @@ class _Prepared:
     tables: dict[str, RouteTable]
 
 
-def _prepare(raw: bytes, path: Path) -> _Prepared:
+def with_ports(loaded: LoadedConfig, ports: Mapping[str, int]) -> LoadedConfig:
+    """The config with the listeners named in `ports` that are configured with port 0 given that port instead:
+    the workers of one sidecar bind the port the first of them got, so they all share it, at start and after
+    every reload (a reload that kept port 0 must not move a worker to a new random port)."""
+    if not ports:
+        return loaded
+    config = loaded.config
+    listeners = [
+        listener.model_copy(update={"address": listener.address.model_copy(update={"port": ports[listener.name]})})
+        if listener.name in ports and listener.address.port == 0 else listener
+        for listener in config.listeners
+    ]
+    return dataclasses.replace(loaded, config=config.model_copy(update={"listeners": listeners}))
+
+
+def _prepare(raw: bytes, path: Path, ports: Mapping[str, int]) -> _Prepared:
     """In a reload's worker thread: parse and validate the file, then compile its route tables."""
-    loaded = parse_config(raw, path)
+    loaded = with_ports(parse_config(raw, path), ports)
     tables = {listener.name: RouteTable.from_config(listener.routes) for listener in loaded.config.listeners}
     return _Prepared(loaded, tables)
 
@@ -136,12 +145,46 @@ def _collector_paused() -> Iterator[None]:
             gc.enable()
 
 
+async def bind_moved_admin(source: AdminSource, address: Address, old: AdminServer | None,
+                           old_port: int) -> tuple[AdminServer, int]:
+    """A reload moved `admin.address`: serve `source` on the new address beside the `old` server (on
+    `old_port`), which the caller stops once the reload has swapped everything in, so a failure leaves the
+    old one serving. Returns the new server and its port; raises `BindError`."""
+    admin = AdminServer(source, address.host, address.port)
+    try:
+        return admin, await admin.start()
+    except OSError as exc:
+        if exc.errno != errno.EADDRINUSE or address.port == 0 or address.port != old_port or old is None:
+            raise BindError(f"admin {address}", exc) from None
+    # The same port on another host (127.0.0.1:15000 -> 0.0.0.0:15000): the old socket holds the port, so
+    # it has to close first; if the new address still cannot be bound, the old one is bound again.
+    await old.stop()
+    try:
+        return admin, await admin.start()
+    except OSError as exc:
+        error = BindError(f"admin {address}", exc)
+    try:
+        await old.start()
+    except OSError as again:
+        log.error("admin: cannot bind its old address again: %s; no admin endpoint until a reload moves it",
+                  again.strerror or again)
+    raise error
+
+
 class App:
     """One running sidecar process: its listeners, clusters, metrics and admin server."""
 
     def __init__(self, loaded: LoadedConfig, clock: Clock | None = None, *, admin_unix: str | None = None,
-                 reuse_port: bool = False) -> None:
+                 reuse_port: bool = False, source: Path | None = None,
+                 pinned_ports: Mapping[str, int] | None = None) -> None:
+        # A worker of a multi-process sidecar: listener name -> the port its port-0 listener shares with
+        # the other workers (see with_ports).
+        self.pinned_ports: Mapping[str, int] = dict(pinned_ports or {})
+        loaded = with_ports(loaded, self.pinned_ports)
         self.loaded = loaded
+        # Where a reload reads the config's bytes, when not from the config file itself: a supervised
+        # worker's supervisor keeps a snapshot of the config it approved (runtime.py).
+        self.source = source
         # Workers of one sidecar share each listener's port (SO_REUSEPORT): the kernel spreads connections.
         self.reuse_port = reuse_port
         # A worker of a multi-process sidecar serves its admin view on this unix socket (the supervisor
@@ -239,29 +282,7 @@ class App:
             self.bound["admin"] = (admin_address.host, admin_port)
 
     async def _bind_moved_admin(self, address: Address) -> tuple[AdminServer, int]:
-        """A reload moved `admin.address`: serve the new one beside the old (which the caller stops after
-        the swap), so a failure leaves the old one serving. Raises `BindError`."""
-        admin = AdminServer(AdminView(self), address.host, address.port)
-        try:
-            return admin, await admin.start()
-        except OSError as exc:
-            old = self.admin
-            same_port = address.port != 0 and address.port == self.bound.get("admin", ("", -1))[1]
-            if exc.errno != errno.EADDRINUSE or not same_port or old is None:
-                raise BindError(f"admin {address}", exc) from None
-        # The same port on another host (127.0.0.1:15000 -> 0.0.0.0:15000): the old socket holds the port,
-        # so it has to close first; if the new address still cannot be bound, the old one is bound again.
-        await old.stop()
-        try:
-            return admin, await admin.start()
-        except OSError as exc:
-            error = BindError(f"admin {address}", exc)
-        try:
-            await old.start()
-        except OSError as again:
-            log.error("admin: cannot bind its old address again: %s; no admin endpoint until a reload moves it",
-                      again.strerror or again)
-        raise error
+        return await bind_moved_admin(AdminView(self), address, self.admin, self.bound.get("admin", ("", 0))[1])
 
     def describe_bound(self) -> str:
         parts = [f"{name}={host_port(host, port)}" for name, (host, port) in self.bound.items() if name != "admin"]
@@ -305,7 +326,7 @@ class App:
                 return False
             path = self.loaded.path
             try:
-                raw, digest = await asyncio.to_thread(_read_and_hash, path)
+                raw, digest = await asyncio.to_thread(read_and_hash, self.source or path)
             except ConfigUnreadable as error:  # mid-replacement, or removed: nothing to remember it by
                 log.error("reload refused: %s; the running config (version %s) stays", error.problems[0],
                           self.loaded.version_hash[:12])
@@ -330,7 +351,7 @@ class App:
     async def _reload_from(self, raw: bytes, digest: str, path: Path) -> bool:
         """The part of a reload past the hash check: parse and compile in a worker thread, then apply."""
         try:
-            prepared = await asyncio.to_thread(_prepare, raw, path)
+            prepared = await asyncio.to_thread(_prepare, raw, path, self.pinned_ports)
         except ConfigError as error:
             for problem in error.problems:
                 log.error("reload refused: %s", problem)

@@ -44,6 +44,7 @@ __all__ = [
     "format_path",
     "load_config",
     "parse_config",
+    "read_and_hash",
     "read_config",
     "redacted_dump",
 ]
@@ -95,6 +96,7 @@ class LoadedConfig:
     base_dir: Path
     version_hash: str
     source_text: str
+    raw: bytes = b""  # the file's bytes as read, which `version_hash` hashes (a supervisor hands them on)
 
 
 def format_path(loc: Loc) -> str:
@@ -122,6 +124,17 @@ def read_config(path: str | Path) -> bytes:
         raise ConfigUnreadable(str(path), exc.strerror or str(exc)) from None
 
 
+def read_and_hash(path: str | Path) -> tuple[bytes, str]:
+    """The file's bytes and their hash (the `version_hash` they would load as), for a reload to compare
+    before it parses anything."""
+    raw = read_config(path)
+    return raw, _content_hash(raw)
+
+
+def _content_hash(raw: bytes) -> str:
+    return hashlib.sha256(raw).hexdigest()
+
+
 def parse_config(raw: bytes, path: str | Path) -> LoadedConfig:
     """Parse and validate `raw`, the content of the file at `path` (which names it in problems and anchors
     its relative paths); raise `ConfigError` listing every problem."""
@@ -138,8 +151,9 @@ def parse_config(raw: bytes, path: str | Path) -> LoadedConfig:
         config=config,
         path=absolute,
         base_dir=base_dir,
-        version_hash=hashlib.sha256(raw).hexdigest(),
+        version_hash=_content_hash(raw),
         source_text=text,
+        raw=raw,
     )
 
 
