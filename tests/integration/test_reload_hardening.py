@@ -13,7 +13,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import aiohttp
@@ -107,9 +107,9 @@ async def upstream() -> AsyncIterator[Upstream]:
 
 
 @pytest.fixture
-def sidecars() -> AsyncIterator[list[Sidecar]]:
+def sidecars() -> Iterator[list[Sidecar]]:
     started: list[Sidecar] = []
-    yield started  # type: ignore[misc]
+    yield started
     for sidecar in started:
         sidecar.stop()
 
