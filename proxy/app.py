@@ -1,25 +1,32 @@
 """The composition root: builds clusters, listeners, routes and the admin server from a loaded config.
 
-Owns the lifecycle start -> ready -> drain -> stop, the refusal of keys whose feature does not exist
-yet ("not supported yet: key.path"), and the admin view of the running state (`AdminSource`). Each
-concern compiles its own config into runtime objects here, once. Must not parse requests or hold
-per-request state.
+Owns the lifecycle start -> ready -> drain -> stop, hot reload (the file parsed in a worker thread, only
+when its hash changed; bursts of requests coalesced; everything new bound before the one-step swap, so a
+reload applies whole or not at all), the refusal of keys whose feature does not exist yet ("not supported
+yet: key.path"), and the admin view of the running state (`AdminSource`). Each concern compiles its own
+config into runtime objects here, once. Must not parse requests or hold per-request state.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
+import contextlib
+import dataclasses
+import errno
+import gc
 import logging
+import os
 import random
 import socket
-from typing import Any
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any, Final
 
 from prometheus_client import CollectorRegistry
 
-from proxy.admin.server import AdminServer
+from proxy.admin.server import AdminServer, AdminSource
 from proxy.clock import Clock
-from proxy.config.load import ConfigError, LoadedConfig, load_config, redacted_dump
+from proxy.config.load import ConfigError, ConfigUnreadable, LoadedConfig, parse_config, read_and_hash, redacted_dump
 from proxy.config.model import Address, Config, Listener, host_port
 from proxy.config.model import Cluster as ClusterConfig
 from proxy.config.watch import ConfigWatcher
@@ -79,12 +86,116 @@ def server_settings(listener: Listener) -> ServerSettings:
     )
 
 
+class BindError(Exception):
+    """A reload cannot bind a socket its new config needs: `what` names it (`listener outbound
+    127.0.0.1:8080`, `admin 0.0.0.0:15000`)."""
+
+    def __init__(self, what: str, error: OSError) -> None:
+        # uvloop's strerror is a sentence repeating the address; the errno's own words are enough after `what`.
+        super().__init__(f"{what}: {os.strerror(error.errno) if error.errno else error}")
+
+
+# After a reload's build, the loop runs this long before the cyclic collector resumes (see _collector_paused).
+COLLECTOR_RESUME_DELAY: Final = 0.01
+
+
+@dataclasses.dataclass(frozen=True)
+class _Prepared:
+    """What a reload's worker thread makes: the config, and each listener's route table (pure, compiled
+    from the config alone; the routers around them bind clusters and metrics, so those are built on the loop)."""
+
+    loaded: LoadedConfig
+    tables: dict[str, RouteTable]
+
+
+def with_ports(loaded: LoadedConfig, ports: Mapping[str, int]) -> LoadedConfig:
+    """The config with the listeners named in `ports` that are configured with port 0 given that port instead:
+    the workers of one sidecar bind the port the first of them got, so they all share it, at start and after
+    every reload (a reload that kept port 0 must not move a worker to a new random port)."""
+    if not ports:
+        return loaded
+    config = loaded.config
+    listeners = [
+        listener.model_copy(update={"address": listener.address.model_copy(update={"port": ports[listener.name]})})
+        if listener.name in ports and listener.address.port == 0 else listener
+        for listener in config.listeners
+    ]
+    return dataclasses.replace(loaded, config=config.model_copy(update={"listeners": listeners}))
+
+
+def _prepare(raw: bytes, path: Path, ports: Mapping[str, int]) -> _Prepared:
+    """In a reload's worker thread: parse and validate the file, then compile its route tables."""
+    loaded = with_ports(parse_config(raw, path), ports)
+    tables = {listener.name: RouteTable.from_config(listener.routes) for listener in loaded.config.listeners}
+    return _Prepared(loaded, tables)
+
+
+@contextlib.contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector while a reload builds its config.
+
+    Why: parsing allocates hundreds of thousands of short-lived YAML nodes and the build tens of thousands
+    of objects, which set off full collections; a collection holds the GIL until it has scanned every
+    object, from whichever thread allocated, so the event loop stalled up to 200 ms at a time while a
+    3000-route config was parsed in a thread. Those objects form no cycles (reference counting frees the
+    temporaries), so the pause leaves no garbage behind.
+
+    On the way out, what the reload built (a new config and its routers: long-lived) moves straight to the
+    oldest generation: `freeze` then `unfreeze` splices the young generations onto it without scanning them.
+    Left young, its 100k+ objects would be swept by a gen-0 and then a gen-1 collection, 30 ms of stall
+    each for 3000 routes. Any cyclic garbage among them is still found by the next full collection, which
+    runs when it would have anyway (the heap grew by a quarter)."""
+    paused = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.freeze()
+        gc.unfreeze()
+        if paused:
+            gc.enable()
+
+
+async def bind_moved_admin(source: AdminSource, address: Address, old: AdminServer | None,
+                           old_port: int) -> tuple[AdminServer, int]:
+    """A reload moved `admin.address`: serve `source` on the new address beside the `old` server (on
+    `old_port`), which the caller stops once the reload has swapped everything in, so a failure leaves the
+    old one serving. Returns the new server and its port; raises `BindError`."""
+    admin = AdminServer(source, address.host, address.port)
+    try:
+        return admin, await admin.start()
+    except OSError as exc:
+        if exc.errno != errno.EADDRINUSE or address.port == 0 or address.port != old_port or old is None:
+            raise BindError(f"admin {address}", exc) from None
+    # The same port on another host (127.0.0.1:15000 -> 0.0.0.0:15000): the old socket holds the port, so
+    # it has to close first; if the new address still cannot be bound, the old one is bound again.
+    await old.stop()
+    try:
+        return admin, await admin.start()
+    except OSError as exc:
+        error = BindError(f"admin {address}", exc)
+    try:
+        await old.start()
+    except OSError as again:
+        log.error("admin: cannot bind its old address again: %s; no admin endpoint until a reload moves it",
+                  again.strerror or again)
+    raise error
+
+
 class App:
     """One running sidecar process: its listeners, clusters, metrics and admin server."""
 
     def __init__(self, loaded: LoadedConfig, clock: Clock | None = None, *, admin_unix: str | None = None,
-                 reuse_port: bool = False) -> None:
+                 reuse_port: bool = False, source: Path | None = None,
+                 pinned_ports: Mapping[str, int] | None = None) -> None:
+        # A worker of a multi-process sidecar: listener name -> the port its port-0 listener shares with
+        # the other workers (see with_ports).
+        self.pinned_ports: Mapping[str, int] = dict(pinned_ports or {})
+        loaded = with_ports(loaded, self.pinned_ports)
         self.loaded = loaded
+        # Where a reload reads the config's bytes, when not from the config file itself: a supervised
+        # worker's supervisor keeps a snapshot of the config it approved (runtime.py).
+        self.source = source
         # Workers of one sidecar share each listener's port (SO_REUSEPORT): the kernel spreads connections.
         self.reuse_port = reuse_port
         # A worker of a multi-process sidecar serves its admin view on this unix socket (the supervisor
@@ -105,6 +216,9 @@ class App:
         # Keyed by the Cluster object: a reload builds the replacement before retiring the old one.
         self._outlier_tasks: dict[Cluster, asyncio.Task[Any]] = {}
         self._reload_lock = asyncio.Lock()
+        # Coalescing: the one task that reloads while requests keep arriving, and whether one arrived.
+        self._reloader: asyncio.Task[None] | None = None
+        self._reload_wanted = False
         # The content hash of the last file a reload refused, so one bad edit is refused (and counted) once.
         self._refused_hash: str | None = None
         # Listeners replaced by a reload (address change, removal) whose connections are still finishing.
@@ -136,8 +250,10 @@ class App:
         return TracePropagator.from_config(list(config.tracing.propagation), config.tracing.sampling,
                                            random.Random(self.clock.random.random()))
 
-    def _make_router(self, listener_config: Listener, clusters: dict[str, Cluster]) -> Router:
-        table = RouteTable.from_config(listener_config.routes)
+    def _make_router(self, listener_config: Listener, clusters: dict[str, Cluster],
+                     table: RouteTable | None = None) -> Router:
+        if table is None:
+            table = RouteTable.from_config(listener_config.routes)
         return build_router(listener_config.name, table, clusters, self.metrics, self.clock)
 
     async def _bind(self, listener: OutboundListener, address: Address) -> tuple[asyncio.Server, tuple[str, int]]:
@@ -176,6 +292,9 @@ class App:
             admin_port = await self.admin.start()
             self.bound["admin"] = (admin_address.host, admin_port)
 
+    async def _bind_moved_admin(self, address: Address) -> tuple[AdminServer, int]:
+        return await bind_moved_admin(AdminView(self), address, self.admin, self.bound.get("admin", ("", 0))[1])
+
     def describe_bound(self) -> str:
         parts = [f"{name}={host_port(host, port)}" for name, (host, port) in self.bound.items() if name != "admin"]
         if "admin" not in self.bound:
@@ -192,79 +311,121 @@ class App:
         self._tasks.add(task)
 
     def request_reload(self) -> None:
-        """SIGHUP or a changed file: reload in the background (one at a time, in order)."""
-        task = asyncio.create_task(self.reload(), name="config reload")
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        """SIGHUP or a changed file: reload in the background. Requests that arrive while a reload runs
+        collapse into one follow-up, so a burst of signals costs at most two reloads, not one each."""
+        self._reload_wanted = True
+        if self._reloader is None or self._reloader.done():
+            self._reloader = asyncio.create_task(self._reload_while_wanted(), name="config reload")
+            self._tasks.add(self._reloader)
+            self._reloader.add_done_callback(self._tasks.discard)
+
+    async def _reload_while_wanted(self) -> None:
+        # The follow-up matters: the file may have changed again after the running reload read it.
+        while self._reload_wanted and not self.draining:
+            self._reload_wanted = False
+            await self.reload()
 
     async def reload(self) -> bool:
-        """Load, validate, diff, build what changed, swap in one step. An invalid file changes nothing."""
+        """Load, validate, diff, build what changed, swap in one step. An invalid file, or one whose new
+        sockets cannot be bound, changes nothing. True when the file's config is (now) the one in force.
+
+        Reading, hashing, parsing and validating run in a worker thread: a large config takes a second of
+        CPU, and on the event loop that second would stall every request. The thread holds the GIL only in
+        slices (the interpreter switches threads every 5 ms), so requests keep flowing meanwhile."""
         async with self._reload_lock:
             if self.draining:
                 return False
             path = self.loaded.path
             try:
-                content = hashlib.sha256(path.read_bytes()).hexdigest()
-            except OSError:
-                content = None
-            if content is not None and content == self._refused_hash:
-                # SIGHUP and the file watch both report one edit: refuse (and count) a bad file once.
+                raw, digest = await asyncio.to_thread(read_and_hash, self.source or path)
+            except ConfigUnreadable as error:  # mid-replacement, or removed: nothing to remember it by
+                log.error("reload refused: %s; the running config (version %s) stays", error.problems[0],
+                          self.loaded.version_hash[:12])
+                self._reloads_failed.inc()
+                return False
+            # Compare hashes before parsing anything: an unchanged file (a SIGHUP with nothing edited) or
+            # the file already refused (SIGHUP and the file watch both report one edit) costs one read.
+            if digest == self.loaded.version_hash:
+                self._refused_hash = None  # reverted: the refused file, if written again, is a new edit
+                log.info("reload: %s unchanged (version %s)", path, digest[:12])
+                return True
+            if digest == self._refused_hash:
                 log.debug("reload: %s is the file already refused; nothing to do", path)
                 return False
-            try:
-                loaded = load_config(path)
-            except ConfigError as error:
-                for problem in error.problems:
-                    log.error("reload refused: %s", problem)
-                log.error("reload refused: %s: %d problem(s); the running config (version %s) stays",
-                          path, len(error.problems), self.loaded.version_hash[:12])
-                self._reloads_failed.inc()
-                self._refused_hash = content
-                return False
-            if loaded.version_hash == self.loaded.version_hash:
-                log.info("reload: %s unchanged (version %s)", path, loaded.version_hash[:12])
-                return True
-            missing = unsupported_keys(loaded.config)
-            if missing:
-                for key in missing:
-                    log.error("reload refused: %s: not supported yet: %s", path, key)
-                self._reloads_failed.inc()
-                self._refused_hash = loaded.version_hash
-                return False
-            try:
-                await self._apply(loaded)
-            except OSError as exc:
-                log.error("reload refused: cannot bind: %s; the running config stays", exc.strerror or exc)
-                self._reloads_failed.inc()
-                return False
-            self._reloads_succeeded.inc()
-            log.info("reloaded %s: version %s", path, loaded.version_hash[:12])
-            return True
+            with _collector_paused():
+                applied = await self._reload_from(raw, digest, path)
+                # Requests that waited while the new routers were built finish (a request takes a few
+                # loop iterations) before the deferred collection runs, rather than waiting for both.
+                await asyncio.sleep(COLLECTOR_RESUME_DELAY)
+            return applied
 
-    async def _apply(self, loaded: LoadedConfig) -> None:
+    async def _reload_from(self, raw: bytes, digest: str, path: Path) -> bool:
+        """The part of a reload past the hash check: parse and compile in a worker thread, then apply."""
+        try:
+            prepared = await asyncio.to_thread(_prepare, raw, path, self.pinned_ports)
+        except ConfigError as error:
+            for problem in error.problems:
+                log.error("reload refused: %s", problem)
+            self._refuse(digest, f"{path}: {len(error.problems)} problem(s)")
+            return False
+        except Exception:  # a bug compiling what validated: refused, never half-applied
+            log.exception("reload: compiling the routes of %s failed", path)
+            self._refuse(digest, "cannot build it (the error is above)")
+            return False
+        loaded = prepared.loaded
+        missing = unsupported_keys(loaded.config)
+        if missing:
+            for key in missing:
+                log.error("reload refused: %s: not supported yet: %s", path, key)
+            self._refuse(digest, f"{path}: {len(missing)} key(s) name features that do not exist yet")
+            return False
+        try:
+            await self._apply(loaded, prepared.tables)
+        except BindError as exc:
+            self._refuse(digest, f"cannot bind {exc}")
+            return False
+        except Exception:  # a bug building the new objects: _apply undid what it built, so refuse it
+            log.exception("reload: building the config of %s failed", path)
+            self._refuse(digest, "cannot build it (the error is above)")
+            return False
+        self._refused_hash = None
+        self._reloads_succeeded.inc()
+        log.info("reloaded %s: version %s", path, loaded.version_hash[:12])
+        return True
+
+    def _refuse(self, digest: str, why: str) -> None:
+        """Count a refused reload once per file content: the same bytes reported again (by SIGHUP and the
+        file watch, or a burst of signals) are not tried, logged or counted again until the file changes."""
+        log.error("reload refused: %s; the running config (version %s) stays", why, self.loaded.version_hash[:12])
+        self._reloads_failed.inc()
+        self._refused_hash = digest
+
+    async def _apply(self, loaded: LoadedConfig, tables: dict[str, RouteTable] | None = None) -> None:
         config = loaded.config
         old_config = self.loaded.config
-        # 1. Build everything new off to the side; nothing running changes until the swap.
+        # 1. Build everything new off to the side; nothing running changes until the swap, and whatever
+        # fails here (a port taken) undoes what was built, so a reload applies whole or not at all.
         clusters: dict[str, Cluster] = {}
         fresh_clusters: list[Cluster] = []
-        for cluster_config in config.clusters:
-            current = self.clusters.get(cluster_config.name)
-            if current is not None and current.config == cluster_config:
-                clusters[cluster_config.name] = current  # unchanged: keeps its pools, breakers, counters
-            else:
-                cluster = self._make_cluster(cluster_config)
-                clusters[cluster_config.name] = cluster
-                fresh_clusters.append(cluster)
-        trace = self._make_trace(config)
         listeners: dict[str, OutboundListener] = {}
         servers: dict[str, asyncio.Server] = {}
         bound: dict[str, tuple[str, int]] = {}
         new_servers: list[asyncio.Server] = []
+        new_admin: tuple[AdminServer, int] | None = None
         updates: list[tuple[OutboundListener, ServerSettings, Router, TracePropagator]] = []
         old_by_name = {listener.name: listener for listener in old_config.listeners}
         try:
+            for cluster_config in config.clusters:
+                current = self.clusters.get(cluster_config.name)
+                if current is not None and current.config == cluster_config:
+                    clusters[cluster_config.name] = current  # unchanged: keeps its pools, breakers, counters
+                else:
+                    cluster = self._make_cluster(cluster_config)
+                    clusters[cluster_config.name] = cluster
+                    fresh_clusters.append(cluster)
+            trace = self._make_trace(config)
             for listener_config in config.listeners:
-                router = self._make_router(listener_config, clusters)
+                router = self._make_router(listener_config, clusters, (tables or {}).get(listener_config.name))
                 settings = server_settings(listener_config)
                 previous = old_by_name.get(listener_config.name)
                 kept = self.listeners.get(listener_config.name)
@@ -276,11 +437,17 @@ class App:
                     updates.append((kept, settings, router, trace))
                     continue
                 listener = OutboundListener(listener_config.name, settings, router, trace, self.metrics, self.clock)
-                server, where = await self._bind(listener, listener_config.address)
+                try:
+                    server, where = await self._bind(listener, listener_config.address)
+                except OSError as exc:
+                    raise BindError(f"listener {listener_config.name} {listener_config.address}", exc) from None
                 new_servers.append(server)
                 listeners[listener_config.name] = listener
                 servers[listener_config.name] = server
                 bound[listener_config.name] = where
+            # The admin server last: nothing after it can fail, so a moved admin never needs undoing.
+            if config.admin.address != old_config.admin.address and self.admin_unix is None:
+                new_admin = await self._bind_moved_admin(config.admin.address)
         except BaseException:
             for server in new_servers:
                 server.close()
@@ -310,9 +477,12 @@ class App:
             self._draining_listeners.add(listener)
         for cluster in retired_clusters:
             self._retire_cluster(cluster)
-        if config.admin.address != old_config.admin.address and self.admin_unix is None and self.admin is not None:
-            await self.admin.stop()
-            await self._start_admin(config)
+        if new_admin is not None:
+            old_admin, (self.admin, admin_port) = self.admin, new_admin
+            self.bound["admin"] = (config.admin.address.host, admin_port)
+            log.info("admin moved to %s", host_port(config.admin.address.host, admin_port))
+            if old_admin is not None:
+                await old_admin.stop()
 
     # -- lifecycle ---------------------------------------------------------------------------------
 

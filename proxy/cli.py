@@ -12,12 +12,18 @@ import os
 import sys
 from pathlib import Path
 
-from proxy.config.load import ConfigError, LoadedConfig, load_config
+from proxy.config.load import ConfigError, ConfigUnreadable, LoadedConfig, load_config, parse_config, read_config
 
 
-def _load_or_report(path: str) -> LoadedConfig | None:
+def _load_or_report(path: str, unreadable_prefix: str = "", source: str | None = None) -> LoadedConfig | None:
+    """The loaded config, or None after printing why not: every problem and a summary for an invalid file;
+    one line (after `unreadable_prefix`) for a file that cannot be read, which has no lines to point at.
+    `source`: read the bytes from there instead (a worker's snapshot), still named and resolved as `path`."""
     try:
-        return load_config(path)
+        return load_config(path) if source is None else parse_config(read_config(source), path)
+    except ConfigUnreadable as error:
+        print(f"{unreadable_prefix}{error.problems[0]}", file=sys.stderr)
+        return None
     except ConfigError as error:
         for problem in error.problems:
             print(problem, file=sys.stderr)
@@ -62,7 +68,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from proxy.app import unsupported_keys
     from proxy.runtime import run, setup_logging
 
-    loaded = _load_or_report(args.config)
+    # CONTRACT: a config that cannot be read is a cause other than an invalid config: one line naming it.
+    loaded = _load_or_report(args.config, unreadable_prefix="sidecar: cannot start: ")
     if loaded is None:
         return 1
     missing = unsupported_keys(loaded.config)
@@ -83,7 +90,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     """One worker of a multi-process sidecar; started by the supervisor (`run` with workers > 1) only."""
     from proxy.runtime import run_worker, setup_logging
 
-    loaded = _load_or_report(args.config)
+    loaded = _load_or_report(args.config, source=args.snapshot)
     if loaded is None:
         return 1
     ports: dict[str, int] = {}
@@ -91,7 +98,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         name, _, port = item.rpartition("=")
         ports[name] = int(port)
     setup_logging(args.log_level, tag=f"worker-{args.index}")
-    return run_worker(loaded, args.admin_socket, ports)
+    return run_worker(loaded, args.admin_socket, ports, Path(args.snapshot) if args.snapshot else None)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -155,6 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     worker = commands.add_parser("worker")
     worker.add_argument("--config", required=True)
+    worker.add_argument("--snapshot", help="read the config's bytes from here: the supervisor's approved copy")
     worker.add_argument("--index", type=int, required=True)
     worker.add_argument("--admin-socket", required=True, help="serve this worker's admin view here")
     worker.add_argument("--port", action="append", default=[], help="NAME=PORT: bind listener NAME on PORT")

@@ -3,7 +3,8 @@
 Owns installing uvloop, logging set-up, SIGTERM/SIGINT -> drain, SIGHUP -> reload, the exit code,
 and, for `workers: N > 1`, the supervisor: it spawns N worker processes that share every listener
 through SO_REUSEPORT, restarts a worker that dies, serves `admin.address` itself by fanning out to the
-workers' admin unix sockets, and drains them all on shutdown (docs/decisions/0005-workers.md).
+workers' admin unix sockets, approves each reload for all workers (and moves its admin server) before
+they apply it, and drains them all on shutdown (docs/decisions/0005-workers.md).
 Must not build request-path objects (app.py does) or parse argv (cli.py does).
 
 `workers: 1` runs the App in this very process, with no supervisor: a sidecar's idle memory is paid
@@ -32,9 +33,10 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import generate_latest
 
 from proxy.admin.server import AdminServer
-from proxy.app import App
-from proxy.config.load import LoadedConfig
+from proxy.app import App, BindError, bind_moved_admin, unsupported_keys
+from proxy.config.load import ConfigError, ConfigUnreadable, LoadedConfig, parse_config, read_and_hash
 from proxy.config.model import host_port
+from proxy.config.watch import ConfigWatcher
 from proxy.telemetry.exposition import render_metrics
 from proxy.telemetry.merge import MergedMetrics, Source, merge
 from proxy.telemetry.metrics import RELOAD_RESULTS, Metrics
@@ -62,10 +64,12 @@ def setup_logging(level: str = "info", tag: str | None = None) -> None:
                         format=f"%(asctime)s %(levelname)s{where} %(name)s: %(message)s")
 
 
-def _wire_reload(app: App) -> None:
-    """SIGHUP and a change of the config file on disk reload the App (CONTRACT "Reload and lifecycle")."""
+def _wire_reload(app: App, *, watch: bool = True) -> None:
+    """SIGHUP and a change of the config file on disk reload the App (CONTRACT "Reload and lifecycle").
+    A supervised worker does not watch the file: its supervisor does, and signals it once it approves."""
     asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, app.request_reload)
-    app.watch_config()
+    if watch:
+        app.watch_config()
 
 
 # -- one process (workers: 1) ----------------------------------------------------------------------
@@ -124,30 +128,18 @@ class _EndOfInput(asyncio.Protocol):
         self._on_eof()
 
 
-def with_ports(loaded: LoadedConfig, ports: Mapping[str, int]) -> LoadedConfig:
-    """The config with these listeners' ports replaced (workers after the first bind the port the first
-    one got for a listener configured with port 0, so they all share it)."""
-    if not ports:
-        return loaded
-    config = loaded.config
-    listeners = [
-        listener.model_copy(update={"address": listener.address.model_copy(update={"port": ports[listener.name]})})
-        if listener.name in ports else listener
-        for listener in config.listeners
-    ]
-    return dataclasses.replace(loaded, config=config.model_copy(update={"listeners": listeners}))
-
-
 def _report(message: dict[str, Any]) -> None:
     # One JSON line on stdout is the worker's only message to its supervisor: bound (with ports) or error.
     sys.stdout.write(json.dumps(message) + "\n")
     sys.stdout.flush()
 
 
-async def serve_worker(loaded: LoadedConfig, admin_socket: str) -> int:
-    """Run one worker: listeners with SO_REUSEPORT, the admin view on `admin_socket`; drain on SIGTERM,
-    SIGINT, or when the supervisor goes away."""
-    app = App(loaded, admin_unix=admin_socket, reuse_port=True)
+async def serve_worker(loaded: LoadedConfig, admin_socket: str, snapshot: Path | None = None,
+                       ports: Mapping[str, int] | None = None) -> int:
+    """Run one worker: listeners with SO_REUSEPORT, the admin view on `admin_socket`, reloads from the
+    supervisor's `snapshot` of the config it approved, port-0 listeners pinned to `ports`; drain on
+    SIGTERM, SIGINT, or when the supervisor goes away."""
+    app = App(loaded, admin_unix=admin_socket, reuse_port=True, source=snapshot, pinned_ports=ports)
     loop = asyncio.get_running_loop()
     # Signal handlers before the bound report: the supervisor forwards signals only to reported workers.
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -157,7 +149,7 @@ async def serve_worker(loaded: LoadedConfig, admin_socket: str) -> int:
     except OSError as exc:
         _report({"error": str(exc.strerror or exc)})
         return 1
-    _wire_reload(app)
+    _wire_reload(app, watch=False)
     _transport, supervisor = await loop.connect_read_pipe(lambda: _EndOfInput(app.request_shutdown), sys.stdin)
     # Only the supervisor's line names the listeners (CONTRACT: the first line of `run`'s log).
     log.debug("%s", app.describe_bound())
@@ -176,15 +168,23 @@ async def serve_worker(loaded: LoadedConfig, admin_socket: str) -> int:
     return 0
 
 
-def run_worker(loaded: LoadedConfig, admin_socket: str, ports: Mapping[str, int]) -> int:
+def run_worker(loaded: LoadedConfig, admin_socket: str, ports: Mapping[str, int],
+               snapshot: Path | None = None) -> int:
     """The hidden `worker` command: one worker process of a supervised sidecar."""
     # A SIGHUP forwarded before the loop's handler exists must not kill the worker (the default action).
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     uvloop.install()
-    return asyncio.run(serve_worker(with_ports(loaded, ports), admin_socket))
+    return asyncio.run(serve_worker(loaded, admin_socket, snapshot, ports))
 
 
 # -- the supervisor (workers: N > 1) ---------------------------------------------------------------
+
+
+def _write_snapshot(path: Path, raw: bytes) -> None:
+    """Replace the approved-config snapshot whole: a worker reading it sees the old bytes or the new."""
+    partial = path.with_suffix(".partial")
+    partial.write_bytes(raw)
+    os.replace(partial, path)
 
 
 def describe_exit(returncode: int) -> str:
@@ -238,6 +238,17 @@ class Supervisor:
         self.draining = False
         self._stopping = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
+        # What workers run: the bytes of the config this supervisor approved last. Workers start and reload
+        # from it, never from the file itself, so none runs a file the supervisor refused (below).
+        self.snapshot = runtime_dir / "config.yaml"
+        _write_snapshot(self.snapshot, loaded.raw)
+        # The admin server on `admin.address` (supervise() starts it) and its port, moved by a reload.
+        self.admin: AdminServer | None = None
+        self.admin_port = 0
+        self._reload_lock = asyncio.Lock()
+        self._reloader: asyncio.Task[None] | None = None
+        self._reload_wanted = False
+        self._refused_hash: str | None = None
 
     def _slot(self, index: int) -> WorkerSlot:
         path = str(self.runtime_dir / f"worker-{index}.sock")
@@ -256,7 +267,8 @@ class Supervisor:
 
     def _command(self, slot: WorkerSlot) -> list[str]:
         command = [sys.executable, "-m", "proxy", "worker", "--config", str(self.loaded.path),
-                   "--index", str(slot.index), "--admin-socket", slot.socket_path, "--log-level", self.log_level]
+                   "--snapshot", str(self.snapshot), "--index", str(slot.index), "--admin-socket", slot.socket_path,
+                   "--log-level", self.log_level]
         for name, port in self.ports.items():
             command += ["--port", f"{name}={port}"]
         return command
@@ -264,10 +276,11 @@ class Supervisor:
     async def _spawn(self, slot: WorkerSlot) -> str | None:
         """Start a process for `slot` and wait for its bound report; None on success, else why it failed.
 
-        The worker reads the config file itself: after a reload every worker runs what the file says, so a
-        worker restarted later starts on the same config as its reloaded siblings.
+        The worker reads the snapshot of the config approved last: a worker restarted after a reload starts
+        on the same config as its reloaded siblings, and never on a file the supervisor refused.
         """
         slot.bound = None
+        version = self.loaded.version_hash
         try:
             proc = await asyncio.create_subprocess_exec(
                 *self._command(slot), stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
@@ -287,6 +300,11 @@ class Supervisor:
                 # Shutdown began while it was starting; it missed the forwarded SIGTERM.
                 with contextlib.suppress(ProcessLookupError):
                     proc.terminate()
+            elif self.loaded.version_hash != version:
+                # A reload was approved while it was starting: it may have read the older snapshot, and
+                # missed the forwarded SIGHUP.
+                with contextlib.suppress(ProcessLookupError):
+                    proc.send_signal(signal.SIGHUP)
             return None
         if proc.returncode is None:
             with contextlib.suppress(ProcessLookupError):
@@ -356,6 +374,91 @@ class Supervisor:
                 delay = min(delay * 2, RESTART_DELAY_MAX)
                 log.warning("worker %d %s; retrying in %gs", slot.index, reason, delay)
 
+    # -- reloads ---------------------------------------------------------------------------------------
+
+    def watch_config(self) -> None:
+        """Reload when the config file changes on disk (workers do not watch it themselves)."""
+        watcher = ConfigWatcher(self.loaded.path, self.request_reload)
+        task = asyncio.create_task(watcher.run(), name="config watch")
+        self._tasks.add(task)
+
+    def request_reload(self) -> None:
+        """SIGHUP or a changed file: requests arriving while a reload runs collapse into one follow-up."""
+        self._reload_wanted = True
+        if self._reloader is None or self._reloader.done():
+            self._reloader = asyncio.create_task(self._reload_while_wanted(), name="config reload")
+
+    async def _reload_while_wanted(self) -> None:
+        while self._reload_wanted and not self.draining:
+            self._reload_wanted = False
+            await self.reload()
+
+    async def reload(self) -> bool:
+        """Approve the file or refuse it, for every worker at once (docs/decisions/0005-workers.md).
+
+        The supervisor parses the file (in a thread) and refuses what a worker would refuse for the same
+        reason (invalid, unsupported keys), and binds a moved `admin.address`, which is its own socket,
+        before anything changes. Only then does it write the bytes to the snapshot and signal the workers,
+        who apply them (and count the success). A refusal here is logged and counted once, here; workers
+        never see the file. SIGHUP with the file unchanged is passed on as it is."""
+        async with self._reload_lock:
+            if self.draining:
+                return False
+            path = self.loaded.path
+            try:
+                raw, digest = await asyncio.to_thread(read_and_hash, path)
+            except ConfigUnreadable as error:
+                log.error("reload refused: %s; the running config (version %s) stays", error.problems[0],
+                          self.loaded.version_hash[:12])
+                self.config_reloads["failure"].inc()
+                return False
+            if digest == self.loaded.version_hash:
+                self._refused_hash = None
+                self.forward(signal.SIGHUP)  # each worker finds its snapshot unchanged too (and says so)
+                return True
+            if digest == self._refused_hash:
+                return False
+            try:
+                loaded = await asyncio.to_thread(parse_config, raw, path)
+            except ConfigError as error:
+                for problem in error.problems:
+                    log.error("reload refused: %s", problem)
+                return self._refuse(digest, f"{path}: {len(error.problems)} problem(s)")
+            missing = unsupported_keys(loaded.config)
+            if missing:
+                for key in missing:
+                    log.error("reload refused: %s: not supported yet: %s", path, key)
+                return self._refuse(digest, f"{path}: {len(missing)} key(s) name features that do not exist yet")
+            address = loaded.config.admin.address
+            moved: tuple[AdminServer, int] | None = None
+            if address != self.loaded.config.admin.address:
+                try:
+                    moved = await bind_moved_admin(SupervisorView(self), address, self.admin, self.admin_port)
+                except BindError as exc:
+                    return self._refuse(digest, f"cannot bind {exc}")
+            try:
+                await asyncio.to_thread(_write_snapshot, self.snapshot, raw)
+            except OSError as exc:
+                if moved is not None:
+                    await moved[0].stop()
+                return self._refuse(digest, f"cannot write {self.snapshot}: {exc.strerror or exc}")
+            self._refused_hash = None
+            self.loaded = loaded
+            self.forward(signal.SIGHUP)
+            log.info("reload approved: %s: version %s; signalled the workers", path, digest[:12])
+            if moved is not None:
+                old_admin, (self.admin, self.admin_port) = self.admin, moved
+                log.info("admin moved to %s", host_port(address.host, self.admin_port))
+                if old_admin is not None:
+                    await old_admin.stop()
+            return True
+
+    def _refuse(self, digest: str, why: str) -> bool:
+        log.error("reload refused: %s; the running config (version %s) stays", why, self.loaded.version_hash[:12])
+        self.config_reloads["failure"].inc()
+        self._refused_hash = digest
+        return False
+
     # -- signals and shutdown --------------------------------------------------------------------------
 
     def forward(self, signum: signal.Signals) -> None:
@@ -392,9 +495,10 @@ class Supervisor:
                         slot.proc.kill()
             if pending:
                 await asyncio.wait(pending)
-        for task in self._tasks:
+        tasks = [*self._tasks, *([self._reloader] if self._reloader is not None else [])]
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         self._tasks.clear()
 
     async def close(self) -> None:
@@ -516,14 +620,14 @@ async def supervise(loaded: LoadedConfig, count: int, log_level: str) -> int:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, supervisor.request_shutdown)
-    loop.add_signal_handler(signal.SIGHUP, supervisor.forward, signal.SIGHUP)
+    loop.add_signal_handler(signal.SIGHUP, supervisor.request_reload)
     admin_address = loaded.config.admin.address
-    admin = AdminServer(SupervisorView(supervisor), admin_address.host, admin_address.port)
+    supervisor.admin = AdminServer(SupervisorView(supervisor), admin_address.host, admin_address.port)
     try:
         # The admin endpoint first: a startup probe sees 503 "worker I starting", and a taken admin port
         # fails before any worker is spawned.
         try:
-            admin_port = await admin.start()
+            admin_port = supervisor.admin_port = await supervisor.admin.start()
         except OSError as exc:
             print(f"sidecar: cannot start: admin {admin_address}: {exc.strerror or exc}", file=sys.stderr)
             return 1
@@ -537,12 +641,14 @@ async def supervise(loaded: LoadedConfig, count: int, log_level: str) -> int:
         pids = ",".join(str(slot.pid) for slot in supervisor.slots)
         log.info("listening: %s; admin %s; %d workers (pids %s)", listeners or "(no listeners)",
                  host_port(admin_address.host, admin_port), count, pids)
+        supervisor.watch_config()
         await supervisor.wait_for_shutdown()
-        log.info("draining %d workers (up to %gs)", count, loaded.config.drain_timeout)
+        log.info("draining %d workers (up to %gs)", count, supervisor.loaded.config.drain_timeout)
         await supervisor.stop()
         log.info("stopped")
         return 0
     finally:
-        await admin.stop()
+        if supervisor.admin is not None:
+            await supervisor.admin.stop()
         await supervisor.close()
         shutil.rmtree(runtime_dir, ignore_errors=True)

@@ -4,7 +4,8 @@ symlink swap) triggers a reload within 2 s.
 Owns polling the file once a second: `os.stat` follows symlinks, so a ConfigMap's `..data` swap shows as
 a new inode; a changed stat is confirmed by a content hash, so touching the file without changing it
 does nothing. Polling, not inotify: it sees all three kinds of change the same way, needs no extra
-dependency, and costs one stat a second. Must not load or validate configs (the app's reload does).
+dependency, and costs one stat a second. Must not load or validate configs (the app's reload does, and
+coalesces this watch's reports with SIGHUPs).
 """
 
 from __future__ import annotations
@@ -53,7 +54,8 @@ class ConfigWatcher:
             if stat is None or stat == self._stat:
                 continue
             self._stat = stat
-            digest = _digest(self.path)
+            # In a thread, like the reload it triggers: a large file read and hashed on the loop delays requests.
+            digest = await asyncio.to_thread(_digest, self.path)
             if digest is None or digest == self._digest:
                 continue
             self._digest = digest

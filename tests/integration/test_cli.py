@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import signal
 import subprocess
 import sys
+import time
 import urllib.request
 from pathlib import Path
 
@@ -53,6 +55,37 @@ def test_validate_reports_every_problem_with_file_line_and_path(tmp_path: Path) 
     assert f"{path}:9: listeners[0].routes[0].bogus: unknown key" in lines
     assert any(line.startswith(f"{path}:12: clusters[0].endpoints[0]: bad port") for line in lines)
     assert lines[-1].endswith("invalid config: 4 problems")
+
+
+def test_validate_refuses_an_alias_bomb_quickly_and_in_little_memory(tmp_path: Path) -> None:
+    lines = ['a0: &a0 ["x", "x", "x", "x", "x", "x", "x", "x", "x"]']
+    lines += [f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]" for i in range(1, 8)]
+    path = tmp_path / "bomb.yaml"
+    path.write_text("\n".join(lines) + "\nlisteners: []\n")  # 382 bytes, 43 million nodes expanded
+
+    def at_most_512_mib() -> None:  # address space: the old loader needed gigabytes for this file
+        resource.setrlimit(resource.RLIMIT_AS, (512 * 1024 * 1024, 512 * 1024 * 1024))
+
+    started = time.monotonic()
+    result = subprocess.run([sys.executable, "-m", "proxy", "validate", "-c", str(path)], capture_output=True,
+                            text=True, timeout=30, cwd=REPO, preexec_fn=at_most_512_mib)
+    elapsed = time.monotonic() - started
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.splitlines() == [
+        f"{path}:6: alias *a4 expands the config past the limit of 100000 YAML nodes copied in by aliases "
+        "(nested aliases multiply)",
+        f"{path}: invalid config: 1 problem"]
+    assert elapsed < 2.0  # interpreter start included; the refusal itself takes milliseconds
+
+
+@pytest.mark.parametrize("command", ["run", "validate"])
+def test_a_missing_config_file_is_one_line(tmp_path: Path, command: str) -> None:
+    path = tmp_path / "missing.yaml"
+    result = sidecar(command, "-c", str(path))
+    assert result.returncode == 1
+    reason = f"{path}: cannot read the config file: No such file or directory"
+    expected = f"sidecar: cannot start: {reason}" if command == "run" else reason
+    assert result.stderr.splitlines() == [expected]
 
 
 def test_run_refuses_features_that_do_not_exist_yet(tmp_path: Path) -> None:

@@ -116,6 +116,13 @@ def alive(pid: int) -> bool:
         return False
 
 
+def snapshot_of(pid: int) -> Path:
+    """The approved-config snapshot a worker was started with (its `--snapshot` argument)."""
+    with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+        argv = cmdline.read().decode().split("\0")
+    return Path(argv[argv.index("--snapshot") + 1])
+
+
 async def gone(pids: list[int], timeout: float = 8) -> bool:
     deadline = time.monotonic() + timeout
     while any(alive(pid) for pid in pids):
@@ -248,12 +255,13 @@ async def test_a_crash_looping_worker_backs_off_then_recovers(tmp_path: Path, up
     port = free_port()
     async for sup in start(tmp_path, upstream, port=port):
         await sup.first_line()
-        path = tmp_path / "workers.yaml"
-        good = path.read_text()
         async with aiohttp.ClientSession() as session:
-            victim = (await workers_of(session, sup))[0]["pid"]
-            # A restarted worker reads the file: while it is broken, worker 0 cannot start again.
-            path.write_text(good + "bogus: 1\n")
+            victim, survivor = (worker["pid"] for worker in await workers_of(session, sup))
+            # A restarted worker reads the supervisor's snapshot of the config it approved (a broken file is
+            # refused before any worker sees it): while the snapshot is broken, worker 0 cannot start again.
+            snapshot = snapshot_of(survivor)
+            good = snapshot.read_text()
+            snapshot.write_text(good + "bogus: 1\n")
             os.kill(victim, signal.SIGKILL)
             deadline = time.monotonic() + 10
             while "retrying in 1s" not in sup.log():
@@ -267,7 +275,7 @@ async def test_a_crash_looping_worker_backs_off_then_recovers(tmp_path: Path, up
                 assert "worker 0 restarting (failed to start: exited with code 1)" in await response.text()
             # Worker 1 keeps serving meanwhile.
             assert await send(f"http://127.0.0.1:{port}/meanwhile", 20) == [200] * 20
-            path.write_text(good)
+            snapshot.write_text(good)
             await wait_ready(session, sup)
         sup.proc.send_signal(signal.SIGTERM)
         assert await sup.wait() == 0, sup.log()

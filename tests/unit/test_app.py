@@ -1,4 +1,5 @@
-"""The composition root's refusal of features that do not exist yet, against the shipped examples."""
+"""The composition root: refusal of features that do not exist yet (against the shipped examples), and the
+ports a worker pins."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from proxy.app import unsupported_keys
+from proxy.app import unsupported_keys, with_ports
 from proxy.config.load import load_config
 
 CONFIG = Path(__file__).resolve().parents[2] / "config"
@@ -32,3 +33,16 @@ def test_the_full_contract_names_what_is_not_built_yet(tmp_path: Path) -> None:
     assert "tracing.otlp" in missing and "access_log" in missing
     assert not any(key.endswith((".retries", ".circuit_breaker", ".limits", ".rate_limit", ".fault",
                                  ".outlier_detection")) for key in missing)
+
+
+def test_with_ports_pins_only_listeners_still_configured_with_port_zero(tmp_path: Path) -> None:
+    (tmp_path / "c.yaml").write_text(
+        "listeners:\n"
+        "  - {name: zero, address: '127.0.0.1:0', routes: []}\n"
+        "  - {name: fixed, address: '127.0.0.1:8080', routes: []}\n"
+        "  - {name: other, address: '127.0.0.1:0', routes: []}\n")
+    loaded = load_config(tmp_path / "c.yaml")
+    pinned = with_ports(loaded, {"zero": 40001, "fixed": 40002})
+    assert [listener.address.port for listener in pinned.config.listeners] == [40001, 8080, 0]
+    assert pinned.version_hash == loaded.version_hash
+    assert with_ports(loaded, {}) is loaded

@@ -5,13 +5,25 @@ from __future__ import annotations
 import hashlib
 import shutil
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from proxy.config.load import ConfigError, LoadedConfig, Problem, load_config
+from proxy.config import load as load_module
+from proxy.config.load import (
+    MAX_ALIAS_NODES,
+    MAX_DEPTH,
+    ConfigError,
+    ConfigUnreadable,
+    LoadedConfig,
+    Problem,
+    load_config,
+    parse_config,
+    read_config,
+)
 from proxy.config.model import Address, parse_duration, parse_size
 
 REPO = Path(__file__).resolve().parents[3]
@@ -352,9 +364,15 @@ def test_top_level_must_be_one_mapping(tmp_path: Path, text: str, line: int, mes
     assert problems(path) == [f"{path}:{line}: {message}"]
 
 
-def test_unreadable_file(tmp_path: Path) -> None:
+def test_unreadable_file_is_one_problem_without_a_line(tmp_path: Path) -> None:
     path = tmp_path / "absent.yaml"
-    assert problems(path) == [f"{path}:1: cannot read the config file: No such file or directory"]
+    with pytest.raises(ConfigUnreadable) as caught:
+        load_config(path)
+    expected = f"{path}: cannot read the config file: No such file or directory"
+    assert [str(p) for p in caught.value.problems] == [expected]
+    assert caught.value.reason == "No such file or directory"
+    with pytest.raises(ConfigUnreadable):
+        load_config(tmp_path)  # a directory
 
 
 def test_problem_file_is_the_path_as_given(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -412,3 +430,81 @@ def test_config_error_message_is_one_problem_per_line(tmp_path: Path) -> None:
         load_config(path)
     assert str(caught.value).splitlines() == [
         f"{path}:1: workers: workers must be at least 1 (or 'auto')", f"{path}:2: colour: unknown key"]
+
+
+# --- budgets: alias bombs, absurd nesting ------------------------------------------------------------
+
+
+def bomb(levels: int, width: int = 9) -> str:
+    """A "billion laughs": each anchor is a list of `width` aliases of the one before (width**levels nodes)."""
+    lines = ["a0: &a0 [" + ", ".join(["x"] * width) + "]"]
+    lines += [f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * width) + "]" for i in range(1, levels)]
+    return "\n".join(lines) + "\nlisteners: []\n"
+
+
+def test_alias_bomb_is_refused_at_the_alias_that_crosses_the_budget_before_anything_is_built(
+        tmp_path: Path) -> None:
+    path = write(tmp_path, bomb(8))  # 9**8 = 43 million nodes from 382 bytes
+    started = time.perf_counter()
+    found = problems(path)
+    assert time.perf_counter() - started < 0.5
+    # a0..a4 copy in 74,718 nodes; the first *a4 in a5's list adds 66,430 more: line 6 crosses 100,000.
+    assert found == [f"{path}:6: alias *a4 expands the config past the limit of {MAX_ALIAS_NODES} YAML nodes "
+                     "copied in by aliases (nested aliases multiply)"]
+
+
+def test_many_small_aliases_count_against_the_alias_budget(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(load_module, "MAX_ALIAS_NODES", 5)
+    path = write(tmp_path, "x: &x 1\nlist:\n" + "".join(f"  - *x  # {i}\n" for i in range(8)))
+    (found,) = problems(path)
+    assert found.startswith(f"{path}:8: alias *x expands the config past the limit of 5 ")
+
+
+def test_aliases_within_the_budget_load_as_if_written_out(tmp_path: Path) -> None:
+    # The legitimate use: one retry policy shared by many routes.
+    first = "      - {name: r0, match: {prefix: /0}, cluster: backend, retries: &policy {attempts: 2, on: [reset]}}\n"
+    rest = "".join(f"      - {{name: r{i}, match: {{prefix: /{i}}}, cluster: backend, retries: *policy}}\n"
+                   for i in range(1, 300))
+    path = write(tmp_path, "listeners:\n  - name: out\n    address: 127.0.0.1:0\n    routes:\n" + first + rest
+                 + "clusters:\n  - {name: backend, endpoints: ['127.0.0.1:8080']}\n")
+    routes = load_config(path).config.listeners[0].routes
+    assert len(routes) == 300
+    assert all(route.retries is not None and route.retries.attempts == 2 for route in routes)
+
+
+def test_nesting_deeper_than_the_budget_is_refused_at_its_line(tmp_path: Path) -> None:
+    path = write(tmp_path, "workers: 1\nlisteners: " + "[" * 5000 + "]" * 5000 + "\n")
+    assert problems(path) == [f"{path}:2: nested deeper than the limit of {MAX_DEPTH} levels"]
+
+
+def test_nesting_made_deep_by_aliases_is_refused_at_the_alias(tmp_path: Path) -> None:
+    # Each anchor nests the previous one a level deeper: only the expansion is deeper than the budget.
+    lines = ["d0: &d0 [x]"] + [f"d{i}: &d{i} [*d{i - 1}]" for i in range(1, 70)]
+    path = write(tmp_path, "\n".join(lines) + "\n")
+    # d_i's list sits at level 2 and *d_(i-1) below it expands i+1 levels: d62's alias reaches level 65.
+    assert problems(path) == [f"{path}:63: alias *d61 nests the config deeper than the limit of {MAX_DEPTH} levels"]
+
+
+def test_node_budget_counts_written_and_aliased_nodes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(load_module, "MAX_NODES", 10)
+    # root, a, [, 1, 2, b, and *a copies 3 more: 9; then c, and c's list is the 11th node.
+    path = write(tmp_path, "a: &a [1, 2]\nb: *a\nc: [3]\n")
+    assert problems(path) == [f"{path}:3: the config has more than the limit of 10 YAML nodes (aliases expanded)"]
+
+
+def test_recursive_alias_is_still_a_problem_not_a_hang(tmp_path: Path) -> None:
+    path = write(tmp_path, "listeners: &l [*l, *l]\n")
+    assert f"{path}:1: listeners[0]: recursive YAML alias" in problems(path)
+
+
+def test_undefined_alias_is_a_syntax_error_at_its_line(tmp_path: Path) -> None:
+    path = write(tmp_path, "workers: 1\nlisteners: *nowhere\n")
+    assert problems(path) == [f"{path}:2: YAML syntax error: found undefined alias 'nowhere'"]
+
+
+def test_parse_config_takes_bytes_and_hashes_them(tmp_path: Path) -> None:
+    path = write(tmp_path, MINIMAL_TAIL)
+    raw = read_config(path)
+    loaded = parse_config(raw, path)
+    assert loaded.version_hash == hashlib.sha256(raw).hexdigest() == load_config(path).version_hash
+    assert loaded.path == path and loaded.source_text == raw.decode()
