@@ -34,6 +34,7 @@ COMPILED_MODULES = [
     "proxy/resilience/retry.py",
     "proxy/resilience/timeout.py",
     "proxy/routing/match.py",
+    "proxy/routing/regex.py",
     "proxy/routing/split.py",
     "proxy/routing/table.py",
     "proxy/telemetry/cells.py",
