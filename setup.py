@@ -26,6 +26,7 @@ COMPILED_MODULES = [
     "proxy/filters/trace.py",
     "proxy/http/client.py",
     "proxy/http/headers.py",
+    "proxy/http/path.py",
     "proxy/http/server.py",
     "proxy/resilience/breaker.py",
     "proxy/resilience/budget.py",

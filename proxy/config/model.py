@@ -144,6 +144,7 @@ class HttpSettings(_Model):
     stream_idle_timeout: Duration = 300.0
     max_request_body: Size = 0
     max_requests_in_flight: int = Field(default=10000, ge=0)
+    path_normalization: Literal["base", "merge_slashes", "decode_and_merge_slashes", "none"] = "base"
 
 
 class ListenerTls(_Model):

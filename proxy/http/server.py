@@ -28,6 +28,7 @@ from proxy.http.headers import (
     new_request_id,
     serialize_response,
 )
+from proxy.http.path import BASE, normalize_path, refusal
 from proxy.local_reply import Cause, LocalReply, local_reply
 from proxy.message import Headers, RequestHead, ResponseHead, authority_of
 
@@ -58,6 +59,7 @@ class ServerSettings:
     max_request_body: int = 0
     max_requests_in_flight: int = 10000
     scheme: bytes = b"http"
+    path_normalization: int = BASE  # a mode of proxy.http.path
 
 
 class ReadControl(Protocol):
@@ -675,6 +677,11 @@ class ServerConnection(asyncio.Protocol):
             raise httptools.HttpParserError("missing or repeated Host header")
         host_header = host if host is not None else b""
         path, _, query = target.partition(b"?")
+        # Routes match, and the upstream gets, the normalized path (proxy.http.path).
+        normalized = normalize_path(path, self.listener.settings.path_normalization)
+        if normalized is None:
+            raise httptools.HttpParserError(refusal(path))
+        path = normalized
         request_id = b""
         for name, value in headers:
             if name == X_REQUEST_ID:

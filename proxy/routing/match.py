@@ -1,7 +1,8 @@
 """Compiled route matchers: a `RouteMatch` from the config becomes a `RouteMatcher` once, at table build.
 
 Owns the meaning of every match condition (CONTRACT.md, "Semantics users rely on"):
-- path `exact` / `prefix` / `regex` see the raw path without the query; `regex` must match the whole path;
+- path `exact` / `prefix` / `regex` see the path as the listener normalized it (`http.path_normalization`;
+  the codec did it, see proxy.http.path), without the query; `regex` must match the whole path;
 - every `regex` is RE2 (proxy.routing.regex): linear time, so no pattern can stall a worker;
 - `host` is an exact name or a leading `*.` wildcard (any subdomain, never the bare domain), compared
   case-insensitively with `RequestHead.authority` (the codec already lower-cased it and dropped the port);

@@ -1,8 +1,9 @@
 """What routes see and what goes upstream for hostile request targets, end to end over raw sockets.
 
-A sidecar with a route meant to block `/admin` (answered locally, 403) and a regex route before a
-catch-all to a recording upstream: regexes that would backtrack for seconds run in linear time (RE2),
-and `validate` refuses what RE2 cannot run.
+A sidecar with one listener per `http.path_normalization` mode, each with a route meant to block `/admin`
+(answered locally, 403) before a catch-all to a recording upstream: the bytes the upstream receives show
+what each mode does to `/api/../admin`, `/%61dmin`, `//admin`, `/./admin` and friends. Then regexes that
+would backtrack for seconds (RE2 runs them in linear time), and `validate` refusing what RE2 cannot run.
 """
 
 from __future__ import annotations
@@ -19,13 +20,16 @@ import pytest
 
 from tests.integration.raw import RawClient, RawResponse, RawUpstream
 
+MODES = ("none", "base", "merge_slashes", "decode_and_merge_slashes")
 BLOCKED = 403
 
 
 def listener(mode: str) -> str:
+    # `base` is the default: that listener says nothing, so it also shows what a config gets by default.
+    setting = "" if mode == "base" else f"\n        http: {{path_normalization: {mode}}}"
     return f"""
       - name: {mode}
-        address: "127.0.0.1:0"
+        address: "127.0.0.1:0"{setting}
         routes:
           - name: block-admin
             match: {{prefix: /admin}}
@@ -62,8 +66,15 @@ async def start(sidecar: Any, modes: tuple[str, ...]) -> AsyncIterator[tuple[Any
 
 @pytest.fixture
 async def env(sidecar: Any) -> AsyncIterator[tuple[Any, RawUpstream, RawUpstream]]:
-    """One listener with the default settings."""
+    """One listener with the default settings (`base`)."""
     async for started in start(sidecar, ("base",)):
+        yield started
+
+
+@pytest.fixture
+async def modes(sidecar: Any) -> AsyncIterator[tuple[Any, RawUpstream, RawUpstream]]:
+    """One listener per normalization mode, each named for its mode."""
+    async for started in start(sidecar, MODES):
         yield started
 
 
@@ -82,6 +93,68 @@ async def exchange(port: int, request: bytes) -> tuple[RawResponse, bool]:
 def get(target: bytes, *headers: bytes, host: bytes = b"svc") -> bytes:
     lines = [b"GET " + target + b" HTTP/1.1", b"Host: " + host, *headers, b"Connection: close"]
     return b"\r\n".join(lines) + b"\r\n\r\n"
+
+
+async def upstream_target(running: Any, upstream: RawUpstream, mode: str, target: bytes) -> bytes | int:
+    """The request target the upstream received for `target` sent on `mode`'s listener, or the status
+    of the sidecar's own answer when nothing reached the upstream."""
+    before = len(upstream.requests)
+    response, _ = await exchange(running.port(mode), get(target))
+    if len(upstream.requests) == before:
+        assert response.header(b"proxy-status") is not None, response
+        return response.status
+    assert response.status == 200, response
+    return upstream.requests[-1].target
+
+
+# For each raw target: what the upstream receives on the listeners none, base, merge_slashes and
+# decode_and_merge_slashes (bytes), or the status the sidecar answered itself (403: the /admin route held).
+PATHS: list[tuple[bytes, tuple[bytes | int, bytes | int, bytes | int, bytes | int]]] = [
+    (b"/admin", (BLOCKED, BLOCKED, BLOCKED, BLOCKED)),
+    (b"/api/../admin", (b"/api/../admin", BLOCKED, BLOCKED, BLOCKED)),
+    (b"/%61dmin", (b"/%61dmin", BLOCKED, BLOCKED, BLOCKED)),
+    (b"/%2e/admin", (b"/%2e/admin", BLOCKED, BLOCKED, BLOCKED)),
+    (b"/./admin", (b"/./admin", BLOCKED, BLOCKED, BLOCKED)),
+    (b"/api\\..\\admin", (b"/api\\..\\admin", BLOCKED, BLOCKED, BLOCKED)),  # backslashes are slashes
+    (b"//admin", (b"//admin", b"//admin", BLOCKED, BLOCKED)),
+    (b"/x%2F..%2Fadmin", (b"/x%2F..%2Fadmin", b"/x%2F..%2Fadmin", b"/x%2F..%2Fadmin", BLOCKED)),
+    (b"/x%5c..%5cadmin", (b"/x%5c..%5cadmin", b"/x%5c..%5cadmin", b"/x%5c..%5cadmin", BLOCKED)),
+    # A lone `%` that decoding would complete into `%61` is escaped: the upstream must not decode `admin`.
+    (b"/%%361dmin", (b"/%%361dmin", b"/%2561dmin", b"/%2561dmin", b"/%2561dmin")),
+    # Other escapes are kept exactly as sent, hex case included.
+    (b"/a%2fb%3A%7e", (b"/a%2fb%3A%7e", b"/a%2fb%3A~", b"/a%2fb%3A~", b"/a/b%3A~")),
+    # The query string is never touched.
+    (b"/x/./y?a=/../b&c=%61", (b"/x/./y?a=/../b&c=%61", b"/x/y?a=/../b&c=%61", b"/x/y?a=/../b&c=%61",
+                               b"/x/y?a=/../b&c=%61")),
+    # Above the root: 400 (RFC 3986 would clamp to `/`); an encoded NUL: 400.
+    (b"/../admin", (b"/../admin", 400, 400, 400)),
+    (b"/a/%2e%2e/..", (b"/a/%2e%2e/..", 400, 400, 400)),
+    (b"/a%00", (b"/a%00", 400, 400, 400)),
+]
+
+
+async def test_each_normalization_mode_decides_what_routes_see_and_what_goes_upstream(modes: Any) -> None:
+    running, app, _ = modes
+    seen = {
+        raw: tuple([await upstream_target(running, app, mode, raw) for mode in MODES]) for raw, _ in PATHS}
+    assert seen == dict(PATHS)
+
+
+async def test_by_default_a_prefix_route_sees_admin_however_it_is_spelled(env: Any) -> None:
+    running, app, _ = env
+    for raw in (b"/api/../admin", b"/%61dmin", b"/./admin", b"/api/%2e%2e/admin", b"/api\\..\\admin"):
+        assert await upstream_target(running, app, "base", raw) == BLOCKED, raw
+    # `base` keeps empty segments (Envoy's normalize_path; Istio's BASE): merge_slashes also catches `//admin`.
+    assert await upstream_target(running, app, "base", b"//admin") == b"//admin"
+
+
+async def test_a_path_above_the_root_is_a_400_request_error_and_closes(env: Any) -> None:
+    running, app, _ = env
+    response, closed = await exchange(running.port("base"), get(b"/../x"))
+    assert response.status == 400
+    assert response.header(b"proxy-status") == (
+        b'sidecar; error=http_request_error; details="malformed request: path climbs above the root"')
+    assert closed and not app.requests
 
 
 async def test_a_backtracking_regex_does_not_stall_the_worker(env: Any) -> None:

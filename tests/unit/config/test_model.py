@@ -1,11 +1,12 @@
-"""Schema checks of proxy.config.model that the loader tests do not already cover: RE2 regexes."""
+"""Schema checks of proxy.config.model that the loader tests do not already cover: RE2 regexes and the
+listener's `http.path_normalization`."""
 
 from __future__ import annotations
 
 import pytest
 from pydantic import ValidationError
 
-from proxy.config.model import RouteMatch, StringMatcher, compile_regex
+from proxy.config.model import HttpSettings, RouteMatch, StringMatcher, compile_regex
 
 
 @pytest.mark.parametrize(("pattern", "says"), [
@@ -34,3 +35,10 @@ def test_every_regex_key_is_checked_with_re2() -> None:
             build()
     # RE2 syntax that Python's `re` does not know is accepted.
     assert RouteMatch(regex=r"/\pL+/[[:digit:]]+").regex
+
+
+def test_path_normalization_is_base_by_default_and_one_of_istios_names() -> None:
+    assert HttpSettings().path_normalization == "base"
+    assert HttpSettings(path_normalization="decode_and_merge_slashes").path_normalization == "decode_and_merge_slashes"
+    with pytest.raises(ValidationError):
+        HttpSettings(path_normalization="BASE")  # type: ignore[arg-type]
