@@ -24,6 +24,7 @@ COMPILED_MODULES = [
     "proxy/filters/headers.py",
     "proxy/filters/ratelimit.py",
     "proxy/filters/trace.py",
+    "proxy/http/authority.py",
     "proxy/http/client.py",
     "proxy/http/headers.py",
     "proxy/http/path.py",

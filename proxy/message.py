@@ -60,8 +60,8 @@ class RequestHead(Record):
     `path` is the path without the query string or fragment, as the listener's `http.path_normalization`
     left it (proxy.http.path; still percent-encoded): what path matchers see and what goes upstream;
     `query` the raw query string without `?`; `authority` the Host (or absolute-form authority)
-    lower-cased and without its port (what host matchers see); `host_header` the full Host value
-    forwarded upstream.
+    lower-cased, without its port or a trailing dot (what host matchers see); `host_header` the full Host
+    value forwarded upstream.
     """
 
     __slots__ = ("authority", "headers", "host_header", "http_minor", "keep_alive", "method", "path", "query")

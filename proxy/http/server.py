@@ -20,6 +20,7 @@ from typing import Protocol, cast
 
 import httptools
 
+from proxy.http.authority import route_authority
 from proxy.http.headers import (
     HOP_BY_HOP,
     X_REQUEST_ID,
@@ -30,7 +31,7 @@ from proxy.http.headers import (
 )
 from proxy.http.path import BASE, normalize_path, refusal
 from proxy.local_reply import Cause, LocalReply, local_reply
-from proxy.message import Headers, RequestHead, ResponseHead, authority_of
+from proxy.message import Headers, RequestHead, ResponseHead
 
 log = logging.getLogger("proxy.http.server")
 
@@ -665,9 +666,12 @@ class ServerConnection(asyncio.Protocol):
         if target[:1] != b"/":
             absolute = _split_absolute(target)
             if absolute is not None:
-                # Absolute-form (the app uses us as its HTTP proxy): the authority replaces Host.
+                # Absolute-form (the app uses us as its HTTP proxy): the authority replaces Host. A Host sent
+                # too must still be a valid one, and only one (RFC 9112 section 3.2).
+                if host is not None and route_authority(host) is None:
+                    raise httptools.HttpParserError("invalid Host header")
                 host, target = absolute
-                hosts = 1
+                hosts = max(hosts, 1)
             elif method == b"CONNECT":
                 local = local_reply(Cause.METHOD_NOT_ALLOWED, close=True)
                 target = b"/"
@@ -676,6 +680,11 @@ class ServerConnection(asyncio.Protocol):
         if local is None and (hosts > 1 or (hosts == 0 and http_minor == 1)):
             raise httptools.HttpParserError("missing or repeated Host header")
         host_header = host if host is not None else b""
+        authority = route_authority(host_header)
+        if authority is None:
+            if local is None:
+                raise httptools.HttpParserError("invalid Host header or authority")
+            authority = ""  # CONNECT's target is its authority; it is refused (405) anyway
         path, _, query = target.partition(b"?")
         # Routes match, and the upstream gets, the normalized path (proxy.http.path).
         normalized = normalize_path(path, self.listener.settings.path_normalization)
@@ -691,7 +700,7 @@ class ServerConnection(asyncio.Protocol):
             request_id = new_request_id(self.listener.rng)
             headers.append((X_REQUEST_ID, request_id))
         head = RequestHead(method=method, path=path.decode("latin-1"), query=query,
-                           authority=authority_of(host_header.decode("latin-1")), host_header=host_header,
+                           authority=authority, host_header=host_header,
                            headers=headers,
                            keep_alive=parser.should_keep_alive(), http_minor=http_minor)
         body: RequestBody | None = None

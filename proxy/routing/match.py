@@ -6,6 +6,7 @@ Owns the meaning of every match condition (CONTRACT.md, "Semantics users rely on
 - every `regex` is RE2 (proxy.routing.regex): linear time, so no pattern can stall a worker;
 - `host` is an exact name or a leading `*.` wildcard (any subdomain, never the bare domain), compared
   case-insensitively with `RequestHead.authority` (the codec already lower-cased it and dropped the port);
+  a trailing dot on either side is ignored (`example.com.` is the fully-qualified `example.com`);
 - `methods` lists the methods that match (HTTP methods are case-sensitive; the config upper-cases them);
 - `headers` / `query` map a name to a value matcher; `{present: false}` means absent; repeated headers are
   joined with "," before matching (as Envoy does); for query parameters the first value wins;
@@ -37,6 +38,12 @@ _PATH_ANY: Final = 0
 _PATH_EXACT: Final = 1
 _PATH_PREFIX: Final = 2
 _PATH_REGEX: Final = 3
+
+
+def host_name(host: str) -> str:
+    """A `match.host` as requests' authorities are compared with it: lower-case, without a trailing dot
+    (the codec drops a request's too: `example.com.` is the fully-qualified `example.com`)."""
+    return host.lower().removesuffix(".")
 
 
 class ValueMatcher:
@@ -163,7 +170,7 @@ class RouteMatcher:
         host: str | None = None
         wildcard = False
         if check_host and match.host is not None:
-            name = match.host.lower()
+            name = host_name(match.host)
             if name.startswith("*."):
                 # Keep the leading dot: "a.example.com".endswith(".example.com") but "example.com" does not.
                 host, wildcard = name[1:], True

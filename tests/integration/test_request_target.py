@@ -3,7 +3,8 @@
 A sidecar with one listener per `http.path_normalization` mode, each with a route meant to block `/admin`
 (answered locally, 403) before a catch-all to a recording upstream: the bytes the upstream receives show
 what each mode does to `/api/../admin`, `/%61dmin`, `//admin`, `/./admin` and friends. Then regexes that
-would backtrack for seconds (RE2 runs them in linear time), and `validate` refusing what RE2 cannot run.
+would backtrack for seconds (RE2 runs them in linear time), `validate` refusing what RE2 cannot run, Host
+and absolute-form authorities that are not valid (400), and a trailing dot.
 """
 
 from __future__ import annotations
@@ -210,3 +211,46 @@ clusters:
         "lookbehind ((?=, (?!, (?<=, (?<!) are not RE2 syntax (RE2 matches in linear time, so it has "
         "neither backreferences nor lookaround)",
     ], lines
+
+
+INVALID_HOSTS = [b"a b", b"a#b", b"a?b", b"a/b", b"svc:http", b"svc:80:81", b"[svc]", b"[::1", b"a@b", b":80"]
+
+
+@pytest.mark.parametrize("host", INVALID_HOSTS)
+async def test_an_invalid_host_is_a_400_and_nothing_goes_upstream(env: Any, host: bytes) -> None:
+    running, app, _ = env
+    response, closed = await exchange(running.port("base"), get(b"/x", host=host))
+    assert response.status == 400, host
+    assert (response.header(b"proxy-status") or b"").startswith(b"sidecar; error=http_request_error")
+    assert closed and not app.requests
+
+
+@pytest.mark.parametrize("target", [b"http://svc:80:81/x", b"http://[svc]/x", b"http://a%zz/x", b"http://svc:x/"])
+async def test_an_invalid_absolute_form_authority_is_a_400(env: Any, target: bytes) -> None:
+    running, app, _ = env
+    response, closed = await exchange(running.port("base"), get(target))
+    assert response.status == 400, target
+    assert closed and not app.requests
+
+
+async def test_absolute_form_with_a_second_host_header_is_a_400(env: Any) -> None:
+    running, app, campaign = env
+    port = running.port("base")
+    one, _ = await exchange(port, get(b"http://campaign-service/x"))
+    assert one.status == 200 and campaign.requests[-1].target == b"/x"
+    two, closed = await exchange(port, get(b"http://campaign-service/x", b"Host: other", host=b"svc"))
+    assert two.status == 400 and closed
+    assert len(campaign.requests) == 1 and not app.requests
+
+
+async def test_valid_hosts_pass_and_a_trailing_dot_matches_the_name_without_it(env: Any) -> None:
+    running, app, campaign = env
+    port = running.port("base")
+    for host in (b"campaign-service.", b"Campaign-Service.:8080", b"campaign-service:"):
+        response, _ = await exchange(port, get(b"/x", host=host))
+        assert response.status == 200, host
+        assert campaign.requests[-1].header(b"host") == host  # forwarded as the client sent it
+    for host in (b"[::1]:8080", b"10.0.0.7", b"svc.default.svc.cluster.local", b"xn--bcher-kva.example"):
+        response, _ = await exchange(port, get(b"/x", host=host))
+        assert response.status == 200, host
+    assert len(campaign.requests) == 3 and len(app.requests) == 4
