@@ -22,7 +22,9 @@ becomes `%25` when decoding would otherwise turn it into a new escape (`%%361dmi
 twice gives what normalizing once gave. Characters Chromium would percent-encode but llhttp accepts raw
 (`"<>\\`{}|^`) are passed as received.
 
-Must not: see the query string or fragment (the codec splits them off first), allocate when there is
+Also owns cutting the fragment off a request target (`without_fragment`).
+
+Must not: see the query string or fragment in `normalize_path` (the codec splits them off first), allocate when there is
 nothing to normalize (the common path returns its input object), or raise on any input.
 """
 
@@ -47,6 +49,7 @@ _SLASH: Final = 47  # ord("/")
 _PERCENT: Final = 37  # ord("%")
 _BACKSLASH: Final = 92  # ord("\\")
 _DOT: Final = 46  # ord(".")
+_HASH: Final = 35  # ord("#")
 # byte -> its value as a hex digit, or 16 when it is none (a table: int() would accept "+1" and " 1").
 _HEX: Final = bytes(int(chr(b), 16) if chr(b) in "0123456789abcdefABCDEF" else 16 for b in range(256))
 # byte -> 1 when it is an RFC 3986 unreserved character (an escape of one is decoded).
@@ -54,6 +57,14 @@ _UNRESERVED: Final = bytes(
     1 if (48 <= b <= 57 or 65 <= b <= 90 or 97 <= b <= 122 or b in b"-._~") else 0 for b in range(256))
 # The decoded unreserved characters as one-byte strings, indexed by value.
 _CHARS: Final = tuple(bytes((b,)) for b in range(256))
+
+
+def without_fragment(target: bytes) -> bytes:
+    """The request target without its fragment (`#...`): client-side only (RFC 9110 section 7.1), so it is
+    never forwarded, and it is cut before anything else reads the target."""
+    if _HASH in target:
+        return target[:target.find(b"#")]
+    return target
 
 
 def normalize_path(path: bytes, mode: int) -> bytes | None:

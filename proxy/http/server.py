@@ -29,7 +29,7 @@ from proxy.http.headers import (
     new_request_id,
     serialize_response,
 )
-from proxy.http.path import BASE, normalize_path, refusal
+from proxy.http.path import BASE, normalize_path, refusal, without_fragment
 from proxy.local_reply import Cause, LocalReply, local_reply
 from proxy.message import Headers, RequestHead, ResponseHead
 
@@ -626,6 +626,8 @@ class ServerConnection(asyncio.Protocol):
         websocket = False
         connection = False
         proxy_named = False
+        request_id = b""
+        request_ids = 0
         version: str = parser.get_http_version()
         if version == "1.1":
             http_minor = 1
@@ -653,6 +655,10 @@ class ServerConnection(asyncio.Protocol):
                 connection = True
             elif name[:6] == b"proxy-":
                 proxy_named = True
+            elif name == X_REQUEST_ID:
+                request_ids += 1
+                if not request_id:
+                    request_id = value  # the first non-empty one
         # Host, framing, Expect and hop-by-hop headers stop here: the upstream request is framed anew
         # (Host is written from `host_header`, which absolute-form and rewrite.host may change).
         named = connection_tokens(headers) if connection else frozenset()
@@ -661,7 +667,7 @@ class ServerConnection(asyncio.Protocol):
             headers = [(n, v) for n, v in headers if n not in named]
         if proxy_named:
             headers = [(n, v) for n, v in headers if n[:6] != b"proxy-"]
-        target = self._url
+        target = without_fragment(self._url)
         local: LocalReply | None = None
         if target[:1] != b"/":
             absolute = _split_absolute(target)
@@ -691,13 +697,14 @@ class ServerConnection(asyncio.Protocol):
         if normalized is None:
             raise httptools.HttpParserError(refusal(path))
         path = normalized
-        request_id = b""
-        for name, value in headers:
-            if name == X_REQUEST_ID:
-                request_id = value
-                break
-        if not request_id:
-            request_id = new_request_id(self.listener.rng)
+        if X_REQUEST_ID in named:
+            request_id, request_ids = b"", 0  # removed above with what Connection names
+        if request_ids != 1 or not request_id:
+            # Absent, empty or repeated: exactly one goes upstream (the first non-empty one, else a new one).
+            if request_ids:
+                headers = [(n, v) for n, v in headers if n != X_REQUEST_ID]
+            if not request_id:
+                request_id = new_request_id(self.listener.rng)
             headers.append((X_REQUEST_ID, request_id))
         head = RequestHead(method=method, path=path.decode("latin-1"), query=query,
                            authority=authority, host_header=host_header,

@@ -4,7 +4,8 @@ A sidecar with one listener per `http.path_normalization` mode, each with a rout
 (answered locally, 403) before a catch-all to a recording upstream: the bytes the upstream receives show
 what each mode does to `/api/../admin`, `/%61dmin`, `//admin`, `/./admin` and friends. Then regexes that
 would backtrack for seconds (RE2 runs them in linear time), `validate` refusing what RE2 cannot run, Host
-and absolute-form authorities that are not valid (400), and a trailing dot.
+and absolute-form authorities that are not valid (400), a trailing dot, `x-request-id` that is empty or
+repeated, and fragments (never sent upstream).
 """
 
 from __future__ import annotations
@@ -254,3 +255,37 @@ async def test_valid_hosts_pass_and_a_trailing_dot_matches_the_name_without_it(e
         response, _ = await exchange(port, get(b"/x", host=host))
         assert response.status == 200, host
     assert len(campaign.requests) == 3 and len(app.requests) == 4
+
+
+async def test_an_empty_or_repeated_request_id_goes_upstream_once(env: Any) -> None:
+    running, app, _ = env
+    port = running.port("base")
+    cases = [
+        ([b"X-Request-Id: "], None),
+        ([b"X-Request-Id: first", b"X-Request-Id: second"], b"first"),
+        ([b"X-Request-Id:", b"x-request-id: kept"], b"kept"),
+        ([b"X-Request-Id: only"], b"only"),
+    ]
+    for lines, expected in cases:
+        response, _ = await exchange(port, get(b"/x", *lines))
+        sent = [value for name, value in app.requests[-1].headers if name == b"x-request-id"]
+        assert len(sent) == 1 and sent[0], (lines, sent)
+        if expected is not None:
+            assert sent[0] == expected
+        else:
+            assert len(sent[0]) == 36  # a generated UUID4
+        assert response.header(b"x-request-id") == sent[0]
+
+
+async def test_the_fragment_is_never_sent_upstream(env: Any) -> None:
+    running, app, campaign = env
+    port = running.port("base")
+    for target, expected in ((b"/x#frag", b"/x"), (b"/x?q=1#f?g", b"/x?q=1"), (b"/x/./y#/../z", b"/x/y"),
+                             (b"/admin#x", None)):
+        response, _ = await exchange(port, get(target))
+        if expected is None:
+            assert response.status == BLOCKED
+        else:
+            assert response.status == 200 and app.requests[-1].target == expected
+    response, _ = await exchange(port, get(b"http://campaign-service/p#f"))
+    assert response.status == 200 and campaign.requests[-1].target == b"/p"

@@ -15,6 +15,7 @@ from proxy.http.path import (
     NONE,
     normalize_path,
     refusal,
+    without_fragment,
 )
 
 ALL = (NONE, BASE, MERGE_SLASHES, DECODE_AND_MERGE_SLASHES)
@@ -80,6 +81,13 @@ def test_the_fast_path_returns_the_same_object() -> None:
     for mode in ALL:
         assert normalize_path(path, mode) is path
     assert normalize_path(b"/a//b", BASE) == b"/a//b"  # base keeps `//` without leaving the fast path
+
+
+def test_the_fragment_is_cut_at_the_first_hash() -> None:
+    assert without_fragment(b"/a?q=1#frag#more?x") == b"/a?q=1"
+    assert without_fragment(b"/a#") == b"/a"
+    path = b"/a?q=1"
+    assert without_fragment(path) is path
 
 
 def test_refusal_says_why() -> None:
