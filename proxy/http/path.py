@@ -24,8 +24,9 @@ twice gives what normalizing once gave. Characters Chromium would percent-encode
 
 Also owns cutting the fragment off a request target (`without_fragment`).
 
-Must not: see the query string or fragment in `normalize_path` (the codec splits them off first), allocate when there is
-nothing to normalize (the common path returns its input object), or raise on any input.
+Must not: let `normalize_path` see the query string or fragment (the codec splits them off first),
+allocate when there is nothing to normalize (the common path returns its input object), or raise on any
+input.
 """
 
 from __future__ import annotations
@@ -75,7 +76,7 @@ def normalize_path(path: bytes, mode: int) -> bytes | None:
     # The fast path, taken by nearly every request: no escape, backslash or dot segment (every dot segment
     # follows a `/`, and most paths have no `.` at all), and no `//` where slashes are merged. A byte test
     # with an int is a bare memchr; a `find`, or `in` with a bytes needle, first parses its arguments or
-    # takes a buffer (about 10 times the instructions).
+    # takes a buffer (with `find` for every test, this took four times as long).
     if (_PERCENT not in path and _BACKSLASH not in path and (_DOT not in path or path.find(b"/.") < 0)
             and (mode == BASE or path.find(b"//") < 0)):
         return path
