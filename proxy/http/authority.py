@@ -82,9 +82,11 @@ def route_authority(value: bytes) -> str | None:
 def _ip_literal(value: bytes) -> str | None:
     """`[IPv6]` or `[IPv6]:port` -> the address, lower-case; None when it is not that."""
     end = value.find(b"]")
+    if end < 0:
+        return None  # checked before slicing: compiled, `value[1:-1]` of b"[" is a SystemError, not b""
     literal = value[1:end]
     rest = value[end + 1:]
-    if end < 0 or not literal or (rest and (rest[:1] != b":" or not (rest[1:].isdigit() or rest == b":"))):
+    if not literal or (rest and (rest[:1] != b":" or not (rest[1:].isdigit() or rest == b":"))):
         return None
     # Only hex digits, `:` and `.`: ipaddress would also take a zone (`%eth0`), which a Host cannot carry.
     if literal.translate(None, _IPV6):
