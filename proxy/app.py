@@ -32,6 +32,7 @@ from proxy.config.model import Cluster as ClusterConfig
 from proxy.config.watch import ConfigWatcher
 from proxy.discovery.static import static_endpoints
 from proxy.filters.trace import TracePropagator
+from proxy.http.path import MODES as PATH_MODES
 from proxy.http.server import ServerSettings, create_protocol_factory
 from proxy.outbound import OutboundListener, Router, build_router
 from proxy.routing.table import RouteTable
@@ -83,6 +84,7 @@ def server_settings(listener: Listener) -> ServerSettings:
         max_request_body=http.max_request_body,
         max_requests_in_flight=http.max_requests_in_flight,
         scheme=b"https" if listener.tls is not None else b"http",
+        path_normalization=PATH_MODES[http.path_normalization],
     )
 
 

@@ -57,10 +57,11 @@ class Record:
 class RequestHead(Record):
     """One request's head. Header names are lower-case bytes; values are raw bytes.
 
-    `path` is the raw path (as received, not percent-decoded) without the query string: what path
-    matchers see; `query` the raw query string without `?`; `authority` the Host (or absolute-form
-    authority) lower-cased and without its port (what host matchers see); `host_header` the full
-    Host value forwarded upstream.
+    `path` is the path without the query string or fragment, as the listener's `http.path_normalization`
+    left it (proxy.http.path; still percent-encoded): what path matchers see and what goes upstream;
+    `query` the raw query string without `?`; `authority` the Host (or absolute-form authority)
+    lower-cased, without its port or a trailing dot (what host matchers see); `host_header` the full Host
+    value forwarded upstream.
     """
 
     __slots__ = ("authority", "headers", "host_header", "http_minor", "keep_alive", "method", "path", "query")

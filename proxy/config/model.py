@@ -2,8 +2,9 @@
 
 Owns the schema: key names (exactly the YAML keys), types, defaults and per-field checks (durations,
 sizes, addresses, regexes, weights). Durations become float seconds, sizes int bytes, addresses
-`Address`. Cross-references between sections are checked in `validate.py`; YAML and line numbers are
-`load.py`'s. Must not import runtime code: each runtime owner compiles what it needs from here once.
+`Address`; regexes are RE2, compiled by `compile_regex` for the schema and the matchers alike.
+Cross-references between sections are checked in `validate.py`; YAML and line numbers are `load.py`'s.
+Must not import runtime code: each runtime owner compiles what it needs from here once.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
+import re2
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)\s*$")
@@ -46,6 +48,34 @@ def parse_size(value: Any) -> int:
     if not found:
         raise ValueError(f"bad size {value!r}: use a number with B, KiB, MiB or GiB, like '64KiB'")
     return int(found.group(1)) * _SIZE_UNITS[found.group(2)]
+
+
+def compile_regex(pattern: str) -> Any:
+    """`pattern` compiled as every matcher runs it: RE2 (linear time; Envoy's engine), no capture groups (a
+    matcher only asks yes or no). Raises ValueError saying what RE2 refuses, in the user's terms. The schema
+    and the matchers (proxy.routing.regex) both compile here, so `validate` refuses exactly what `run` would.
+    """
+    options = re2.Options()
+    options.never_capture = True
+    options.log_errors = False  # RE2 would print each refusal to stderr; the error is reported instead
+    try:
+        return re2.compile(pattern, options)
+    except re2.error as exc:
+        raw = exc.args[0] if exc.args else b""
+        detail = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
+        raise ValueError(f"bad regex {pattern!r}: {_re2_refusal(pattern, detail)}") from None
+
+
+def _re2_refusal(pattern: str, detail: str) -> str:
+    """RE2's complaint, said plainly for the two features users most often bring from other engines."""
+    if re.fullmatch(r"invalid escape sequence: \\[1-9k]", detail) or (
+            detail == "invalid perl operator: (?P" and "(?P=" in pattern):
+        what = "backreferences (\\1, (?P=name), \\k<name>)"
+    elif re.fullmatch(r"invalid perl operator: \(\?<?[=!]", detail):
+        what = "lookahead and lookbehind ((?=, (?!, (?<=, (?<!)"
+    else:
+        return f"not RE2 syntax: {detail}"
+    return f"{what} are not RE2 syntax (RE2 matches in linear time, so it has neither backreferences nor lookaround)"
 
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
@@ -149,6 +179,7 @@ class HttpSettings(_Model):
     stream_idle_timeout: Duration = 300.0
     max_request_body: Size = 0
     max_requests_in_flight: int = Field(default=10000, ge=0)
+    path_normalization: Literal["base", "merge_slashes", "decode_and_merge_slashes", "none"] = "base"
     http2: Http2Settings | None = None
 
 
@@ -185,10 +216,7 @@ class StringMatcher(_Model):
     @classmethod
     def _compiles(cls, value: str | None) -> str | None:
         if value is not None:
-            try:
-                re.compile(value)
-            except re.error as exc:
-                raise ValueError(f"bad regex {value!r}: {exc}") from None
+            compile_regex(value)
         return value
 
 

@@ -20,6 +20,7 @@ from typing import Protocol, cast
 
 import httptools
 
+from proxy.http.authority import route_authority
 from proxy.http.headers import (
     HOP_BY_HOP,
     X_REQUEST_ID,
@@ -28,8 +29,9 @@ from proxy.http.headers import (
     new_request_id,
     serialize_response,
 )
+from proxy.http.path import BASE, normalize_path, refusal, without_fragment
 from proxy.local_reply import Cause, LocalReply, local_reply
-from proxy.message import Headers, RequestHead, ResponseHead, authority_of
+from proxy.message import Headers, RequestHead, ResponseHead
 
 log = logging.getLogger("proxy.http.server")
 
@@ -62,6 +64,7 @@ class ServerSettings:
     max_request_body: int = 0
     max_requests_in_flight: int = 10000
     scheme: bytes = b"http"
+    path_normalization: int = BASE  # a mode of proxy.http.path
 
 
 class ReadControl(Protocol):
@@ -723,6 +726,8 @@ class ServerConnection(asyncio.Protocol):
         websocket = False
         connection = False
         proxy_named = False
+        request_id = b""
+        request_ids = 0
         version: str = parser.get_http_version()
         if version == "1.1":
             http_minor = 1
@@ -750,6 +755,10 @@ class ServerConnection(asyncio.Protocol):
                 connection = True
             elif name[:6] == b"proxy-":
                 proxy_named = True
+            elif name == X_REQUEST_ID:
+                request_ids += 1
+                if not request_id:
+                    request_id = value  # the first non-empty one
         # Host, framing, Expect and hop-by-hop headers stop here: the upstream request is framed anew
         # (Host is written from `host_header`, which absolute-form and rewrite.host may change).
         named = connection_tokens(headers) if connection else frozenset()
@@ -758,14 +767,17 @@ class ServerConnection(asyncio.Protocol):
             headers = [(n, v) for n, v in headers if n not in named]
         if proxy_named:
             headers = [(n, v) for n, v in headers if n[:6] != b"proxy-"]
-        target = self._url
+        target = without_fragment(self._url)
         local: LocalReply | None = None
         if target[:1] != b"/":
             absolute = _split_absolute(target)
             if absolute is not None:
-                # Absolute-form (the app uses us as its HTTP proxy): the authority replaces Host.
+                # Absolute-form (the app uses us as its HTTP proxy): the authority replaces Host. A Host sent
+                # too must still be a valid one, and only one (RFC 9112 section 3.2).
+                if host is not None and route_authority(host) is None:
+                    raise httptools.HttpParserError("invalid Host header")
                 host, target = absolute
-                hosts = 1
+                hosts = max(hosts, 1)
             elif method == b"CONNECT":
                 local = local_reply(Cause.METHOD_NOT_ALLOWED, close=True)
                 target = b"/"
@@ -774,17 +786,28 @@ class ServerConnection(asyncio.Protocol):
         if local is None and (hosts > 1 or (hosts == 0 and http_minor == 1)):
             raise httptools.HttpParserError("missing or repeated Host header")
         host_header = host if host is not None else b""
+        authority = route_authority(host_header)
+        if authority is None:
+            if local is None:
+                raise httptools.HttpParserError("invalid Host header or authority")
+            authority = ""  # CONNECT's target is its authority; it is refused (405) anyway
         path, _, query = target.partition(b"?")
-        request_id = b""
-        for name, value in headers:
-            if name == X_REQUEST_ID:
-                request_id = value
-                break
-        if not request_id:
-            request_id = new_request_id(self.listener.rng)
+        # Routes match, and the upstream gets, the normalized path (proxy.http.path).
+        normalized = normalize_path(path, self.listener.settings.path_normalization)
+        if normalized is None:
+            raise httptools.HttpParserError(refusal(path))
+        path = normalized
+        if X_REQUEST_ID in named:
+            request_id, request_ids = b"", 0  # removed above with what Connection names
+        if request_ids != 1 or not request_id:
+            # Absent, empty or repeated: exactly one goes upstream (the first non-empty one, else a new one).
+            if request_ids:
+                headers = [(n, v) for n, v in headers if n != X_REQUEST_ID]
+            if not request_id:
+                request_id = new_request_id(self.listener.rng)
             headers.append((X_REQUEST_ID, request_id))
         head = RequestHead(method=method, path=path.decode("latin-1"), query=query,
-                           authority=authority_of(host_header.decode("latin-1")), host_header=host_header,
+                           authority=authority, host_header=host_header,
                            headers=headers,
                            keep_alive=parser.should_keep_alive(), http_minor=http_minor)
         body: RequestBody | None = None

@@ -1,9 +1,12 @@
 """Compiled route matchers: a `RouteMatch` from the config becomes a `RouteMatcher` once, at table build.
 
 Owns the meaning of every match condition (CONTRACT.md, "Semantics users rely on"):
-- path `exact` / `prefix` / `regex` see the raw path without the query; `regex` must match the whole path;
+- path `exact` / `prefix` / `regex` see the path as the listener normalized it (`http.path_normalization`;
+  the codec did it, see proxy.http.path), without the query; `regex` must match the whole path;
+- every `regex` is RE2 (proxy.routing.regex): linear time, so no pattern can stall a worker;
 - `host` is an exact name or a leading `*.` wildcard (any subdomain, never the bare domain), compared
   case-insensitively with `RequestHead.authority` (the codec already lower-cased it and dropped the port);
+  a trailing dot on either side is ignored (`example.com.` is the fully-qualified `example.com`);
 - `methods` lists the methods that match (HTTP methods are case-sensitive; the config upper-cases them);
 - `headers` / `query` map a name to a value matcher; `{present: false}` means absent; repeated headers are
   joined with "," before matching (as Envoy does); for query parameters the first value wins;
@@ -16,12 +19,12 @@ garbage in a request means "no match", never an exception.
 
 from __future__ import annotations
 
-import re
 from typing import Final
 from urllib.parse import unquote_plus
 
 from proxy.config.model import RouteMatch, StringMatcher
 from proxy.message import RequestHead
+from proxy.routing.regex import Regex
 
 # Value matcher kinds: small int compares are cheaper on the hot path than isinstance dispatch.
 _EXACT: Final = 1
@@ -37,12 +40,18 @@ _PATH_PREFIX: Final = 2
 _PATH_REGEX: Final = 3
 
 
+def host_name(host: str) -> str:
+    """A `match.host` as requests' authorities are compared with it: lower-case, without a trailing dot
+    (the codec drops a request's too: `example.com.` is the fully-qualified `example.com`)."""
+    return host.lower().removesuffix(".")
+
+
 class ValueMatcher:
     """One compiled `StringMatcher`: tests a header value or query parameter (None = absent)."""
 
     __slots__ = ("_kind", "_pattern", "_text")
 
-    def __init__(self, kind: int, text: str = "", pattern: re.Pattern[str] | None = None) -> None:
+    def __init__(self, kind: int, text: str = "", pattern: Regex | None = None) -> None:
         self._kind = kind
         self._text = text
         self._pattern = pattern
@@ -54,7 +63,7 @@ class ValueMatcher:
         if matcher.prefix is not None:
             return cls(_PREFIX, matcher.prefix)
         if matcher.regex is not None:
-            return cls(_REGEX, matcher.regex, re.compile(matcher.regex))
+            return cls(_REGEX, matcher.regex, Regex(matcher.regex))
         # The model guarantees exactly one kind is given, so here `present` is set.
         return cls(_PRESENT if matcher.present else _ABSENT)
 
@@ -71,7 +80,7 @@ class ValueMatcher:
         if kind == _REGEX:
             # fullmatch: regexes are anchored at both ends (Envoy's safe_regex meaning).
             assert self._pattern is not None
-            return self._pattern.fullmatch(value) is not None
+            return self._pattern.fullmatch(value)
         return True  # _PRESENT
 
 
@@ -148,7 +157,7 @@ class RouteMatcher:
         self._wildcard = wildcard
         self._path_kind = path_kind
         self._path = path
-        self._path_regex = re.compile(path) if path_kind == _PATH_REGEX else None
+        self._path_regex = Regex(path) if path_kind == _PATH_REGEX else None
         self._methods = methods
         # Empty tuples become None so the hot path tests one attribute for "nothing to check".
         self._headers = headers or None
@@ -161,7 +170,7 @@ class RouteMatcher:
         host: str | None = None
         wildcard = False
         if check_host and match.host is not None:
-            name = match.host.lower()
+            name = host_name(match.host)
             if name.startswith("*."):
                 # Keep the leading dot: "a.example.com".endswith(".example.com") but "example.com" does not.
                 host, wildcard = name[1:], True
@@ -232,7 +241,7 @@ class RouteMatcher:
                     return False
             else:
                 assert self._path_regex is not None
-                if self._path_regex.fullmatch(head.path) is None:
+                if not self._path_regex.fullmatch(head.path):
                     return False
         headers = self._headers
         if headers is not None:

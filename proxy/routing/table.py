@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 
 from proxy.config.model import Route
 from proxy.message import RequestHead
-from proxy.routing.match import QueryParams, RouteMatcher
+from proxy.routing.match import QueryParams, RouteMatcher, host_name
 from proxy.routing.split import Split
 
 _MatchFn = Callable[[RequestHead, QueryParams | None], bool]
@@ -54,7 +54,7 @@ class RouteTable:
         for route in self.routes:
             host = route.config.match.host
             if host is not None and not host.startswith("*."):
-                hosts.setdefault(host.lower())
+                hosts.setdefault(host_name(host))
         # Matchers without the host condition, shared by every host's list that includes the route.
         hostless = {
             route.index: RouteMatcher.from_config(route.config.match, check_host=False)
