@@ -98,7 +98,7 @@ def host_allowed(host: bytes) -> bool:
         if end < 0 or not _PORT.fullmatch(text, end + 1):
             return False
         try:
-            ipaddress.IPv6Address(text[1:end])  # a zone (`%25eth0`, RFC 6874) is accepted as part of it
+            ipaddress.IPv6Address(text[1:end])
         except ValueError:
             return False
         return True

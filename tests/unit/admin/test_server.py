@@ -303,22 +303,25 @@ async def raw_status(base: str, request: bytes) -> int:
 
 @pytest.mark.parametrize("host", [
     b"127.0.0.1:15000", b"10.1.2.3", b"[::1]:15000", b"[::1]", b"localhost", b"localhost:15000", b"LOCALHOST",
-    b"localhost.:15000", b"[fe80::1%25eth0]:15000",
+    b"localhost.:15000",
 ])
 async def test_localhost_and_ip_literals_pass_the_host_guard(base: str, host: bytes) -> None:
     for path in (b"/metrics", b"/ready", b"/config_dump", b"/live"):
         assert await raw_status(base, b"GET " + path + b" HTTP/1.1\r\nHost: " + host + b"\r\n\r\n") == 200
 
 
-@pytest.mark.parametrize("host", [
-    b"evil.example", b"evil.example:15000", b"EVIL.example.", b"sub.localhost", b"localhost.evil.example",
-    b"127.0.0.1.nip.io", b"::1", b"127.1", b"[evil.example]:15000", b"localhost:http",
+@pytest.mark.parametrize(("host", "status"), [
+    (b"evil.example", 403), (b"evil.example:15000", 403), (b"EVIL.example.", 403), (b"sub.localhost", 403),
+    (b"localhost.evil.example", 403), (b"127.0.0.1.nip.io", 403), (b"127.1", 403),
+    # Not a valid authority at all: the codec refuses these before the guard (400, connection closed).
+    (b"::1", 400), (b"[evil.example]:15000", 400), (b"localhost:http", 400),
 ])
-async def test_dns_names_fail_the_host_guard_on_every_path(base: str, source: FakeSource, host: bytes) -> None:
+async def test_dns_names_fail_the_host_guard_on_every_path(base: str, source: FakeSource, host: bytes,
+                                                           status: int) -> None:
     for method, path in ((b"GET", b"/metrics"), (b"GET", b"/ready"), (b"GET", b"/config_dump"), (b"GET", b"/live"),
                          (b"GET", b"/nope"), (b"POST", b"/shutdown"), (b"POST", b"/logging?level=debug")):
         request = method + b" " + path + b" HTTP/1.1\r\nHost: " + host + b"\r\nContent-Length: 0\r\n\r\n"
-        assert await raw_status(base, request) == 403, (method, path)
+        assert await raw_status(base, request) == status, (method, path)
     assert source.shutdowns == 0 and source.level == "info"
 
 

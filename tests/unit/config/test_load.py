@@ -119,7 +119,8 @@ def test_contract_without_cert_files_reports_each_one(tmp_path: Path) -> None:
     (tmp_path / "contract.yaml").write_text(text)
     found = problems(tmp_path / "contract.yaml")
     assert len(found) == 9  # cert, key, ca of one listener and two clusters
-    assert found[0] == (f"{tmp_path / 'contract.yaml'}:45: listeners[0].tls.cert: unreadable TLS file: "
+    line = text.splitlines().index("      cert: certs/dev/payment-service.pem") + 1
+    assert found[0] == (f"{tmp_path / 'contract.yaml'}:{line}: listeners[0].tls.cert: unreadable TLS file: "
                         f"{tmp_path / 'certs/dev/payment-service.pem'}: No such file or directory")
 
 
