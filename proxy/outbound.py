@@ -36,8 +36,8 @@ from proxy.filters.headers import HeaderRewriter
 from proxy.filters.ratelimit import RateLimiter, retry_after
 from proxy.filters.rewrite import Rewriter
 from proxy.filters.trace import TraceContext, TracePropagator
-from proxy.http.client import ClientConnection, ResponseReady
-from proxy.http.headers import X_FORWARDED_FOR, X_FORWARDED_PROTO, content_length_line, serialize_request
+from proxy.http.client import NO_BODY, ClientConnection, ResponseReady
+from proxy.http.headers import X_FORWARDED_FOR, X_FORWARDED_PROTO
 from proxy.http.server import Exchange, RequestBody, ServerConnection, ServerSettings
 from proxy.local_reply import Cause, LocalReply, failure_reply, local_reply
 from proxy.message import first_header
@@ -56,12 +56,12 @@ from proxy.upstream.endpoint import Endpoint
 
 log = logging.getLogger("proxy.outbound")
 
-WEBSOCKET_HEADERS = b"connection: upgrade\r\nupgrade: websocket\r\n"
 CLIENT_CLOSED = 499  # nginx's convention for "the client went away before the answer" in metrics
 IDEMPOTENCY_KEY = b"idempotency-key"
 RETRY_AFTER = b"retry-after"
-# `x-sidecar-attempt: N` lines, rendered once (attempts beyond the table are formatted on the fly).
-_ATTEMPT_LINES = tuple(b"x-sidecar-attempt: %d\r\n" % n for n in range(17))
+X_SIDECAR_ATTEMPT = b"x-sidecar-attempt"
+# `x-sidecar-attempt: N` headers, made once (attempts beyond the table are made on the fly).
+_ATTEMPT_HEADERS = tuple((X_SIDECAR_ATTEMPT, b"%d" % n) for n in range(17))
 _LIMIT_CAUSES = {
     LimitDecision.REJECTED_MAX_REQUESTS: (Cause.CLUSTER_LIMIT, "max_requests"),
     LimitDecision.REJECTED_MAX_PENDING: (Cause.CLUSTER_LIMIT, "max_pending"),
@@ -425,15 +425,7 @@ class OutboundListener:
         head = exchange.head
         self.trace.inject(head.headers, trace_ctx)
         body = exchange.body
-        framing = _ATTEMPT_LINES[number] if number < len(_ATTEMPT_LINES) else b"x-sidecar-attempt: %d\r\n" % number
-        if body is not None:
-            if body.chunked:
-                framing += b"transfer-encoding: chunked\r\n"
-            else:
-                framing += content_length_line(body.length or 0)
-        if exchange.websocket:
-            framing += WEBSOCKET_HEADERS
-        request = serialize_request(head, head.headers, framing)
+        attempt = _ATTEMPT_HEADERS[number] if number < len(_ATTEMPT_HEADERS) else (X_SIDECAR_ATTEMPT, b"%d" % number)
         endpoint.in_flight += 1
         endpoint.requests += 1
         conn: ClientConnection | None = None
@@ -446,7 +438,7 @@ class OutboundListener:
             if attempt_deadline is not None and (deadline is None or attempt_deadline < deadline):
                 try_timer = self._deadlines.call_at(attempt_deadline, _expire, exchange, TRY_DEADLINE)
             try:
-                conn, ready = await self._send(exchange, endpoint, request, whole, number)
+                conn, ready = await self._send(exchange, endpoint, attempt, whole, number)
             except asyncio.CancelledError:
                 if exchange.expired is ROUTE_DEADLINE:
                     # The route deadline: a failure for the breaker; _serve answers 504.
@@ -500,7 +492,7 @@ class OutboundListener:
                 verdict = classify_failure(FailureKind.RESET)
                 exchange.abort()
                 return response.status
-            exchange.end_response()
+            exchange.end_response(conn.trailers)
             conn.finish(reusable=body is None or body.complete)
             conn = None
             return response.status
@@ -537,8 +529,8 @@ class OutboundListener:
         exchange.send_local(reply)
         return reply.head.status
 
-    async def _send(self, exchange: Exchange, endpoint: Endpoint, request: bytes, whole: bytes | None,
-                    number: int) -> tuple[ClientConnection, ResponseReady]:
+    async def _send(self, exchange: Exchange, endpoint: Endpoint, attempt: tuple[bytes, bytes],
+                    whole: bytes | None, number: int) -> tuple[ClientConnection, ResponseReady]:
         """Take a connection (pooled or new), send the request, and wait for the response head."""
         head = exchange.head
         body = exchange.body
@@ -548,7 +540,8 @@ class OutboundListener:
             if conn is None:
                 conn = await endpoint.pool.connect()
             try:
-                conn.send(request, body is not None and body.chunked, exchange.head_only, whole)
+                conn.send(head, attempt, NO_BODY if body is None else body.length, whole,
+                          None if body is None else body.trailers, exchange.websocket)
                 if body is not None and whole is None:
                     exchange.send_continue()
                     # The upstream's write buffer bounds the streamed body: it pauses the client's socket.

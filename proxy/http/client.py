@@ -20,8 +20,18 @@ from typing import TYPE_CHECKING, Protocol, cast
 import httptools
 
 from proxy.errors import FailureKind, UpstreamError
-from proxy.http.headers import HOP_BY_HOP, X_REQUEST_ID, connection_tokens
-from proxy.message import Headers, ResponseHead
+from proxy.http.headers import (
+    CHUNKED_LINE,
+    HOP_BY_HOP,
+    X_REQUEST_ID,
+    chunk,
+    connection_tokens,
+    content_length_line,
+    last_chunk,
+    serialize_request,
+    trailer_fields,
+)
+from proxy.message import Headers, RequestHead, ResponseHead
 
 if TYPE_CHECKING:
     from proxy.http.server import ReadControl, ServerConnection
@@ -52,6 +62,10 @@ class ResponseSink(Protocol):
 # Hop-by-hop headers and the upstream's framing: the downstream response is framed anew. The codec
 # writes the request's x-request-id itself, so an upstream's echo of it would be a duplicate.
 _REFRAMED = HOP_BY_HOP | {b"content-length", X_REQUEST_ID}
+# `send(length=NO_BODY)`: the request has no body (a None length is a body of unknown length: chunked).
+NO_BODY = -1
+# The handshake headers of a WebSocket upgrade (hop-by-hop, so written here rather than forwarded).
+_UPGRADE_LINES = b"connection: upgrade\r\nupgrade: websocket\r\n"
 
 
 class _Unsolicited(Exception):
@@ -109,6 +123,7 @@ class ClientConnection(asyncio.Protocol):
         "_response_bytes",
         "_skip_message",
         "_status",
+        "_trailers",
         "_tunnel",
         "_unparsed",
         "_upgraded",
@@ -172,27 +187,42 @@ class ClientConnection(asyncio.Protocol):
         self._unparsed = 0
         # The failure that ended this exchange, once one has (the connection is then being aborted).
         self._error: UpstreamError | None = None
+        # The response's trailer fields (chunked responses), forwarded with the end of the body.
+        self._trailers: Headers | None = None
 
     # -- sending -----------------------------------------------------------------------------------
 
-    def send(self, head: bytes, body_chunked: bool, head_request: bool, whole_body: bytes | None) -> None:
-        """Start an exchange: write the request head (and the whole body when it is already known)."""
+    def send(self, head: RequestHead, extra: tuple[bytes, bytes], length: int | None, whole: bytes | None,
+             trailers: Headers | None, upgrade: bool) -> None:
+        """Start an exchange: write the request head, framed for a body of `length` bytes (NO_BODY; None:
+        unknown, sent chunked), with the `extra` header and, for `upgrade`, the WebSocket handshake headers;
+        then the whole body (and its trailers) when it is already known."""
         self._reset_state()
-        self._head_request = head_request
-        self._body_chunked = body_chunked
+        chunked = length is None
+        self._head_request = head.method == b"HEAD"
+        self._body_chunked = chunked
         self.requests_sent += 1
         self._head_waiter = self._loop.create_future()
         self._done_waiter = None
-        assert self.transport is not None
-        if whole_body:
-            if body_chunked:
-                self.transport.write(head + b"%x\r\n%s\r\n0\r\n\r\n" % (len(whole_body), whole_body))
-            else:
-                self.transport.write(head + whole_body)
-        elif whole_body is not None and body_chunked:
-            self.transport.write(head + b"0\r\n\r\n")
+        if chunked:
+            framing = CHUNKED_LINE
+        elif length is not None and length >= 0:
+            framing = content_length_line(length)
         else:
-            self.transport.write(head)
+            framing = b""
+        if upgrade:
+            framing += _UPGRADE_LINES
+        request = serialize_request(head, extra, framing)
+        assert self.transport is not None
+        if whole:
+            if chunked:
+                self.transport.write(request + chunk(whole) + last_chunk(trailers))
+            else:
+                self.transport.write(request + whole)
+        elif whole is not None and chunked:
+            self.transport.write(request + last_chunk(trailers))
+        else:
+            self.transport.write(request)
 
     # BodySink: the downstream request body streams through these.
     def write_body(self, data: bytes) -> None:
@@ -200,7 +230,7 @@ class ClientConnection(asyncio.Protocol):
             return
         if self._body_chunked:
             if data:
-                self.transport.write(b"%x\r\n%s\r\n" % (len(data), data))
+                self.transport.write(chunk(data))
         else:
             self.transport.write(data)
 
@@ -216,9 +246,9 @@ class ClientConnection(asyncio.Protocol):
             if reader is not None:
                 reader.pause_reading()
 
-    def end_body(self) -> None:
+    def end_body(self, trailers: Headers | None = None) -> None:
         if self._body_chunked and not self.closed and self.transport is not None:
-            self.transport.write(b"0\r\n\r\n")
+            self.transport.write(last_chunk(trailers))
 
     async def response_head(self) -> ResponseReady:
         """Wait for the response head (1xx other than 101 are skipped)."""
@@ -244,9 +274,19 @@ class ClientConnection(asyncio.Protocol):
             # The client is still behind on an earlier response: read nothing more until it catches up.
             self.pause_reading()
         body, self._body = self._body, []
-        for chunk in body:
-            exchange.write_body(chunk)
+        for piece in body:
+            exchange.write_body(piece)
         return self._complete
+
+    @property
+    def keep_alive(self) -> bool:
+        """Whether the upstream lets this connection persist after the current response."""
+        return self._keep_alive
+
+    @property
+    def trailers(self) -> Headers | None:
+        """The response's trailer fields, once the response is complete (None when it had none)."""
+        return self._trailers
 
     async def response_done(self) -> None:
         """Wait until the response body has been fully passed downstream."""
@@ -404,6 +444,9 @@ class ClientConnection(asyncio.Protocol):
             raise _HeadTooLarge()
         if self._in_trailers:
             self._unparsed = 0  # a complete trailer line: the parser holds none of it any more
+            if self._trailers is None:
+                self._trailers = []
+            self._trailers.append((name.lower(), value))
         else:
             self._headers.append((name.lower(), value))
 
@@ -451,7 +494,7 @@ class ClientConnection(asyncio.Protocol):
         self._status = status
         self._content_length = None if self._chunked else content_length
         no_body = self._head_request or status in (204, 304) or status == 101
-        head = ResponseHead(status, _reason(status), kept, self._keep_alive)
+        head = ResponseHead(status, _reason(status), kept)
         waiter = self._head_waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(ResponseReady(head, self._content_length, no_body))
@@ -476,6 +519,8 @@ class ClientConnection(asyncio.Protocol):
         if self._complete:
             return
         self._complete = True
+        if self._trailers is not None:
+            self._trailers = trailer_fields(self._trailers)
         waiter = self._done_waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)

@@ -23,11 +23,16 @@ import httptools
 from proxy.http.authority import route_authority
 from proxy.http.headers import (
     HOP_BY_HOP,
+    TE,
     X_REQUEST_ID,
+    chunk,
     connection_tokens,
     content_length_line,
+    forwarded_te,
+    last_chunk,
     new_request_id,
     serialize_response,
+    trailer_fields,
 )
 from proxy.http.path import BASE, normalize_path, refusal, without_fragment
 from proxy.local_reply import Cause, LocalReply, local_reply
@@ -47,6 +52,7 @@ PARSE_SLICE = 16 * 1024
 # (its error is then answered 505, not 400).
 HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n"
 # Headers the upstream request gets anew from the sidecar (its own framing; Expect is answered here).
+# `te: trailers` is the one TE that goes on (see on_headers_complete).
 _DROPPED = HOP_BY_HOP | {b"content-length", b"expect", b"host"}
 
 
@@ -78,7 +84,7 @@ class BodySink(Protocol):
     """Where request body bytes go once an upstream is attached (an upstream connection)."""
 
     def write_body(self, data: bytes) -> None: ...
-    def end_body(self) -> None: ...
+    def end_body(self, trailers: Headers | None) -> None: ...
 
 
 class TunnelPeer(Protocol):
@@ -112,7 +118,7 @@ class RequestBody:
     """
 
     __slots__ = ("_buffered", "_buffered_size", "_conn", "_sink", "chunked", "complete", "failed",
-                 "kept", "length", "received", "replay_limit", "replayable")
+                 "kept", "length", "received", "replay_limit", "replayable", "trailers")
 
     def __init__(self, conn: ServerConnection, length: int | None, chunked: bool) -> None:
         self._conn = conn
@@ -127,6 +133,8 @@ class RequestBody:
         self.replay_limit = 0
         self.kept: list[bytes] | None = None
         self.replayable = True
+        # The trailer fields that ended a chunked body (None: none), forwarded with its end.
+        self.trailers: Headers | None = None
 
     def keep_for_replay(self, limit: int) -> None:
         """Keep up to `limit` bytes (from the start) so the body can be sent again on a retry."""
@@ -157,35 +165,36 @@ class RequestBody:
         if self._buffered_size > BODY_HIGH_WATER:
             self._conn.pause_for_body()
 
-    def finish(self) -> None:
+    def finish(self, trailers: Headers | None = None) -> None:
         self.complete = True
+        self.trailers = trailers
         if self._sink is not None:
-            self._sink.end_body()
+            self._sink.end_body(trailers)
 
     def attach(self, sink: BodySink) -> None:
         """Send what arrived so far to `sink`, then stream the rest to it as it arrives."""
         self._sink = sink
         if self._buffered:
             chunks, self._buffered, self._buffered_size = self._buffered, [], 0
-            for chunk in chunks:
-                sink.write_body(chunk)
+            for piece in chunks:
+                sink.write_body(piece)
             self._conn.resume_for_body()
         if self.complete:
-            sink.end_body()
+            sink.end_body(self.trailers)
 
     def reattach(self, sink: BodySink) -> bool:
         """Attach a new sink for a retry, replaying the kept bytes; False when the body cannot be replayed."""
         if self.kept is None or not self.replayable:
             return False
         self._sink = sink
-        for chunk in self.kept:
-            sink.write_body(chunk)
+        for piece in self.kept:
+            sink.write_body(piece)
         if self._buffered:
             # Bytes buffered while detached are already in `kept` (feed keeps before buffering).
             self._buffered, self._buffered_size = [], 0
             self._conn.resume_for_body()
         if self.complete:
-            sink.end_body()
+            sink.end_body(self.trailers)
         return True
 
     def detach(self) -> None:
@@ -219,6 +228,7 @@ class Exchange:
         "handler_started",
         "head",
         "head_only",
+        "http_minor",
         "last_activity",
         "local",
         "peer_ip",
@@ -234,7 +244,7 @@ class Exchange:
     )
 
     def __init__(self, conn: ServerConnection, head: RequestHead, body: RequestBody | None,
-                 request_id: bytes, started_at: float) -> None:
+                 request_id: bytes, started_at: float, keep_alive: bool = True, http_minor: int = 1) -> None:
         self.conn = conn
         self.head = head
         self.body = body
@@ -260,7 +270,9 @@ class Exchange:
         self.response_started = False
         self.response_done = False
         self.response_status = 0
-        self.close_after = not head.keep_alive
+        # HTTP/1 facts of this request, the codec's alone (the heads above it are protocol-independent).
+        self.close_after = not keep_alive
+        self.http_minor = http_minor
         self._chunked_out = False
         self.upstream_reader: ReadControl | None = None
 
@@ -300,7 +312,7 @@ class Exchange:
             return
         if content_length is not None:
             extra = content_length_line(content_length)
-        elif self.head.http_minor >= 1:
+        elif self.http_minor >= 1:
             extra = b"transfer-encoding: chunked\r\n"
             self._chunked_out = True
         else:
@@ -308,7 +320,7 @@ class Exchange:
             extra = b""
             self.close_after = True
         if first and self._chunked_out:
-            first = b"%x\r\n%s\r\n" % (len(first), first)
+            first = chunk(first)
         # Head and the body bytes already at hand go out in one write: one syscall per small response.
         self._write_head(head, extra, first)
 
@@ -325,7 +337,7 @@ class Exchange:
             self.close_after = True
             if not says_close:
                 extra += b"connection: close\r\n"
-        elif self.head.http_minor == 0:
+        elif self.http_minor == 0:
             extra += b"connection: keep-alive\r\n"
         self.conn.write(serialize_response(head, extra, first))
 
@@ -333,13 +345,14 @@ class Exchange:
         self.last_activity = self.conn.now()
         if self._chunked_out:
             if data:
-                self.conn.write(b"%x\r\n%s\r\n" % (len(data), data))
+                self.conn.write(chunk(data))
         else:
             self.conn.write(data)
 
-    def end_response(self) -> None:
+    def end_response(self, trailers: Headers | None = None) -> None:
+        """The response is complete; its trailer fields go out when it is chunked (HTTP/1.1 clients)."""
         if self._chunked_out:
-            self.conn.write(b"0\r\n\r\n")
+            self.conn.write(last_chunk(trailers))
         self._finish()
 
     def _finish(self) -> None:
@@ -410,6 +423,7 @@ class ServerConnection(asyncio.Protocol):
         "_timer",
         "_trailer_bytes",
         "_trailer_count",
+        "_trailers",
         "_tunnel",
         "_unparsed",
         "_url",
@@ -441,6 +455,7 @@ class ServerConnection(asyncio.Protocol):
         self._in_trailers = False
         self._trailer_bytes = 0
         self._trailer_count = 0
+        self._trailers: Headers | None = None
         # Bytes fed after a head that the parser has not handed over yet (a chunk-size line with endless
         # extensions, or one endless trailer line): bounded like a head.
         self._unparsed = 0
@@ -675,6 +690,7 @@ class ServerConnection(asyncio.Protocol):
         self._header_count = 0
         self._trailer_bytes = 0
         self._trailer_count = 0
+        self._trailers = None
         self._unparsed = 0
         now = self._loop.time()
         self._head_start = now
@@ -701,6 +717,9 @@ class ServerConnection(asyncio.Protocol):
             settings = self.listener.settings
             if self._trailer_bytes > settings.max_head_bytes or self._trailer_count > settings.max_headers:
                 raise _TrailersTooLarge()
+            if self._trailers is None:
+                self._trailers = []
+            self._trailers.append((name.lower(), value))
             return
         self._head_bytes += len(name) + len(value) + 4
         self._header_count += 1
@@ -728,6 +747,7 @@ class ServerConnection(asyncio.Protocol):
         proxy_named = False
         request_id = b""
         request_ids = 0
+        te_trailers = False
         version: str = parser.get_http_version()
         if version == "1.1":
             http_minor = 1
@@ -755,6 +775,8 @@ class ServerConnection(asyncio.Protocol):
                 connection = True
             elif name[:6] == b"proxy-":
                 proxy_named = True
+            elif name == TE:
+                te_trailers = te_trailers or forwarded_te(value)
             elif name == X_REQUEST_ID:
                 request_ids += 1
                 if not request_id:
@@ -767,6 +789,10 @@ class ServerConnection(asyncio.Protocol):
             headers = [(n, v) for n, v in headers if n not in named]
         if proxy_named:
             headers = [(n, v) for n, v in headers if n[:6] != b"proxy-"]
+        if te_trailers:
+            # The client accepts trailers: the upstream may send them (they are forwarded). The one TE
+            # value that is not hop-by-hop, even when Connection names TE as RFC 9110 asks.
+            headers.append((TE, b"trailers"))
         target = without_fragment(self._url)
         local: LocalReply | None = None
         if target[:1] != b"/":
@@ -807,13 +833,12 @@ class ServerConnection(asyncio.Protocol):
                 request_id = new_request_id(self.listener.rng)
             headers.append((X_REQUEST_ID, request_id))
         head = RequestHead(method=method, path=path.decode("latin-1"), query=query,
-                           authority=authority, host_header=host_header,
-                           headers=headers,
-                           keep_alive=parser.should_keep_alive(), http_minor=http_minor)
+                           authority=authority, host_header=host_header, headers=headers)
         body: RequestBody | None = None
         if chunked or (content_length is not None and content_length > 0):
             body = RequestBody(self, content_length, chunked)
-        exchange = Exchange(self, head, body, request_id, self._head_start)
+        exchange = Exchange(self, head, body, request_id, self._head_start, parser.should_keep_alive(),
+                            http_minor)
         exchange.expect_continue = expect and body is not None
         exchange.websocket = websocket and parser.should_upgrade() and local is None
         limit = self.listener.settings.max_request_body
@@ -846,7 +871,8 @@ class ServerConnection(asyncio.Protocol):
                 # llhttp skips the body of any upgrade request; a dropped Upgrade (h2c) still has one,
                 # read after the upgrade point (see _on_upgrade).
                 return
-            exchange.body.finish()
+            trailers = self._trailers
+            exchange.body.finish(trailer_fields(trailers) if trailers is not None else None)
 
     # -- queueing and handing requests over ---------------------------------------------------------
 
@@ -1007,9 +1033,8 @@ class ServerConnection(asyncio.Protocol):
         """Answer a request that could not be parsed (in its turn), then close; nothing reaches upstream."""
         self._stop_parsing()
         self._in_head = False
-        head = RequestHead(method=b"", path="", query=b"", authority="", host_header=b"", headers=[],
-                           keep_alive=False)
-        exchange = Exchange(self, head, None, new_request_id(self.listener.rng), self._loop.time())
+        head = RequestHead(method=b"", path="", query=b"", authority="", host_header=b"", headers=[])
+        exchange = Exchange(self, head, None, new_request_id(self.listener.rng), self._loop.time(), False)
         exchange.local = reply
         exchange.close_after = True
         self._enqueue(exchange)
