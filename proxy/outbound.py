@@ -287,8 +287,15 @@ class OutboundListener:
                 finally:
                     timer.cancel()
         except asyncio.CancelledError:
-            # Cancelled by the codec: the stream idle timer (answered 504 by the codec) or the client left.
-            code = 504 if exchange.timed_out else CLIENT_CLOSED
+            # Cancelled by the codec: the stream idle timer (504), a malformed or oversize body or trailers
+            # (400/413/431; both answered by the codec with the reply waiting in `local`), or the client left.
+            local = exchange.local
+            if exchange.timed_out:
+                code = 504
+            elif local is not None and not exchange.response_started and not exchange.response_done:
+                code = local.head.status
+            else:
+                code = CLIENT_CLOSED
             raise
         finally:
             target.metrics.record(code or CLIENT_CLOSED, self._loop.time() - exchange.started_at)
