@@ -186,7 +186,7 @@ class OutboundListener:
         self.rng: random.Random = clock.random
         self._loop = asyncio.get_running_loop()
         # Route and per-try deadlines share one loop timer (a timer per deadline cost ~7 % of a request).
-        self._deadlines: DeadlineTimers[Exchange, str] = DeadlineTimers(self._loop)
+        self._deadlines: DeadlineTimers[Exchange, str] = DeadlineTimers(clock)
         self._connections: set[ServerConnection] = set()
         self._conn_gauge = metrics.downstream_connections(name)
         self._forwarded_proto = settings.scheme

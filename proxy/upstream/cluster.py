@@ -4,7 +4,8 @@ Owns the endpoint snapshot, the balancer built over it, each endpoint's breaker 
 its metric children bound at construction), the cluster bulkhead (`limits`), outlier detection (counting
 on the request path, ejections decided by `evaluate_outliers` on a timer the app runs), and the
 per-cluster view shown in /clusters. Discovery replaces the endpoint set whole (`set_endpoints`); pools of
-endpoints that stay are kept, pools of removed ones drain. Must not know routes.
+endpoints that stay are kept, pools of removed ones drain. The injected clock reaches every breaker, pool
+and the bulkhead. Must not know routes.
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ class Cluster:
         )
         self.endpoints: tuple[Endpoint, ...] = ()
         self.balancer = RoundRobin(0)
-        self.bulkhead = Bulkhead.from_config(config.limits) if config.limits is not None else None
+        self.bulkhead = Bulkhead.from_config(config.limits, clock) if config.limits is not None else None
         self.outlier = (OutlierDetector.from_config(config.outlier_detection)
                         if config.outlier_detection is not None else None)
         self.attempts = metrics.attempts(self.name)
@@ -90,7 +91,7 @@ class Cluster:
         self.update_gauges()
 
     def _new_endpoint(self, host: str, port: int) -> Endpoint:
-        endpoint = Endpoint(self.name, host, port, self.pool_settings)
+        endpoint = Endpoint(self.name, host, port, self.pool_settings, self._clock)
         breaker_config = self.config.circuit_breaker
         if breaker_config is not None:
             gauge = self._metrics.breaker_state_of(self.name, endpoint.address)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from proxy.clock import Clock
 from proxy.config.model import host_port
 from proxy.resilience.breaker import BreakerState, CircuitBreaker
 from proxy.resilience.classify import Verdict
@@ -25,11 +26,11 @@ class Endpoint:
     __slots__ = ("address", "breaker", "ejected", "failures", "host", "in_flight", "on_result", "pool", "port",
                  "requests")
 
-    def __init__(self, cluster: str, host: str, port: int, pool_settings: PoolSettings) -> None:
+    def __init__(self, cluster: str, host: str, port: int, pool_settings: PoolSettings, clock: Clock) -> None:
         self.host = host
         self.port = port
         self.address = host_port(host, port)
-        self.pool = Pool(host, port, pool_settings, f"cluster {cluster}: endpoint {self.address}")
+        self.pool = Pool(host, port, pool_settings, f"cluster {cluster}: endpoint {self.address}", clock)
         self.in_flight = 0
         self.requests = 0
         self.failures = 0
