@@ -186,7 +186,7 @@ class OutboundListener:
         self.rng: random.Random = clock.random
         self._loop = asyncio.get_running_loop()
         # Route and per-try deadlines share one loop timer (a timer per deadline cost ~7 % of a request).
-        self._deadlines: DeadlineTimers[Exchange, str] = DeadlineTimers(self._loop)
+        self._deadlines: DeadlineTimers[Exchange, str] = DeadlineTimers(clock)
         self._connections: set[ServerConnection] = set()
         self._conn_gauge = metrics.downstream_connections(name)
         self._forwarded_proto = settings.scheme
@@ -287,8 +287,15 @@ class OutboundListener:
                 finally:
                     timer.cancel()
         except asyncio.CancelledError:
-            # Cancelled by the codec: the stream idle timer (answered 504 by the codec) or the client left.
-            code = 504 if exchange.timed_out else CLIENT_CLOSED
+            # Cancelled by the codec: the stream idle timer (504), a malformed or oversize body or trailers
+            # (400/413/431; both answered by the codec with the reply waiting in `local`), or the client left.
+            local = exchange.local
+            if exchange.timed_out:
+                code = 504
+            elif local is not None and not exchange.response_started and not exchange.response_done:
+                code = local.head.status
+            else:
+                code = CLIENT_CLOSED
             raise
         finally:
             target.metrics.record(code or CLIENT_CLOSED, self._loop.time() - exchange.started_at)
@@ -428,6 +435,7 @@ class OutboundListener:
         attempt = _ATTEMPT_HEADERS[number] if number < len(_ATTEMPT_HEADERS) else (X_SIDECAR_ATTEMPT, b"%d" % number)
         endpoint.in_flight += 1
         endpoint.requests += 1
+        sent = self._clock.now()  # the attempt's latency, for the balancer, runs from here to its verdict
         conn: ClientConnection | None = None
         verdict: Verdict | None = None
         settled = False  # the verdict went to the breaker, outlier detection and metrics
@@ -443,19 +451,19 @@ class OutboundListener:
                 if exchange.expired is ROUTE_DEADLINE:
                     # The route deadline: a failure for the breaker; _serve answers 504.
                     verdict = classify_failure(FailureKind.TIMEOUT)
-                    settled = _settle(cluster, endpoint, token, verdict)
+                    settled = _settle(cluster, endpoint, token, verdict, self._clock.now() - sent)
                     raise
                 if exchange.expired is not TRY_DEADLINE or exchange.task is None:
                     raise
                 exchange.expired = None
                 exchange.task.uncancel()
                 verdict = classify_failure(FailureKind.TIMEOUT, per_try_timeout=True)
-                settled = _settle(cluster, endpoint, token, verdict)
+                settled = _settle(cluster, endpoint, token, verdict, self._clock.now() - sent)
                 return self._failed(exchange, target, number, policy, verdict, True,
                                     f"{endpoint.pool.context}: per-try timeout", FailureKind.TIMEOUT, whole)
             except UpstreamError as error:
                 verdict = classify_failure(error.kind)
-                settled = _settle(cluster, endpoint, token, verdict)
+                settled = _settle(cluster, endpoint, token, verdict, self._clock.now() - sent)
                 return self._failed(exchange, target, number, policy, verdict, not error.kind.before_connect,
                                     error.context, error.kind, whole)
             finally:
@@ -468,7 +476,7 @@ class OutboundListener:
             # so a reset mid-body still counts as one.
             retry = None
             if policy is not None and policy.should_retry(verdict):
-                settled = _settle(cluster, endpoint, token, verdict)
+                settled = _settle(cluster, endpoint, token, verdict, self._clock.now() - sent)
                 retry = self._retry_decision(exchange, policy, target, number, verdict, True, ready, whole)
             if retry is not None:
                 return retry  # the finally closes `conn`: its answer is dropped
@@ -506,7 +514,7 @@ class OutboundListener:
         finally:
             endpoint.in_flight -= 1
             if verdict is not None and not settled:
-                _settle(cluster, endpoint, token, verdict)
+                _settle(cluster, endpoint, token, verdict, self._clock.now() - sent)
             if body is not None:
                 body.detach()
             if conn is not None:
@@ -583,9 +591,10 @@ def _append_forwarded(headers: list[tuple[bytes, bytes]], peer_ip: bytes, proto:
         headers.append((X_FORWARDED_PROTO, proto))
 
 
-def _settle(cluster: Cluster, endpoint: Endpoint, token: int, verdict: Verdict) -> bool:
-    """An attempt's verdict to its endpoint (breaker, outlier detection) and the attempt metrics, once."""
-    endpoint.report(token, verdict)
+def _settle(cluster: Cluster, endpoint: Endpoint, token: int, verdict: Verdict, latency: float) -> bool:
+    """An attempt's verdict to its endpoint (breaker, outlier detection), the balancer and the attempt metrics,
+    once."""
+    cluster.report(endpoint, token, verdict, latency)
     if not verdict.cancelled:
         getattr(cluster.attempts, verdict.label).inc()
     return True

@@ -14,9 +14,9 @@ never leak a slot.
 Must not: know endpoints, routes or metrics; use `asyncio.wait_for` (a Task per call, see DESIGN.md
 hot-path rules); hold per-request objects beyond one future and one timer handle per *waiting* request.
 
-Time: the wait deadline is armed with `loop.call_at` on the running loop's own clock, since only that
-clock can wake a waiter; so the bulkhead takes no injected `Clock` (it would be a second, unsynchronised
-time base). The admission decision itself involves no time at all.
+Time: the wait deadline is a timer of the injected `Clock` (the real clock's timers are the event loop's,
+so a waiter wakes on the loop's time; a `ManualClock` lets a test expire `pending_timeout` without
+sleeping). The admission decision itself involves no time at all.
 
 Per worker: each worker process has its own bulkhead, so with `workers: N` a cluster admits up to
 N x `max_requests` in all (Envoy's thresholds are shared by its threads; ours cannot be without a lock
@@ -29,6 +29,7 @@ import asyncio
 import enum
 from collections import deque
 
+from proxy.clock import Clock
 from proxy.config.model import Limits
 
 # Dead futures (timed out or cancelled waiters) stay in the queue until `release()` skips them. When
@@ -55,10 +56,11 @@ _ADMITTED = LimitDecision.ADMITTED
 class Bulkhead:
     """Concurrency cap + bounded FIFO wait queue for one cluster (per worker)."""
 
-    __slots__ = ("_dead", "_full", "_in_flight", "_max_pending", "_max_requests", "_pending", "_pending_timeout",
-                 "_waiters")
+    __slots__ = ("_clock", "_dead", "_full", "_in_flight", "_max_pending", "_max_requests", "_pending",
+                 "_pending_timeout", "_waiters")
 
-    def __init__(self, max_requests: int, max_pending: int, pending_timeout: float) -> None:
+    def __init__(self, max_requests: int, max_pending: int, pending_timeout: float,
+                 clock: Clock | None = None) -> None:
         if max_requests < 1:
             raise ValueError(f"max_requests must be at least 1 (got {max_requests})")
         if max_pending < 0:
@@ -68,6 +70,8 @@ class Bulkhead:
         self._max_requests = max_requests
         self._max_pending = max_pending
         self._pending_timeout = pending_timeout
+        # The real clock by default: it is the running loop's, like every real Clock.
+        self._clock = clock if clock is not None else Clock()
         # The answer when every slot is busy and the queue is full (or there is no queue), decided once.
         self._full = LimitDecision.REJECTED_MAX_REQUESTS if max_pending == 0 else LimitDecision.REJECTED_MAX_PENDING
         self._in_flight = 0
@@ -78,8 +82,8 @@ class Bulkhead:
         self._waiters: deque[asyncio.Future[bool]] = deque()
 
     @classmethod
-    def from_config(cls, limits: Limits) -> Bulkhead:
-        return cls(limits.max_requests, limits.max_pending, limits.pending_timeout)
+    def from_config(cls, limits: Limits, clock: Clock | None = None) -> Bulkhead:
+        return cls(limits.max_requests, limits.max_pending, limits.pending_timeout, clock)
 
     @property
     def in_flight(self) -> int:
@@ -135,11 +139,11 @@ class Bulkhead:
             return _ADMITTED
         if self._pending >= self._max_pending:
             return self._full
-        loop = asyncio.get_running_loop()
-        waiter: asyncio.Future[bool] = loop.create_future()
+        waiter: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
         self._pending += 1
-        timer = loop.call_at(loop.time() + self._pending_timeout, self._expire, waiter)
+        clock = self._clock
+        timer = clock.call_at(clock.now() + self._pending_timeout, self._expire, waiter)
         try:
             granted = await waiter
         except asyncio.CancelledError:

@@ -1,10 +1,14 @@
 """A cluster at run time: a named endpoint set with one policy, compiled from its config once.
 
-Owns the endpoint snapshot, the balancer built over it, each endpoint's breaker (one per endpoint, with
-its metric children bound at construction), the cluster bulkhead (`limits`), outlier detection (counting
-on the request path, ejections decided by `evaluate_outliers` on a timer the app runs), and the
-per-cluster view shown in /clusters. Discovery replaces the endpoint set whole (`set_endpoints`); pools of
-endpoints that stay are kept, pools of removed ones drain. Must not know routes.
+Owns the endpoint snapshot, the balancer built over it (rebuilt whole when the set changes), each
+endpoint's breaker (one per endpoint, with its metric children bound at construction), the cluster
+bulkhead (`limits`), outlier detection (counting on the request path, ejections decided by
+`evaluate_outliers` on a timer the app runs), and the per-cluster view shown in /clusters. The request
+path's two calls are `pick` (the balancer's choice, admitted by its breaker) and `report` (an attempt's
+verdict and latency to the endpoint's breaker, outlier detection and the balancer). Discovery replaces
+the endpoint set whole (`set_endpoints`); endpoints that stay keep their pools and breakers, removed ones
+turn DRAINING and their pools drain. The injected clock reaches every breaker, pool and the bulkhead.
+Must not know routes.
 """
 
 from __future__ import annotations
@@ -17,8 +21,8 @@ from proxy.resilience.breaker import BreakerState, CircuitBreaker
 from proxy.resilience.classify import Verdict
 from proxy.resilience.limits import Bulkhead
 from proxy.telemetry.metrics import Metrics
-from proxy.upstream.balancer import RoundRobin
-from proxy.upstream.endpoint import Endpoint
+from proxy.upstream.balancer import Balancer, RoundRobin
+from proxy.upstream.endpoint import DRAINING, Endpoint
 from proxy.upstream.outlier import OutlierDetector
 from proxy.upstream.pool import PoolSettings
 
@@ -57,8 +61,8 @@ class Cluster:
             max_headers=config.max_response_header_count,
         )
         self.endpoints: tuple[Endpoint, ...] = ()
-        self.balancer = RoundRobin(0)
-        self.bulkhead = Bulkhead.from_config(config.limits) if config.limits is not None else None
+        self.balancer: Balancer = RoundRobin(())
+        self.bulkhead = Bulkhead.from_config(config.limits, clock) if config.limits is not None else None
         self.outlier = (OutlierDetector.from_config(config.outlier_detection)
                         if config.outlier_detection is not None else None)
         self.attempts = metrics.attempts(self.name)
@@ -71,7 +75,8 @@ class Cluster:
     # -- the endpoint set --------------------------------------------------------------------------
 
     def set_endpoints(self, addresses: Iterable[tuple[str, int]]) -> None:
-        """Replace the endpoint set; endpoints that stay keep their pools and breakers, removed ones drain."""
+        """Replace the endpoint set; endpoints that stay keep their pools and breakers, removed ones drain
+        (DRAINING: attempts in flight on them finish, their idle connections close now)."""
         current = {(e.host, e.port): e for e in self.endpoints}
         fresh: list[Endpoint] = []
         for host, port in addresses:
@@ -80,17 +85,18 @@ class Cluster:
                 endpoint = self._new_endpoint(host, port)
             fresh.append(endpoint)
         for removed in current.values():
+            removed.state = DRAINING
             removed.pool.close()
             self._metrics.forget_endpoint(self.name, removed.address)
         self.endpoints = tuple(fresh)
-        self.balancer = RoundRobin(len(fresh))
+        self.balancer = self.balancer.rebuild(self.endpoints)
         if self.outlier is not None:
             self.outlier.set_endpoints(e.address for e in fresh)
         self.has_endpoints = True
         self.update_gauges()
 
     def _new_endpoint(self, host: str, port: int) -> Endpoint:
-        endpoint = Endpoint(self.name, host, port, self.pool_settings)
+        endpoint = Endpoint(self.name, host, port, self.pool_settings, self._clock)
         breaker_config = self.config.circuit_breaker
         if breaker_config is not None:
             gauge = self._metrics.breaker_state_of(self.name, endpoint.address)
@@ -114,32 +120,17 @@ class Cluster:
 
     # -- the request path --------------------------------------------------------------------------
 
-    def pick(self, tried: list[Endpoint] | None) -> tuple[Endpoint, int] | None:
-        """An endpoint to try and its breaker token, skipping ejected and breaker-refused endpoints and,
-        when another is available, those already tried; None when no endpoint may take the attempt."""
-        endpoints = self.endpoints
-        count = len(endpoints)
-        if count == 0:
-            return None
-        start = self.balancer.start()
-        fallback: Endpoint | None = None
-        for offset in range(count):
-            index = start + offset
-            endpoint = endpoints[index if index < count else index - count]
-            if endpoint.ejected:
-                continue
-            if tried and endpoint in tried:
-                if fallback is None:
-                    fallback = endpoint
-                continue
-            token = endpoint.admit()
-            if token is not None:
-                return endpoint, token
-        if fallback is not None:
-            token = fallback.admit()
-            if token is not None:
-                return fallback, token
-        return None
+    def pick(self, tried: list[Endpoint] | None, hash_key: int | None = None) -> tuple[Endpoint, int] | None:
+        """An endpoint to try and its breaker token, from the balancer: it skips draining, ejected and
+        breaker-refused endpoints and, when another is available, those already `tried`; `hash_key` is the
+        request's hash for hashing balancers. None when no endpoint may take the attempt."""
+        return self.balancer.pick(tried, hash_key)
+
+    def report(self, endpoint: Endpoint, token: int, verdict: Verdict, latency: float) -> None:
+        """The verdict of an attempt `pick` admitted with `token`, `latency` seconds after it was sent: to the
+        endpoint (breaker, outlier detection) and to the balancer."""
+        endpoint.report(token, verdict)
+        self.balancer.observe(endpoint, verdict, latency)
 
     def available(self) -> bool:
         """Could `pick` find an endpoint now? Asked before a retry drops the answer it would replace."""

@@ -1,15 +1,21 @@
 """One upstream endpoint (host:port) of a cluster: its pool, its breaker and its live counters.
 
-Owns the per-endpoint state the balancer and the admin view read: in-flight requests, totals, the
-circuit breaker (gobreaker semantics, `proxy.resilience.breaker`) and the outlier-ejection flag set by
+Owns the per-endpoint state the balancer and the admin view read: its `weight` and `state` (ACTIVE, or
+DRAINING once discovery removed it: no new attempts, in-flight ones finish), in-flight requests, totals,
+the circuit breaker (gobreaker semantics, `proxy.resilience.breaker`) and the outlier-ejection flag set by
 the cluster's outlier timer. `admit()` and `report()` are the request path's two calls; `available()`
-asks, without admitting, whether a retry could go here. Must not decide routing or retries.
+asks, without admitting, whether a retry could go here. An endpoint outlives endpoint-set changes that
+keep it, so state a balancer learns per endpoint and must keep across them belongs here. Must not decide
+routing or retries.
 """
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Callable
+from typing import Final
 
+from proxy.clock import Clock
 from proxy.config.model import host_port
 from proxy.resilience.breaker import BreakerState, CircuitBreaker
 from proxy.resilience.classify import Verdict
@@ -19,17 +25,37 @@ from proxy.upstream.pool import Pool, PoolSettings
 NO_BREAKER = 0
 
 
+class EndpointState(enum.Enum):
+    """Whether an endpoint takes new attempts. `.value` is what /clusters shows."""
+
+    # In the cluster's endpoint set: balancers may pick it.
+    ACTIVE = "active"
+    # Removed from the set (or terminating): takes no new attempts; attempts in flight finish.
+    DRAINING = "draining"
+
+
+# Module constants: a compiled comparison with them is a pointer compare, not an enum attribute lookup.
+ACTIVE: Final = EndpointState.ACTIVE
+DRAINING: Final = EndpointState.DRAINING
+
+
 class Endpoint:
     """A member of a cluster's endpoint set."""
 
     __slots__ = ("address", "breaker", "ejected", "failures", "host", "in_flight", "on_result", "pool", "port",
-                 "requests")
+                 "requests", "state", "weight")
 
-    def __init__(self, cluster: str, host: str, port: int, pool_settings: PoolSettings) -> None:
+    def __init__(self, cluster: str, host: str, port: int, pool_settings: PoolSettings, clock: Clock,
+                 weight: int = 1) -> None:
+        if weight < 1:
+            raise ValueError(f"endpoint weight must be at least 1 (got {weight})")
         self.host = host
         self.port = port
         self.address = host_port(host, port)
-        self.pool = Pool(host, port, pool_settings, f"cluster {cluster}: endpoint {self.address}")
+        # Relative share of picks for balancers that weigh endpoints (round robin ignores it).
+        self.weight = weight
+        self.state = ACTIVE
+        self.pool = Pool(host, port, pool_settings, f"cluster {cluster}: endpoint {self.address}", clock)
         self.in_flight = 0
         self.requests = 0
         self.failures = 0
@@ -47,8 +73,9 @@ class Endpoint:
         return breaker.allow()
 
     def available(self) -> bool:
-        """Could an attempt go here now (not ejected, breaker admitting)? Takes nothing from the breaker."""
-        if self.ejected:
+        """Could an attempt go here now (active, not ejected, breaker admitting)? Takes nothing from the
+        breaker."""
+        if self.ejected or self.state is not ACTIVE:
             return False
         breaker = self.breaker
         return breaker is None or breaker.would_allow()
@@ -75,6 +102,8 @@ class Endpoint:
         breaker = self.breaker_state
         return {
             "address": self.address,
+            "state": self.state.value,
+            "weight": self.weight,
             "health": "ejected" if self.ejected else ("breaker_open" if breaker == "open" else "healthy"),
             "breaker": breaker,
             "ejected": self.ejected,

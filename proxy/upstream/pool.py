@@ -2,8 +2,9 @@
 
 Owns opening connections (with the cluster's connect timeout, failures mapped to the error taxonomy),
 keeping idle ones (LIFO: the most recently used is the most likely still open), closing those idle past
-`idle_timeout` with one lazily re-armed timer, the per-connection request cap, and draining on removal.
-Must not know routes or retry policy.
+`idle_timeout` with one lazily re-armed timer of the injected `Clock` (virtual time in tests), the
+per-connection request cap, and draining on removal. The connect timeout is the loop's own
+(`asyncio.timeout`): it bounds a real socket operation. Must not know routes or retry policy.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import socket
 from collections import deque
 from dataclasses import dataclass
 
+from proxy.clock import Clock, Timer
 from proxy.errors import FailureKind, UpstreamError
 from proxy.http.client import ClientConnection
 
@@ -36,17 +38,19 @@ class PoolSettings:
 class Pool:
     """Idle keep-alive connections to one endpoint, and the means to open new ones."""
 
-    __slots__ = ("_closed", "_idle", "_loop", "_open", "_timer", "context", "host", "port", "settings")
+    __slots__ = ("_clock", "_closed", "_idle", "_loop", "_open", "_timer", "context", "host", "port", "settings")
 
-    def __init__(self, host: str, port: int, settings: PoolSettings, context: str) -> None:
+    def __init__(self, host: str, port: int, settings: PoolSettings, context: str, clock: Clock) -> None:
         self.host = host
         self.port = port
         self.settings = settings
         self.context = context
         self._loop = asyncio.get_running_loop()
+        self._clock = clock
+        # (connection, clock time it went idle), oldest at the left.
         self._idle: deque[tuple[ClientConnection, float]] = deque()
         self._open: set[ClientConnection] = set()
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer: Timer | None = None
         self._closed = False
 
     @property
@@ -108,9 +112,10 @@ class Pool:
             self._forget(conn)
             conn.close()
             return
-        self._idle.append((conn, self._loop.time()))
+        now = self._clock.now()
+        self._idle.append((conn, now))
         if self._timer is None:
-            self._timer = self._loop.call_later(settings.idle_timeout, self._sweep)
+            self._timer = self._clock.call_at(now + settings.idle_timeout, self._sweep)
 
     def _forget(self, conn: ClientConnection) -> None:
         self._open.discard(conn)
@@ -118,14 +123,14 @@ class Pool:
     def _sweep(self) -> None:
         """Close connections idle longer than idle_timeout (oldest are at the left)."""
         self._timer = None
-        cutoff = self._loop.time() - self.settings.idle_timeout
+        cutoff = self._clock.now() - self.settings.idle_timeout
         idle = self._idle
         while idle and (idle[0][1] <= cutoff or idle[0][0].closed):
             conn, _ = idle.popleft()
             self._forget(conn)
             conn.close()
         if idle:
-            self._timer = self._loop.call_at(idle[0][1] + self.settings.idle_timeout, self._sweep)
+            self._timer = self._clock.call_at(idle[0][1] + self.settings.idle_timeout, self._sweep)
 
     def close(self) -> None:
         """Close idle connections now; busy ones close when their exchange ends."""

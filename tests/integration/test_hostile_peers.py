@@ -348,29 +348,35 @@ def test_endless_response_trailers_break_off_the_response_in_bounded_memory(
 def test_an_endless_request_trailer_gets_431_in_bounded_memory(hostile: tuple[Sidecar, HostileServer]) -> None:
     sidecar, _ = hostile
     _warm(sidecar)
+    refused_before = sidecar.metric(r'sidecar_requests_total\{.*code="431"')
     watch = RssWatch(sidecar)
     timings: list[float] = []
+    answer = b""
     with socket.create_connection(("127.0.0.1", sidecar.port), timeout=5) as client:
         client.sendall(b"POST /wait-body HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n"
                        b"5\r\nhello\r\n0\r\nx-t: ")
         block = b"a" * 65536
         client.settimeout(0.2)
         deadline = time.monotonic() + ATTACK_SECONDS
-        answer = b""
-        while time.monotonic() < deadline and not answer:
-            with contextlib.suppress(TimeoutError):
-                client.send(block)
-            readable, _, _ = select.select([client], [], [], 0)
-            if readable:
-                with contextlib.suppress(ConnectionResetError):
-                    answer = client.recv(65536)
-            if len(timings) < 3:
-                timings.append(_healthy_seconds(sidecar))
+        # The sidecar answers and closes while we are still sending: a send may then meet a reset, and the
+        # reset may even overtake the answer (the kernel drops what was unread), so the answer is checked
+        # here when it arrives and in the sidecar's own count of 431s in any case.
+        with contextlib.suppress(ConnectionResetError, BrokenPipeError):
+            while time.monotonic() < deadline and not answer:
+                with contextlib.suppress(TimeoutError):
+                    client.send(block)
+                readable, _, _ = select.select([client], [], [], 0)
+                if readable:
+                    answer = client.recv(65536) or b"closed"
+                if len(timings) < 3:
+                    timings.append(_healthy_seconds(sidecar))
     growth = watch.growth
-    assert answer.startswith(b"HTTP/1.1 431"), answer[:200]
-    assert b"error=http_request_error" in answer
+    assert answer in (b"", b"closed") or answer.startswith(b"HTTP/1.1 431"), answer[:200]
+    if answer.startswith(b"HTTP/1.1"):
+        assert b"error=http_request_error" in answer
+    assert sidecar.metric(r'sidecar_requests_total\{.*code="431"') == refused_before + 1
     assert growth < RSS_BUDGET, f"RSS grew by {growth / 2**20:.1f} MiB"
-    assert max(timings) < HEALTHY_SECONDS, timings
+    assert timings and max(timings) < HEALTHY_SECONDS, timings
 
 
 # -- 3. a pipelining client that never reads -----------------------------------------------------

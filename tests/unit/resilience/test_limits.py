@@ -1,5 +1,6 @@
 """Cluster bulkhead: fast path, FIFO handoff, max_pending and pending_timeout rejections, cancellation safety,
-and the max_requests cap under seeded random concurrent workloads (real event loop, small timeouts)."""
+and the max_requests cap under seeded random concurrent workloads (real event loop, small timeouts); the
+pending_timeout again in virtual time (ManualClock), without sleeping."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import random
 
 import pytest
 
+from proxy.clock import ManualClock
 from proxy.config.model import Limits
 from proxy.resilience.limits import Bulkhead, LimitDecision
 
@@ -266,3 +268,50 @@ async def test_random_workload_never_exceeds_cap_and_leaks_nothing(seed: int) ->
     assert all(bulkhead.try_acquire() for _ in range(max_requests))
     assert not bulkhead.try_acquire()
     assert outcomes.get("admitted", 0) > 0
+
+
+# -- pending_timeout in virtual time -------------------------------------------------------------------------
+
+
+async def test_pending_timeout_expires_when_virtual_time_passes_it() -> None:
+    loop = asyncio.get_running_loop()
+    clock = ManualClock(start=0.0)
+    limits = Limits.model_validate({"max_requests": 1, "max_pending": 2, "pending_timeout": "30s"})
+    bulkhead = Bulkhead.from_config(limits, clock)
+    started = loop.time()
+    assert bulkhead.try_acquire()
+    first = asyncio.create_task(bulkhead.acquire())
+    await settle()
+    clock.advance(10.0)
+    second = asyncio.create_task(bulkhead.acquire())  # queued at t=10: its deadline is t=40
+    await settle()
+    assert bulkhead.pending == 2 and clock.pending == 2
+    clock.advance(19.5)  # (binary fractions: virtual time adds up exactly)
+    await settle()
+    assert not first.done() and bulkhead.pending == 2
+    clock.advance(0.5)  # t=30: the first waiter's pending_timeout has passed, not the second's
+    await settle()
+    assert await first is LimitDecision.REJECTED_PENDING_TIMEOUT
+    assert not second.done() and bulkhead.pending == 1
+    bulkhead.release()  # the slot goes to the live waiter, whose timer is then cancelled
+    assert await second is ADMITTED
+    assert (bulkhead.in_flight, bulkhead.pending, clock.pending) == (1, 0, 0)
+    clock.advance(60.0)
+    assert bulkhead.in_flight == 1
+    bulkhead.release()
+    assert loop.time() - started < 1.0  # 90 s of virtual time, no real waiting
+
+
+async def test_a_cancelled_waiter_leaves_no_timer_in_virtual_time() -> None:
+    clock = ManualClock(start=0.0)
+    bulkhead = Bulkhead(1, 1, 5.0, clock)
+    assert bulkhead.try_acquire()
+    waiter = asyncio.create_task(bulkhead.acquire())
+    await settle()
+    assert clock.pending == 1
+    waiter.cancel()
+    await settle()
+    assert waiter.cancelled()
+    assert (bulkhead.pending, clock.pending) == (0, 0)
+    clock.advance(10.0)
+    assert bulkhead.in_flight == 1
