@@ -29,7 +29,7 @@ import asyncio
 import enum
 from collections import deque
 
-from proxy.config.model import Limits
+from proxy.config.model import LimitsConfig
 
 # Dead futures (timed out or cancelled waiters) stay in the queue until `release()` skips them. When
 # nothing releases for a while (a hung upstream holding every slot) they would pile up, so the queue is
@@ -78,7 +78,7 @@ class Bulkhead:
         self._waiters: deque[asyncio.Future[bool]] = deque()
 
     @classmethod
-    def from_config(cls, limits: Limits) -> Bulkhead:
+    def from_config(cls, limits: LimitsConfig) -> Bulkhead:
         return cls(limits.max_requests, limits.max_pending, limits.pending_timeout)
 
     @property

@@ -8,7 +8,7 @@ import random
 
 import pytest
 
-from proxy.config.model import Limits
+from proxy.config.model import LimitsConfig
 from proxy.resilience.limits import Bulkhead, LimitDecision
 
 ADMITTED = LimitDecision.ADMITTED
@@ -21,10 +21,10 @@ async def settle() -> None:
 
 
 def test_from_config_and_defaults() -> None:
-    bulkhead = Bulkhead.from_config(Limits.model_validate({"max_requests": 3, "max_pending": 2,
+    bulkhead = Bulkhead.from_config(LimitsConfig.model_validate({"max_requests": 3, "max_pending": 2,
                                                            "pending_timeout": "250ms"}))
     assert (bulkhead.max_requests, bulkhead.max_pending, bulkhead.pending_timeout) == (3, 2, 0.25)
-    default = Bulkhead.from_config(Limits())
+    default = Bulkhead.from_config(LimitsConfig())
     assert (default.max_requests, default.max_pending, default.pending_timeout) == (1024, 1024, 1.0)
     assert default.snapshot() == {"max_requests": 1024, "max_pending": 1024, "pending_timeout": 1.0,
                                   "in_flight": 0, "pending": 0}
