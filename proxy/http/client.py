@@ -14,14 +14,13 @@ from __future__ import annotations
 import asyncio
 import socket
 from collections.abc import Callable
-from http import HTTPStatus
 from typing import TYPE_CHECKING, Protocol, cast
 
 import httptools
 
 from proxy.errors import FailureKind, UpstreamError
 from proxy.http.headers import HOP_BY_HOP, X_REQUEST_ID, connection_tokens
-from proxy.message import Headers, ResponseHead
+from proxy.message import Headers, ResponseHead, reason_phrase
 
 if TYPE_CHECKING:
     from proxy.http.server import ReadControl, ServerConnection
@@ -451,7 +450,7 @@ class ClientConnection(asyncio.Protocol):
         self._status = status
         self._content_length = None if self._chunked else content_length
         no_body = self._head_request or status in (204, 304) or status == 101
-        head = ResponseHead(status, _reason(status), kept, self._keep_alive)
+        head = ResponseHead(status, reason_phrase(status), kept, self._keep_alive)
         waiter = self._head_waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(ResponseReady(head, self._content_length, no_body))
@@ -533,14 +532,6 @@ class ClientConnection(asyncio.Protocol):
     def tunnel_close(self) -> None:
         self._tunnel = None
         self.close()
-
-
-# Reason phrases are not forwarded verbatim (they are advisory); the standard one is used.
-_REASONS: dict[int, bytes] = {s.value: s.phrase.encode() for s in HTTPStatus}
-
-
-def _reason(status: int) -> bytes:
-    return _REASONS.get(status, b"")
 
 
 def _keep_alive(version: str, headers: Headers, has_connection: bool) -> bool:
