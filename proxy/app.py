@@ -27,8 +27,7 @@ from prometheus_client import CollectorRegistry
 from proxy.admin.server import AdminServer, AdminSource
 from proxy.clock import Clock
 from proxy.config.load import ConfigError, ConfigUnreadable, LoadedConfig, parse_config, read_and_hash, redacted_dump
-from proxy.config.model import Address, Config, Listener, host_port
-from proxy.config.model import Cluster as ClusterConfig
+from proxy.config.model import Address, ClusterConfig, Config, ListenerConfig, host_port
 from proxy.config.watch import ConfigWatcher
 from proxy.discovery.static import static_endpoints
 from proxy.filters.trace import TracePropagator
@@ -73,7 +72,7 @@ def unsupported_keys(config: Config) -> list[str]:
     return found
 
 
-def server_settings(listener: Listener) -> ServerSettings:
+def server_settings(listener: ListenerConfig) -> ServerSettings:
     http = listener.http
     return ServerSettings(
         max_head_bytes=http.max_request_headers,
@@ -252,7 +251,7 @@ class App:
         return TracePropagator.from_config(list(config.tracing.propagation), config.tracing.sampling,
                                            random.Random(self.clock.random.random()))
 
-    def _make_router(self, listener_config: Listener, clusters: dict[str, Cluster],
+    def _make_router(self, listener_config: ListenerConfig, clusters: dict[str, Cluster],
                      table: RouteTable | None = None) -> Router:
         if table is None:
             table = RouteTable.from_config(listener_config.routes)

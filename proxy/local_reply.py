@@ -11,7 +11,7 @@ import enum
 from dataclasses import dataclass
 
 from proxy.errors import FailureKind
-from proxy.message import Headers, ResponseHead
+from proxy.message import Headers, ResponseHead, reason_phrase
 
 PROXY_NAME = b"sidecar"
 
@@ -67,14 +67,6 @@ FAILURE_CAUSES: dict[FailureKind, Cause] = {
     FailureKind.HEADERS_TOO_LARGE: Cause.UPSTREAM_HEAD_TOO_LARGE,
 }
 
-REASONS: dict[int, bytes] = {
-    400: b"Bad Request", 403: b"Forbidden", 404: b"Not Found", 405: b"Method Not Allowed",
-    408: b"Request Timeout", 413: b"Content Too Large", 429: b"Too Many Requests",
-    431: b"Request Header Fields Too Large", 500: b"Internal Server Error", 502: b"Bad Gateway",
-    503: b"Service Unavailable", 504: b"Gateway Timeout", 505: b"HTTP Version Not Supported",
-}
-
-
 @dataclass(frozen=True, slots=True)
 class LocalReply:
     """A complete answer the sidecar makes itself; `close` asks the codec to close after it."""
@@ -114,7 +106,7 @@ def local_reply(
     must_close = close if close is not None else cause in _CLOSING
     if must_close:
         headers.append((b"connection", b"close"))
-    head = ResponseHead(code, REASONS.get(code, b"Error"), headers)
+    head = ResponseHead(code, reason_phrase(code) or b"Error", headers)
     return LocalReply(cause, head, body, must_close)
 
 

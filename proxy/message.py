@@ -1,12 +1,14 @@
 """Protocol-independent request and response heads.
 
 Owns the shapes every stage above the codec sees: a request head (method, target split into path and
-query, authority, lower-cased byte headers) and a response head. HTTP/2 plugs in by producing the same
-heads. Must not know about sockets, framing or routing.
+query, authority, lower-cased byte headers) and a response head, and the one table of reason phrases
+(`reason_phrase`) that every response the sidecar writes or forwards carries. HTTP/2 plugs in by producing
+the same heads. Must not know about sockets, framing or routing.
 """
 
 from __future__ import annotations
 
+from http import HTTPStatus
 from typing import ClassVar
 
 Headers = list[tuple[bytes, bytes]]
@@ -86,6 +88,23 @@ class RequestHead(Record):
         if self.query:
             return raw + b"?" + self.query
         return raw
+
+
+def _reason_phrases() -> dict[int, bytes]:
+    phrases = {status.value: status.phrase.encode() for status in HTTPStatus}
+    # RFC 9110's name; Python before 3.13 still says "Request Entity Too Large" (RFC 7231's).
+    phrases[413] = b"Content Too Large"
+    return phrases
+
+
+# Built once at import and never mutated: status -> standard reason phrase. An upstream's own phrase is not
+# forwarded (phrases are advisory in HTTP/1.1 and absent in HTTP/2); the standard one is sent instead.
+REASON_PHRASES: dict[int, bytes] = _reason_phrases()
+
+
+def reason_phrase(status: int) -> bytes:
+    """The standard reason phrase for `status`; b"" for a status without one (a phrase may be empty)."""
+    return REASON_PHRASES.get(status, b"")
 
 
 class ResponseHead(Record):

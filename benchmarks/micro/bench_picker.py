@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry
 
 from benchmarks.micro._common import iterations, ns_per_op, print_results
 from proxy.clock import Clock
-from proxy.config.model import Cluster as ClusterConfig
+from proxy.config.model import ClusterConfig
 from proxy.resilience.classify import classify_status
 from proxy.telemetry.metrics import Metrics
 from proxy.upstream.cluster import Cluster

@@ -14,7 +14,7 @@ import random
 import sys
 
 from benchmarks.micro._common import iterations, ns_per_op, print_results
-from proxy.config.model import Route, RouteMatch, SplitEntry
+from proxy.config.model import RouteConfig, RouteMatchConfig, SplitEntryConfig
 from proxy.message import RequestHead
 from proxy.routing.split import Split
 from proxy.routing.table import RouteTable
@@ -38,15 +38,15 @@ def head(authority: str, path: str = "/api/v1/campaigns", query: bytes = b"",
                        host_header=authority.encode(), headers=[*_HEADERS, *(headers or [])])
 
 
-def virtual_hosts(count: int) -> list[Route]:
-    routes: list[Route] = []
+def virtual_hosts(count: int) -> list[RouteConfig]:
+    routes: list[RouteConfig] = []
     for i in range(count):
         routes += [
-            Route(name=f"h{i}-api", cluster=f"c{i}", match=RouteMatch(host=host(i), prefix="/api")),
-            Route(name=f"h{i}-v2", cluster=f"c{i}-v2",
-                  match=RouteMatch.model_validate({"host": host(i), "prefix": "/web",
+            RouteConfig(name=f"h{i}-api", cluster=f"c{i}", match=RouteMatchConfig(host=host(i), prefix="/api")),
+            RouteConfig(name=f"h{i}-v2", cluster=f"c{i}-v2",
+                  match=RouteMatchConfig.model_validate({"host": host(i), "prefix": "/web",
                                                    "headers": {"x-version": {"exact": "v2"}}})),
-            Route(name=f"h{i}-rest", cluster=f"c{i}", match=RouteMatch(host=host(i), prefix="/")),
+            RouteConfig(name=f"h{i}-rest", cluster=f"c{i}", match=RouteMatchConfig(host=host(i), prefix="/")),
         ]
     return routes
 
@@ -54,12 +54,12 @@ def virtual_hosts(count: int) -> list[Route]:
 def main(argv: list[str]) -> None:
     number = iterations(argv, 200_000, __doc__.splitlines()[0])
     one = RouteTable.from_config(
-        [Route(name="api", cluster="c", match=RouteMatch(host=host(25), prefix="/api"))])
+        [RouteConfig(name="api", cluster="c", match=RouteMatchConfig(host=host(25), prefix="/api"))])
     many = RouteTable.from_config(virtual_hosts(50))
     query_table = RouteTable.from_config([
-        Route(name="debug", cluster="c",
-              match=RouteMatch.model_validate({"query": {"debug": {"exact": "1"}}})),
-        Route(name="rest", cluster="c", match=RouteMatch(prefix="/")),
+        RouteConfig(name="debug", cluster="c",
+              match=RouteMatchConfig.model_validate({"query": {"debug": {"exact": "1"}}})),
+        RouteConfig(name="rest", cluster="c", match=RouteMatchConfig(prefix="/")),
     ])
     ns: dict[str, object] = {
         "one": one,
@@ -71,8 +71,8 @@ def main(argv: list[str]) -> None:
         "unknown": head("nowhere.example"),
         "with_query": head("x", query=b"a=1&b=2&debug=0"),
         "single": Split.from_config("c", None),
-        "weighted": Split.from_config(None, [SplitEntry(cluster="v1", weight=90),
-                                             SplitEntry(cluster="v2", weight=10)]),
+        "weighted": Split.from_config(None, [SplitEntryConfig(cluster="v1", weight=90),
+                                             SplitEntryConfig(cluster="v2", weight=10)]),
         "rng": random.Random(1),
     }
     assert one.find(ns["hit"]) is one.routes[0]  # type: ignore[arg-type]

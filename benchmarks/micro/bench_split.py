@@ -11,12 +11,12 @@ import random
 import sys
 
 from benchmarks.micro._common import iterations, ns_per_op, print_results
-from proxy.config.model import SplitEntry
+from proxy.config.model import SplitEntryConfig
 from proxy.routing.split import Split
 
 
 def split_of(*weights: int) -> Split:
-    return Split.from_config(None, [SplitEntry(cluster=f"c{i}", weight=w) for i, w in enumerate(weights)])
+    return Split.from_config(None, [SplitEntryConfig(cluster=f"c{i}", weight=w) for i, w in enumerate(weights)])
 
 
 def main(argv: list[str]) -> None:

@@ -19,13 +19,12 @@ import logging
 import random
 import re
 from collections.abc import Awaitable
-from http import HTTPStatus
 from typing import Any, Final, Protocol, TypeVar
 from urllib.parse import parse_qs
 
 from proxy.http.server import Exchange, ServerConnection, ServerSettings, create_protocol_factory
 from proxy.local_reply import LocalReply
-from proxy.message import Headers, ResponseHead
+from proxy.message import Headers, ResponseHead, reason_phrase
 
 log = logging.getLogger(__name__)
 
@@ -257,7 +256,7 @@ class AdminServer:
     @staticmethod
     def _send(exchange: Exchange, answer: _Answer) -> None:
         headers: Headers = [(b"content-type", answer.content_type), *answer.extra]
-        exchange.start_response(ResponseHead(answer.status, HTTPStatus(answer.status).phrase.encode(), headers),
+        exchange.start_response(ResponseHead(answer.status, reason_phrase(answer.status), headers),
                                 len(answer.body), False, answer.body)
         exchange.end_response()
 

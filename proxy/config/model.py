@@ -127,7 +127,7 @@ class _Model(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
 
 
-class Node(_Model):
+class NodeConfig(_Model):
     service: str | None = None
     namespace: str | None = None
 
@@ -149,7 +149,7 @@ def _query_name(value: str) -> str:
     return value
 
 
-class ConfigDump(_Model):
+class ConfigDumpConfig(_Model):
     """What /config_dump may show: header and query values the config sets or matches are redacted unless
     their name is listed here (header names case-insensitively; query parameter names exactly, as routes
     match them)."""
@@ -158,12 +158,12 @@ class ConfigDump(_Model):
     public_query_params: list[Annotated[str, AfterValidator(_query_name)]] = Field(default_factory=list)
 
 
-class Admin(_Model):
+class AdminConfig(_Model):
     address: AddressField = Field(default_factory=lambda: Address(host="127.0.0.1", port=15000))
-    config_dump: ConfigDump = Field(default_factory=ConfigDump)
+    config_dump: ConfigDumpConfig = Field(default_factory=ConfigDumpConfig)
 
 
-class Http2Settings(_Model):
+class Http2Config(_Model):
     """HTTP/2 on a listener's port (validated now; `run` refuses it until HTTP/2 exists)."""
 
     max_concurrent_streams: int = Field(default=100, ge=1)
@@ -171,7 +171,7 @@ class Http2Settings(_Model):
     max_resets_per_second: int = Field(default=100, ge=1)
 
 
-class HttpSettings(_Model):
+class HttpConfig(_Model):
     max_request_headers: Size = 60 * 1024
     max_headers: int = Field(default=100, ge=1)
     header_read_timeout: Duration = 10.0
@@ -180,24 +180,24 @@ class HttpSettings(_Model):
     max_request_body: Size = 0
     max_requests_in_flight: int = Field(default=10000, ge=0)
     path_normalization: Literal["base", "merge_slashes", "decode_and_merge_slashes", "none"] = "base"
-    http2: Http2Settings | None = None
+    http2: Http2Config | None = None
 
 
-class ListenerTls(_Model):
+class ListenerTlsConfig(_Model):
     cert: str
     key: str
     ca: str | None = None
     require_client_cert: bool = False
 
     @model_validator(mode="after")
-    def _ca_for_clients(self) -> ListenerTls:
+    def _ca_for_clients(self) -> ListenerTlsConfig:
         # Without a CA there is nothing to verify a client certificate against.
         if self.require_client_cert and self.ca is None:
             raise ValueError("require_client_cert needs ca (the CA that client certificates must chain to)")
         return self
 
 
-class StringMatcher(_Model):
+class StringMatcherConfig(_Model):
     """Exactly one of exact / prefix / regex / present."""
 
     exact: str | None = None
@@ -206,7 +206,7 @@ class StringMatcher(_Model):
     present: bool | None = None
 
     @model_validator(mode="after")
-    def _one_kind(self) -> StringMatcher:
+    def _one_kind(self) -> StringMatcherConfig:
         given = [k for k in ("exact", "prefix", "regex", "present") if getattr(self, k) is not None]
         if len(given) != 1:
             raise ValueError("give exactly one of exact, prefix, regex, present")
@@ -220,17 +220,17 @@ class StringMatcher(_Model):
         return value
 
 
-class RouteMatch(_Model):
+class RouteMatchConfig(_Model):
     host: str | None = None
     exact: str | None = None
     prefix: str | None = None
     regex: str | None = None
-    headers: dict[str, StringMatcher] = Field(default_factory=dict)
-    query: dict[str, StringMatcher] = Field(default_factory=dict)
+    headers: dict[str, StringMatcherConfig] = Field(default_factory=dict)
+    query: dict[str, StringMatcherConfig] = Field(default_factory=dict)
     methods: list[str] | None = None
 
     @model_validator(mode="after")
-    def _one_path_kind(self) -> RouteMatch:
+    def _one_path_kind(self) -> RouteMatchConfig:
         given = [k for k in ("exact", "prefix", "regex") if getattr(self, k) is not None]
         if len(given) > 1:
             raise ValueError("give at most one of exact, prefix, regex")
@@ -239,7 +239,7 @@ class RouteMatch(_Model):
     @field_validator("regex")
     @classmethod
     def _compiles(cls, value: str | None) -> str | None:
-        return StringMatcher._compiles(value)
+        return StringMatcherConfig._compiles(value)
 
     @field_validator("methods")
     @classmethod
@@ -261,12 +261,12 @@ class RouteMatch(_Model):
         return value
 
 
-class SplitEntry(_Model):
+class SplitEntryConfig(_Model):
     cluster: str
     weight: int = Field(gt=0)
 
 
-class Backoff(_Model):
+class BackoffConfig(_Model):
     """Either full-jitter exponential (base, max) or a fixed schedule."""
 
     base: Duration | None = None
@@ -274,7 +274,7 @@ class Backoff(_Model):
     schedule: list[Duration] | None = None
 
     @model_validator(mode="after")
-    def _one_form(self) -> Backoff:
+    def _one_form(self) -> BackoffConfig:
         exponential = self.base is not None or self.max is not None
         if exponential and self.schedule is not None:
             raise ValueError("give either base/max or schedule, not both")
@@ -285,7 +285,7 @@ class Backoff(_Model):
         return self
 
 
-class RetryBudget(_Model):
+class RetryBudgetConfig(_Model):
     ratio: float = Field(default=0.2, ge=0)
     min_per_second: float = Field(default=10, ge=0)
     max_concurrent: int = Field(default=50, ge=0)
@@ -294,13 +294,14 @@ class RetryBudget(_Model):
 RETRY_CONDITIONS = ("connect-failure", "reset", "gateway-error", "5xx", "retriable-4xx")
 
 
-class RetryPolicy(_Model):
+class RetryPolicyConfig(_Model):
     attempts: int = Field(default=1, ge=0)
     per_try_timeout: Duration | None = None
     on: list[str] = Field(default_factory=lambda: ["connect-failure", "reset", "gateway-error"])
-    # Built from strings: parse_duration refuses bare numbers, so Backoff(base=0.025) would always fail.
-    backoff: Backoff = Field(default_factory=lambda: Backoff.model_validate({"base": "25ms", "max": "250ms"}))
-    budget: RetryBudget = Field(default_factory=RetryBudget)
+    # Built from strings: parse_duration refuses bare numbers, so BackoffConfig(base=0.025) would always fail.
+    backoff: BackoffConfig = Field(
+        default_factory=lambda: BackoffConfig.model_validate({"base": "25ms", "max": "250ms"}))
+    budget: RetryBudgetConfig = Field(default_factory=RetryBudgetConfig)
     replay_buffer: Size = 64 * 1024
     max_retry_after: Duration = 5.0
 
@@ -319,67 +320,67 @@ class RetryPolicy(_Model):
         return out
 
 
-class RateLimitKey(_Model):
+class RateLimitKeyConfig(_Model):
     header: str
 
 
-class RateLimit(_Model):
+class RateLimitConfig(_Model):
     requests_per_second: float = Field(gt=0)
     burst: int = Field(gt=0)
-    key: RateLimitKey | None = None
+    key: RateLimitKeyConfig | None = None
     max_keys: int = Field(default=10000, ge=1)
 
 
-class FaultDelay(_Model):
+class FaultDelayConfig(_Model):
     fixed: Duration
     percent: float = Field(ge=0, le=100)
 
 
-class FaultAbort(_Model):
+class FaultAbortConfig(_Model):
     status: int = Field(ge=200, le=599)
     percent: float = Field(ge=0, le=100)
 
 
-class Fault(_Model):
-    delay: FaultDelay | None = None
-    abort: FaultAbort | None = None
+class FaultConfig(_Model):
+    delay: FaultDelayConfig | None = None
+    abort: FaultAbortConfig | None = None
 
 
-class HeaderOps(_Model):
+class HeaderOpsConfig(_Model):
     set: dict[str, str] = Field(default_factory=dict)
     add: dict[str, str] = Field(default_factory=dict)
     remove: list[str] = Field(default_factory=list)
 
 
-class HeaderRules(_Model):
-    request: HeaderOps | None = None
-    response: HeaderOps | None = None
+class HeaderRulesConfig(_Model):
+    request: HeaderOpsConfig | None = None
+    response: HeaderOpsConfig | None = None
 
 
-class Rewrite(_Model):
+class RewriteConfig(_Model):
     prefix: str | None = None
     host: str | None = None
 
 
-class Authz(_Model):
+class AuthzConfig(_Model):
     allow_identities: list[str]
 
 
-class Route(_Model):
+class RouteConfig(_Model):
     name: str
-    match: RouteMatch = Field(default_factory=RouteMatch)
+    match: RouteMatchConfig = Field(default_factory=RouteMatchConfig)
     cluster: str | None = None
-    split: list[SplitEntry] | None = None
+    split: list[SplitEntryConfig] | None = None
     timeout: Duration | None = None
-    retries: RetryPolicy | None = None
-    rate_limit: RateLimit | None = None
-    fault: Fault | None = None
-    headers: HeaderRules | None = None
-    rewrite: Rewrite | None = None
-    authz: Authz | None = None
+    retries: RetryPolicyConfig | None = None
+    rate_limit: RateLimitConfig | None = None
+    fault: FaultConfig | None = None
+    headers: HeaderRulesConfig | None = None
+    rewrite: RewriteConfig | None = None
+    authz: AuthzConfig | None = None
 
     @model_validator(mode="after")
-    def _one_target(self) -> Route:
+    def _one_target(self) -> RouteConfig:
         if (self.cluster is None) == (self.split is None):
             raise ValueError("give exactly one of cluster or split")
         if self.split is not None and not self.split:
@@ -387,39 +388,39 @@ class Route(_Model):
         return self
 
 
-class Listener(_Model):
+class ListenerConfig(_Model):
     name: str
     address: AddressField
-    http: HttpSettings = Field(default_factory=HttpSettings)
-    tls: ListenerTls | None = None
-    routes: list[Route] = Field(default_factory=list)
+    http: HttpConfig = Field(default_factory=HttpConfig)
+    tls: ListenerTlsConfig | None = None
+    routes: list[RouteConfig] = Field(default_factory=list)
 
 
-class KubernetesDiscovery(_Model):
+class KubernetesDiscoveryConfig(_Model):
     service: str
     namespace: str = "default"
     port: int | str
     labels: dict[str, str] = Field(default_factory=dict)
 
 
-class DnsDiscovery(_Model):
+class DnsDiscoveryConfig(_Model):
     name: str
     port: int = Field(ge=1, le=65535)
     refresh: Duration = 30.0
 
 
-class Discovery(_Model):
-    kubernetes: KubernetesDiscovery | None = None
-    dns: DnsDiscovery | None = None
+class DiscoveryConfig(_Model):
+    kubernetes: KubernetesDiscoveryConfig | None = None
+    dns: DnsDiscoveryConfig | None = None
 
     @model_validator(mode="after")
-    def _one_kind(self) -> Discovery:
+    def _one_kind(self) -> DiscoveryConfig:
         if (self.kubernetes is None) == (self.dns is None):
             raise ValueError("give exactly one of kubernetes or dns")
         return self
 
 
-class ClusterTls(_Model):
+class ClusterTlsConfig(_Model):
     cert: str | None = None
     key: str | None = None
     ca: str
@@ -427,14 +428,14 @@ class ClusterTls(_Model):
     server_name: str | None = None
 
     @model_validator(mode="after")
-    def _cert_with_key(self) -> ClusterTls:
+    def _cert_with_key(self) -> ClusterTlsConfig:
         # A client certificate is useless without its key, and a key alone presents nothing.
         if (self.cert is None) != (self.key is None):
             raise ValueError("give both cert and key (a client certificate and its private key), or neither")
         return self
 
 
-class CircuitBreaker(_Model):
+class CircuitBreakerConfig(_Model):
     min_requests: int = Field(default=5, ge=1)
     failure_ratio: float = Field(default=0.5, gt=0, le=1)
     interval: Duration = 10.0
@@ -442,20 +443,20 @@ class CircuitBreaker(_Model):
     half_open_requests: int = Field(default=1, ge=1)
 
 
-class Limits(_Model):
+class LimitsConfig(_Model):
     max_requests: int = Field(default=1024, ge=1)
     max_pending: int = Field(default=1024, ge=0)
     pending_timeout: Duration = 1.0
 
 
-class OutlierDetection(_Model):
+class OutlierDetectionConfig(_Model):
     consecutive_5xx: int = Field(default=5, ge=1)
     interval: Duration = 10.0
     base_ejection_time: Duration = 30.0
     max_ejection_percent: float = Field(default=10, ge=0, le=100)
 
 
-class Pool(_Model):
+class PoolConfig(_Model):
     max_idle_per_endpoint: int = Field(default=64, ge=0)
     idle_timeout: Duration = 60.0
     max_requests_per_connection: int = Field(default=0, ge=0)
@@ -464,30 +465,30 @@ class Pool(_Model):
 LoadBalancer = Literal["round_robin", "least_request", "peak_ewma", "ring_hash"]
 
 
-class Cluster(_Model):
+class ClusterConfig(_Model):
     name: str
     endpoints: list[AddressField] | None = None
-    discovery: Discovery | None = None
+    discovery: DiscoveryConfig | None = None
     load_balancer: LoadBalancer = "round_robin"
     connect_timeout: Duration = 5.0
     protocol: Literal["http1", "http2", "auto"] = "http1"
     # The upstream's status line + headers (and, separately, its trailers): 502 beyond either bound.
     max_response_headers: Size = Field(default=60 * 1024, ge=1)
     max_response_header_count: int = Field(default=100, ge=1)
-    tls: ClusterTls | None = None
-    circuit_breaker: CircuitBreaker | None = None
-    limits: Limits | None = None
-    outlier_detection: OutlierDetection | None = None
-    pool: Pool = Field(default_factory=Pool)
+    tls: ClusterTlsConfig | None = None
+    circuit_breaker: CircuitBreakerConfig | None = None
+    limits: LimitsConfig | None = None
+    outlier_detection: OutlierDetectionConfig | None = None
+    pool: PoolConfig = Field(default_factory=PoolConfig)
 
     @model_validator(mode="after")
-    def _one_source(self) -> Cluster:
+    def _one_source(self) -> ClusterConfig:
         if (self.endpoints is None) == (self.discovery is None):
             raise ValueError("give exactly one of endpoints or discovery")
         return self
 
 
-class Otlp(_Model):
+class OtlpConfig(_Model):
     endpoint: str
 
 
@@ -499,27 +500,27 @@ def _w3c_only() -> list[Propagation]:
     return ["w3c"]
 
 
-class Tracing(_Model):
+class TracingConfig(_Model):
     propagation: list[Propagation] = Field(default_factory=_w3c_only)
     sampling: float = Field(default=0.01, ge=0, le=1)
-    otlp: Otlp | None = None
+    otlp: OtlpConfig | None = None
 
 
-class AccessLog(_Model):
+class AccessLogConfig(_Model):
     format: Literal["json", "text"] = "json"
     path: str = "stdout"
 
 
 class Config(_Model):
-    node: Node = Field(default_factory=Node)
+    node: NodeConfig = Field(default_factory=NodeConfig)
     workers: int | Literal["auto"] = 1
     drain_delay: Duration = 0.0
     drain_timeout: Duration = 30.0
-    admin: Admin = Field(default_factory=Admin)
-    listeners: list[Listener] = Field(default_factory=list)
-    clusters: list[Cluster] = Field(default_factory=list)
-    tracing: Tracing = Field(default_factory=Tracing)
-    access_log: AccessLog | None = None
+    admin: AdminConfig = Field(default_factory=AdminConfig)
+    listeners: list[ListenerConfig] = Field(default_factory=list)
+    clusters: list[ClusterConfig] = Field(default_factory=list)
+    tracing: TracingConfig = Field(default_factory=TracingConfig)
+    access_log: AccessLogConfig | None = None
 
     @field_validator("workers")
     @classmethod

@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, Final, Literal
 
-from proxy.config.model import ConfigDump
+from proxy.config.model import ConfigDumpConfig
 
 if TYPE_CHECKING:
     # Only a type: load.py re-exports this module's names, so importing it at run time would be a cycle.
@@ -73,7 +73,7 @@ def redacted_dump(loaded: LoadedConfig) -> dict[str, Any]:
     return {"version_hash": loaded.version_hash, **dumped}
 
 
-def redact(dumped: dict[str, Any], settings: ConfigDump) -> None:
+def redact(dumped: dict[str, Any], settings: ConfigDumpConfig) -> None:
     """Replace the values at `SECRET_POSITIONS` in a config dump (`Config.model_dump(mode="json")`) by
     "[redacted]", in place, except header and query values whose name `settings` lists as public."""
     public: dict[Kind, frozenset[str]] = {

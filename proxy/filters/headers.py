@@ -1,6 +1,6 @@
 """Route header rules (Istio's VirtualService `headers`): remove, then set, then add, on a header list.
 
-Owns the compiled form of one `HeaderOps` (request or response side) and the order the contract fixes:
+Owns the compiled form of one `HeaderOpsConfig` (request or response side) and the order the contract fixes:
 `remove` drops every value of a name; `set` replaces every value of a name with one (appending it when
 absent); `add` appends a value, keeping any already there. Names are lower-cased bytes, values encoded,
 once at compile.
@@ -22,7 +22,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
-from proxy.config.model import HeaderOps
+from proxy.config.model import HeaderOpsConfig
 
 # RFC 9110 5.6.2 token characters.
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
@@ -33,7 +33,7 @@ _RESERVED = frozenset(
 
 
 class HeaderRewriter:
-    """One compiled `HeaderOps`; `apply(headers)` edits a header list in place."""
+    """One compiled `HeaderOpsConfig`; `apply(headers)` edits a header list in place."""
 
     __slots__ = ("_append", "_drop")
 
@@ -46,7 +46,7 @@ class HeaderRewriter:
         self._append = set_pairs + tuple(add)
 
     @classmethod
-    def from_config(cls, ops: HeaderOps | None) -> HeaderRewriter | None:
+    def from_config(cls, ops: HeaderOpsConfig | None) -> HeaderRewriter | None:
         """None when there are no rules, so a route without rules pays nothing (not even a call)."""
         if ops is None or not (ops.remove or ops.set or ops.add):
             return None

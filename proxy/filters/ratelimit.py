@@ -22,7 +22,7 @@ import math
 from collections import OrderedDict
 
 from proxy.clock import Clock
-from proxy.config.model import RateLimit
+from proxy.config.model import RateLimitConfig
 
 # Continuous refill accumulates float error: after exactly 1/rate seconds an empty bucket may hold
 # 0.9999999999 tokens. Admitting within this tolerance keeps "one token per 1/rate seconds" exact.
@@ -104,7 +104,7 @@ class RateLimiter:
         self._buckets: OrderedDict[bytes, TokenBucket] = OrderedDict()
 
     @classmethod
-    def from_config(cls, config: RateLimit, clock: Clock) -> RateLimiter:
+    def from_config(cls, config: RateLimitConfig, clock: Clock) -> RateLimiter:
         header = config.key.header.lower().encode("latin-1") if config.key is not None else None
         return cls(config.requests_per_second, config.burst, clock, header, config.max_keys)
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import re
 
-from proxy.config.model import Rewrite, RouteMatch
+from proxy.config.model import RewriteConfig, RouteMatchConfig
 from proxy.message import RequestHead, authority_of
 
 _BAD_HOST = re.compile(r"[\s/?#@\x00-\x1f\x7f]")
@@ -37,7 +37,7 @@ class Rewriter:
         self._authority = authority_of(host) if host is not None else None
 
     @classmethod
-    def from_config(cls, rewrite: Rewrite | None, match: RouteMatch) -> Rewriter | None:
+    def from_config(cls, rewrite: RewriteConfig | None, match: RouteMatchConfig) -> Rewriter | None:
         """None when the route has nothing to rewrite, so it pays nothing per request."""
         if rewrite is None or (rewrite.prefix is None and rewrite.host is None):
             return None

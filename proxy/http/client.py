@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import socket
 from collections.abc import Callable
-from http import HTTPStatus
 from typing import TYPE_CHECKING, Protocol, cast
 
 import httptools
@@ -31,7 +30,7 @@ from proxy.http.headers import (
     serialize_request,
     trailer_fields,
 )
-from proxy.message import Headers, RequestHead, ResponseHead
+from proxy.message import Headers, RequestHead, ResponseHead, reason_phrase
 
 if TYPE_CHECKING:
     from proxy.http.server import ReadControl, ServerConnection
@@ -494,7 +493,7 @@ class ClientConnection(asyncio.Protocol):
         self._status = status
         self._content_length = None if self._chunked else content_length
         no_body = self._head_request or status in (204, 304) or status == 101
-        head = ResponseHead(status, _reason(status), kept)
+        head = ResponseHead(status, reason_phrase(status), kept)
         waiter = self._head_waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(ResponseReady(head, self._content_length, no_body))
@@ -578,14 +577,6 @@ class ClientConnection(asyncio.Protocol):
     def tunnel_close(self) -> None:
         self._tunnel = None
         self.close()
-
-
-# Reason phrases are not forwarded verbatim (they are advisory); the standard one is used.
-_REASONS: dict[int, bytes] = {s.value: s.phrase.encode() for s in HTTPStatus}
-
-
-def _reason(status: int) -> bytes:
-    return _REASONS.get(status, b"")
 
 
 def _keep_alive(version: str, headers: Headers, has_connection: bool) -> bool:

@@ -14,7 +14,7 @@ import os
 import random
 from binascii import hexlify
 
-from proxy.message import Headers, RequestHead, ResponseHead
+from proxy.message import REASON_PHRASES, Headers, RequestHead, ResponseHead
 
 # `te` is hop-by-hop too, except `te: trailers` on a request (see forwarded_te); names starting with
 # `proxy-` are dropped as well (callers test the prefix).
@@ -124,15 +124,9 @@ def last_chunk(trailers: Headers | None) -> bytes:
     return b"".join(parts)
 
 
-def _standard_status_lines() -> dict[tuple[int, bytes], bytes]:
-    from http import HTTPStatus
-
-    return {(s.value, s.phrase.encode()): b"HTTP/1.1 %d %s\r\n" % (s.value, s.phrase.encode())
-            for s in HTTPStatus}
-
-
 # Built once at import and never mutated: the common status lines cost a dict hit, not a format.
-_STATUS_LINES = _standard_status_lines()
+_STATUS_LINES: dict[tuple[int, bytes], bytes] = {
+    (status, phrase): b"HTTP/1.1 %d %s\r\n" % (status, phrase) for status, phrase in REASON_PHRASES.items()}
 
 
 # `content-length: N\r\n` for the small bodies most API answers have, rendered at import (about 60 KB):

@@ -2,7 +2,7 @@
 
 Owns the two forms of `retries.backoff`: Envoy's full-jitter exponential (`ExponentialBackoff`) and the
 fixed schedule used as written (`FixedSchedule`), both with `delay(retry_number) -> seconds`, and
-`from_config` to compile a config `Backoff` once. Must not sleep, read the clock or know about
+`from_config` to compile a `BackoffConfig` once. Must not sleep, read the clock or know about
 Retry-After (the retry loop takes the larger of the two); randomness comes from the injected `Random`.
 """
 
@@ -12,7 +12,7 @@ import random
 from collections.abc import Sequence
 from typing import Final, Protocol
 
-from proxy.config.model import Backoff
+from proxy.config.model import BackoffConfig
 
 # Envoy's defaults: base 25 ms, max 10 x base.
 DEFAULT_BASE: Final = 0.025
@@ -76,8 +76,8 @@ class FixedSchedule:
         return self.delays[index]
 
 
-def from_config(config: Backoff, rng: random.Random) -> ExponentialBackoff | FixedSchedule:
-    """Compile a config `Backoff`. Envoy's defaulting: no base -> 25 ms (or max, if smaller); no max -> 10 x base."""
+def from_config(config: BackoffConfig, rng: random.Random) -> ExponentialBackoff | FixedSchedule:
+    """Compile a `BackoffConfig`. Envoy's defaulting: no base -> 25 ms (or max, if smaller); no max -> 10 x base."""
     if config.schedule is not None:
         return FixedSchedule(config.schedule)
     base = config.base

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import Final, NamedTuple
 
 from proxy.clock import Clock
-from proxy.config.model import CircuitBreaker as CircuitBreakerConfig
+from proxy.config.model import CircuitBreakerConfig
 
 
 class BreakerState(enum.IntEnum):

@@ -13,7 +13,7 @@ import enum
 from typing import Final
 
 from proxy.clock import Clock
-from proxy.config.model import RetryBudget as RetryBudgetConfig
+from proxy.config.model import RetryBudgetConfig
 
 WINDOW_SECONDS: Final = 10
 # Linkerd's ServiceProfile ttl is 10 s; one-second buckets keep the window's edge error under 10 %.

@@ -16,7 +16,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from proxy.config.model import Fault
+from proxy.config.model import FaultConfig
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,7 +58,7 @@ class FaultInjector:
         self._both = FaultDecision(delay=delay, abort=abort_status)
 
     @classmethod
-    def from_config(cls, fault: Fault | None, rng: random.Random) -> FaultInjector | None:
+    def from_config(cls, fault: FaultConfig | None, rng: random.Random) -> FaultInjector | None:
         """None when the route injects nothing (no fault, or every percentage 0): the caller skips the stage."""
         if fault is None:
             return None

@@ -30,7 +30,7 @@ import enum
 from collections import deque
 
 from proxy.clock import Clock
-from proxy.config.model import Limits
+from proxy.config.model import LimitsConfig
 
 # Dead futures (timed out or cancelled waiters) stay in the queue until `release()` skips them. When
 # nothing releases for a while (a hung upstream holding every slot) they would pile up, so the queue is
@@ -82,7 +82,7 @@ class Bulkhead:
         self._waiters: deque[asyncio.Future[bool]] = deque()
 
     @classmethod
-    def from_config(cls, limits: Limits, clock: Clock | None = None) -> Bulkhead:
+    def from_config(cls, limits: LimitsConfig, clock: Clock | None = None) -> Bulkhead:
         return cls(limits.max_requests, limits.max_pending, limits.pending_timeout, clock)
 
     @property

@@ -1,6 +1,6 @@
 """A route's retry policy, compiled once from config: what may be retried, on what, how often, how late.
 
-Owns `CompiledRetryPolicy` (the runtime of the config's `RetryPolicy`; the config class keeps the name):
+Owns `CompiledRetryPolicy` (the runtime of a `RetryPolicyConfig`):
 the attempt count, per-try timeout, the `on:` conditions as one bitmask, which requests may be retried
 at all, the replay-buffer limit, Retry-After parsing, and the route's back-off and budget objects.
 Must not run the retry loop, sleep or touch sockets: the outbound path asks it questions and acts.
@@ -14,7 +14,7 @@ from email.utils import parsedate_tz
 from typing import Final
 
 from proxy.clock import Clock
-from proxy.config.model import RetryPolicy
+from proxy.config.model import RetryPolicyConfig
 from proxy.resilience.backoff import ExponentialBackoff, FixedSchedule
 from proxy.resilience.backoff import from_config as backoff_from_config
 from proxy.resilience.budget import RetryBudget
@@ -71,7 +71,7 @@ class CompiledRetryPolicy:
         self.budget = budget
 
     @classmethod
-    def from_config(cls, config: RetryPolicy, clock: Clock) -> CompiledRetryPolicy:
+    def from_config(cls, config: RetryPolicyConfig, clock: Clock) -> CompiledRetryPolicy:
         return cls(
             attempts=config.attempts,
             per_try_timeout=config.per_try_timeout,

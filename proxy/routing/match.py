@@ -1,4 +1,4 @@
-"""Compiled route matchers: a `RouteMatch` from the config becomes a `RouteMatcher` once, at table build.
+"""Compiled route matchers: a `RouteMatchConfig` from the config becomes a `RouteMatcher` once, at table build.
 
 Owns the meaning of every match condition (CONTRACT.md, "Semantics users rely on"):
 - path `exact` / `prefix` / `regex` see the path as the listener normalized it (`http.path_normalization`;
@@ -22,7 +22,7 @@ from __future__ import annotations
 from typing import Final
 from urllib.parse import unquote_plus
 
-from proxy.config.model import RouteMatch, StringMatcher
+from proxy.config.model import RouteMatchConfig, StringMatcherConfig
 from proxy.message import RequestHead
 from proxy.routing.regex import Regex
 
@@ -47,7 +47,7 @@ def host_name(host: str) -> str:
 
 
 class ValueMatcher:
-    """One compiled `StringMatcher`: tests a header value or query parameter (None = absent)."""
+    """One compiled `StringMatcherConfig`: tests a header value or query parameter (None = absent)."""
 
     __slots__ = ("_kind", "_pattern", "_text")
 
@@ -57,7 +57,7 @@ class ValueMatcher:
         self._pattern = pattern
 
     @classmethod
-    def from_config(cls, matcher: StringMatcher) -> ValueMatcher:
+    def from_config(cls, matcher: StringMatcherConfig) -> ValueMatcher:
         if matcher.exact is not None:
             return cls(_EXACT, matcher.exact)
         if matcher.prefix is not None:
@@ -129,7 +129,7 @@ class QueryParams:
 
 
 class RouteMatcher:
-    """All conditions of one `RouteMatch`, compiled; `matches(head)` holds when every condition does."""
+    """All conditions of one `RouteMatchConfig`, compiled; `matches(head)` holds when every condition does."""
 
     __slots__ = (
         "_headers",
@@ -164,7 +164,7 @@ class RouteMatcher:
         self._query = query or None
 
     @classmethod
-    def from_config(cls, match: RouteMatch, *, check_host: bool = True) -> RouteMatcher:
+    def from_config(cls, match: RouteMatchConfig, *, check_host: bool = True) -> RouteMatcher:
         """Compile `match`. With `check_host=False` the host condition is left out: the route table uses
         that for candidate lists it already selected by host, so the check is not paid twice."""
         host: str | None = None

@@ -13,7 +13,7 @@ import random
 from bisect import bisect_right
 from collections.abc import Sequence
 
-from proxy.config.model import SplitEntry
+from proxy.config.model import SplitEntryConfig
 
 
 class Split:
@@ -45,7 +45,7 @@ class Split:
         self._boundaries = tuple(cumulative[:-1])
 
     @classmethod
-    def from_config(cls, cluster: str | None, split: Sequence[SplitEntry] | None) -> Split:
+    def from_config(cls, cluster: str | None, split: Sequence[SplitEntryConfig] | None) -> Split:
         """Compile a route's target: exactly one of `cluster` or a non-empty `split`."""
         if (cluster is None) == (split is None):
             raise ValueError("give exactly one of cluster or split")

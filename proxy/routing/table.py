@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from proxy.config.model import Route
+from proxy.config.model import RouteConfig
 from proxy.message import RequestHead
 from proxy.routing.match import QueryParams, RouteMatcher, host_name
 from proxy.routing.split import Split
@@ -30,7 +30,7 @@ class CompiledRoute:
 
     __slots__ = ("config", "index", "matcher", "name", "split")
 
-    def __init__(self, config: Route, index: int) -> None:
+    def __init__(self, config: RouteConfig, index: int) -> None:
         self.name = config.name
         self.index = index  # position in the listener's route list: stable key for per-route stages
         self.config = config
@@ -77,7 +77,7 @@ class RouteTable:
         )
 
     @classmethod
-    def from_config(cls, routes: Sequence[Route]) -> RouteTable:
+    def from_config(cls, routes: Sequence[RouteConfig]) -> RouteTable:
         return cls([CompiledRoute(route, index) for index, route in enumerate(routes)])
 
     def find(self, head: RequestHead) -> CompiledRoute | None:

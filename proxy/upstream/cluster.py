@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from proxy.clock import Clock
-from proxy.config.model import Cluster as ClusterConfig
+from proxy.config.model import ClusterConfig
 from proxy.resilience.breaker import BreakerState, CircuitBreaker
 from proxy.resilience.classify import Verdict
 from proxy.resilience.limits import Bulkhead

@@ -40,7 +40,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from proxy.config.model import OutlierDetection
+from proxy.config.model import OutlierDetectionConfig
 
 # Envoy's OutlierDetection.max_ejection_time default.
 DEFAULT_MAX_EJECTION_TIME = 300.0
@@ -96,7 +96,7 @@ class OutlierDetector:
         self.ejections_overflow = 0
 
     @classmethod
-    def from_config(cls, config: OutlierDetection, endpoints: Iterable[str] = ()) -> OutlierDetector:
+    def from_config(cls, config: OutlierDetectionConfig, endpoints: Iterable[str] = ()) -> OutlierDetector:
         detector = cls(config.consecutive_5xx, config.interval, config.base_ejection_time,
                        config.max_ejection_percent)
         detector.set_endpoints(endpoints)

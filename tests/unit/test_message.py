@@ -8,7 +8,7 @@ from unittest import mock
 import pytest
 
 from proxy.filters.trace import TraceContext
-from proxy.message import RequestHead, ResponseHead, authority_of, first_header
+from proxy.message import RequestHead, ResponseHead, authority_of, first_header, reason_phrase
 
 
 def head(**changes: object) -> RequestHead:
@@ -47,3 +47,10 @@ def test_header_and_target() -> None:
     ("Example.COM:8080", "example.com"), ("[::1]:15001", "::1"), ("svc", "svc"), ("[bad", "[bad")])
 def test_authority_of(host: str, authority: str) -> None:
     assert authority_of(host) == authority
+
+
+def test_reason_phrases_are_the_standard_ones_with_rfc_9110_names() -> None:
+    assert reason_phrase(200) == b"OK"
+    assert reason_phrase(503) == b"Service Unavailable"
+    assert reason_phrase(413) == b"Content Too Large"  # RFC 9110, whatever the Python version calls it
+    assert reason_phrase(599) == b""  # no standard phrase: the phrase may be empty

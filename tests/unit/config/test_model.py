@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from proxy.config.model import HttpSettings, RouteMatch, StringMatcher, compile_regex
+from proxy.config.model import HttpConfig, RouteMatchConfig, StringMatcherConfig, compile_regex
 
 
 @pytest.mark.parametrize(("pattern", "says"), [
@@ -30,15 +30,15 @@ def test_other_refusals_carry_re2s_reason() -> None:
 
 
 def test_every_regex_key_is_checked_with_re2() -> None:
-    for build in (lambda: RouteMatch(regex=r"(a)\1"), lambda: StringMatcher(regex="(?=x)")):
+    for build in (lambda: RouteMatchConfig(regex=r"(a)\1"), lambda: StringMatcherConfig(regex="(?=x)")):
         with pytest.raises(ValidationError, match="not RE2 syntax"):
             build()
     # RE2 syntax that Python's `re` does not know is accepted.
-    assert RouteMatch(regex=r"/\pL+/[[:digit:]]+").regex
+    assert RouteMatchConfig(regex=r"/\pL+/[[:digit:]]+").regex
 
 
 def test_path_normalization_is_base_by_default_and_one_of_istios_names() -> None:
-    assert HttpSettings().path_normalization == "base"
-    assert HttpSettings(path_normalization="decode_and_merge_slashes").path_normalization == "decode_and_merge_slashes"
+    assert HttpConfig().path_normalization == "base"
+    assert HttpConfig(path_normalization="decode_and_merge_slashes").path_normalization == "decode_and_merge_slashes"
     with pytest.raises(ValidationError):
-        HttpSettings(path_normalization="BASE")  # type: ignore[arg-type]
+        HttpConfig(path_normalization="BASE")  # type: ignore[arg-type]

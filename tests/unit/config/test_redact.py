@@ -14,7 +14,7 @@ import pytest
 from pydantic import BaseModel
 
 from proxy.config.load import ConfigError, load_config
-from proxy.config.model import Address, Config, ConfigDump
+from proxy.config.model import Address, Config, ConfigDumpConfig
 from proxy.config.redact import REDACTED, SECRET_POSITIONS, redact, redacted_dump
 
 # The examples: credentials in headers whose names say nothing about secrets.
@@ -120,7 +120,7 @@ def test_api_key_file_is_redacted_and_absent_sections_are_left_alone() -> None:
         {"tls": None, "routes": [{"api_key": {"header": "x-api-key", "keys_file": "/secrets/keys.yaml"},
                                   "headers": None, "match": {"headers": {}, "query": {}}}]},
         {"tls": None, "routes": []}], "clusters": [{"tls": None}]}
-    redact(dumped, ConfigDump(public_headers=["x-api-key"]))  # public header names do not free files
+    redact(dumped, ConfigDumpConfig(public_headers=["x-api-key"]))  # public header names do not free files
     assert dumped["listeners"][0]["routes"][0]["api_key"] == {"header": "x-api-key", "keys_file": REDACTED}
     assert dumped["listeners"][0]["tls"] is None and dumped["clusters"] == [{"tls": None}]
 

@@ -8,19 +8,19 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from proxy.config.model import HeaderOps
+from proxy.config.model import HeaderOpsConfig
 from proxy.filters.headers import HeaderRewriter
 
 
 def rewriter(**ops: Any) -> HeaderRewriter:
-    compiled = HeaderRewriter.from_config(HeaderOps.model_validate(ops))
+    compiled = HeaderRewriter.from_config(HeaderOpsConfig.model_validate(ops))
     assert compiled is not None
     return compiled
 
 
 def test_no_rules_compiles_to_none() -> None:
     assert HeaderRewriter.from_config(None) is None
-    assert HeaderRewriter.from_config(HeaderOps()) is None
+    assert HeaderRewriter.from_config(HeaderOpsConfig()) is None
 
 
 def test_remove_drops_every_value() -> None:
@@ -76,19 +76,19 @@ def test_values_are_latin1_bytes() -> None:
 def test_reserved_names_are_refused(name: str, op: str) -> None:
     ops: dict[str, Any] = {"remove": [name]} if op == "remove" else {op: {name: "v"}}
     with pytest.raises(ValueError, match=op):
-        HeaderRewriter.from_config(HeaderOps.model_validate(ops))
+        HeaderRewriter.from_config(HeaderOpsConfig.model_validate(ops))
 
 
 @pytest.mark.parametrize("name", [":path", "bad name", "", "x\r\ny"])
 def test_invalid_names_are_refused(name: str) -> None:
     with pytest.raises(ValueError, match="not a valid header name"):
-        HeaderRewriter.from_config(HeaderOps(set={name: "v"}))
+        HeaderRewriter.from_config(HeaderOpsConfig(set={name: "v"}))
 
 
 @pytest.mark.parametrize("value", ["a\r\nx-evil: 1", "a\nb", "a\x00", "\u2603"])
 def test_invalid_values_are_refused(value: str) -> None:
     with pytest.raises(ValueError, match="x-a"):
-        HeaderRewriter.from_config(HeaderOps(add={"x-a": value}))
+        HeaderRewriter.from_config(HeaderOpsConfig(add={"x-a": value}))
 
 
 # --- property: what remains after apply -------------------------------------------------------------
@@ -106,7 +106,7 @@ _values = st.sampled_from(["1", "2", "three"])
 def test_apply_postconditions(
     headers: list[tuple[str, str]], remove: list[str], set_: dict[str, str], add: dict[str, str]
 ) -> None:
-    compiled = HeaderRewriter.from_config(HeaderOps(remove=remove, set=set_, add=add))
+    compiled = HeaderRewriter.from_config(HeaderOpsConfig(remove=remove, set=set_, add=add))
     encoded = [(k.encode(), v.encode()) for k, v in headers]
     if compiled is None:
         assert not (remove or set_ or add)

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from proxy.clock import ManualClock
-from proxy.config.model import RateLimit
+from proxy.config.model import RateLimitConfig
 from proxy.filters.ratelimit import RateLimiter, TokenBucket, retry_after
 
 
@@ -154,11 +154,12 @@ def test_waiting_the_answer_is_enough(rate: float, burst: int, drain: int) -> No
 
 
 def limiter(clock: ManualClock, **extra: object) -> RateLimiter:
-    return RateLimiter.from_config(RateLimit.model_validate({"requests_per_second": 1, "burst": 2, **extra}), clock)
+    config = RateLimitConfig.model_validate({"requests_per_second": 1, "burst": 2, **extra})
+    return RateLimiter.from_config(config, clock)
 
 
 def test_default_max_keys() -> None:
-    assert RateLimit(requests_per_second=1, burst=1).max_keys == 10000
+    assert RateLimitConfig(requests_per_second=1, burst=1).max_keys == 10000
 
 
 def test_unkeyed_limiter_shares_one_bucket() -> None:
@@ -248,7 +249,7 @@ def test_lru_never_exceeds_max_keys() -> None:
 
 def test_retry_after_through_limiter() -> None:
     clock = ManualClock()
-    rl = RateLimiter.from_config(RateLimit(requests_per_second=100, burst=100), clock)
+    rl = RateLimiter.from_config(RateLimitConfig(requests_per_second=100, burst=100), clock)
     for _ in range(100):
         assert rl.check([]) == 0.0
     wait = rl.check([])

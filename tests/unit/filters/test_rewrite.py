@@ -6,22 +6,22 @@ from typing import Any
 
 import pytest
 
-from proxy.config.model import Rewrite, RouteMatch
+from proxy.config.model import RewriteConfig, RouteMatchConfig
 from proxy.filters.rewrite import Rewriter
 from proxy.message import RequestHead
 from tests.unit.heads import make_head
 
 
 def rewritten(match: dict[str, Any], rewrite: dict[str, Any], head: RequestHead) -> RequestHead:
-    compiled = Rewriter.from_config(Rewrite.model_validate(rewrite), RouteMatch.model_validate(match))
+    compiled = Rewriter.from_config(RewriteConfig.model_validate(rewrite), RouteMatchConfig.model_validate(match))
     assert compiled is not None
     compiled.apply(head)
     return head
 
 
 def test_nothing_to_rewrite_compiles_to_none() -> None:
-    assert Rewriter.from_config(None, RouteMatch()) is None
-    assert Rewriter.from_config(Rewrite(), RouteMatch(prefix="/a")) is None
+    assert Rewriter.from_config(None, RouteMatchConfig()) is None
+    assert Rewriter.from_config(RewriteConfig(), RouteMatchConfig(prefix="/a")) is None
 
 
 @pytest.mark.parametrize(
@@ -69,9 +69,9 @@ def test_prefix_and_host_together() -> None:
 @pytest.mark.parametrize("host", ["", "a b", "a/b", "a\r\nb", "caf\u00e9"])
 def test_bad_host_refused(host: str) -> None:
     with pytest.raises(ValueError, match=r"rewrite\.host"):
-        Rewriter.from_config(Rewrite(host=host), RouteMatch())
+        Rewriter.from_config(RewriteConfig(host=host), RouteMatchConfig())
 
 
 def test_non_ascii_prefix_refused() -> None:
     with pytest.raises(ValueError, match=r"rewrite\.prefix"):
-        Rewriter.from_config(Rewrite(prefix="/caf\u00e9"), RouteMatch())
+        Rewriter.from_config(RewriteConfig(prefix="/caf\u00e9"), RouteMatchConfig())

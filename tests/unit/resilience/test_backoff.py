@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from proxy.config.model import Backoff
+from proxy.config.model import BackoffConfig
 from proxy.resilience.backoff import ExponentialBackoff, FixedSchedule, from_config
 
 
@@ -78,8 +78,8 @@ def test_fixed_schedule_refuses_empty_and_negative() -> None:
         FixedSchedule([0.1, -1.0])
 
 
-def cfg(**fields: object) -> Backoff:
-    return Backoff.model_validate(fields)
+def cfg(**fields: object) -> BackoffConfig:
+    return BackoffConfig.model_validate(fields)
 
 
 def test_from_config_forms() -> None:

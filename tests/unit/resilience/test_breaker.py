@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
 from proxy.clock import ManualClock
-from proxy.config.model import CircuitBreaker as CircuitBreakerConfig
+from proxy.config.model import CircuitBreakerConfig
 from proxy.resilience.breaker import BreakerState, CircuitBreaker
 
 CLOSED, OPEN, HALF_OPEN = BreakerState.CLOSED, BreakerState.OPEN, BreakerState.HALF_OPEN

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from proxy.clock import ManualClock
-from proxy.config.model import RetryBudget as RetryBudgetConfig
+from proxy.config.model import RetryBudgetConfig
 from proxy.resilience.budget import BudgetDecision, RetryBudget
 
 ALLOWED = BudgetDecision.ALLOWED

@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from proxy.config.model import Fault
+from proxy.config.model import FaultConfig
 from proxy.resilience.fault import NO_FAULT, FaultDecision, FaultInjector
 
 
@@ -18,19 +18,19 @@ class NoDraws(random.Random):
         raise AssertionError("no draw expected")
 
 
-def fault(delay: tuple[str, float] | None = None, abort: tuple[int, float] | None = None) -> Fault:
+def fault(delay: tuple[str, float] | None = None, abort: tuple[int, float] | None = None) -> FaultConfig:
     data: dict[str, object] = {}
     if delay is not None:
         data["delay"] = {"fixed": delay[0], "percent": delay[1]}
     if abort is not None:
         data["abort"] = {"status": abort[0], "percent": abort[1]}
-    return Fault.model_validate(data)
+    return FaultConfig.model_validate(data)
 
 
 @pytest.mark.parametrize("config", [
     None, fault(), fault(delay=("2s", 0)), fault(abort=(503, 0)), fault(delay=("2s", 0), abort=(503, 0)),
     fault(delay=("0s", 50))])
-def test_nothing_to_inject_compiles_to_none(config: Fault | None) -> None:
+def test_nothing_to_inject_compiles_to_none(config: FaultConfig | None) -> None:
     assert FaultInjector.from_config(config, random.Random(0)) is None
 
 

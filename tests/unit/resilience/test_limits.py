@@ -10,7 +10,7 @@ import random
 import pytest
 
 from proxy.clock import ManualClock
-from proxy.config.model import Limits
+from proxy.config.model import LimitsConfig
 from proxy.resilience.limits import Bulkhead, LimitDecision
 
 ADMITTED = LimitDecision.ADMITTED
@@ -23,10 +23,10 @@ async def settle() -> None:
 
 
 def test_from_config_and_defaults() -> None:
-    bulkhead = Bulkhead.from_config(Limits.model_validate({"max_requests": 3, "max_pending": 2,
+    bulkhead = Bulkhead.from_config(LimitsConfig.model_validate({"max_requests": 3, "max_pending": 2,
                                                            "pending_timeout": "250ms"}))
     assert (bulkhead.max_requests, bulkhead.max_pending, bulkhead.pending_timeout) == (3, 2, 0.25)
-    default = Bulkhead.from_config(Limits())
+    default = Bulkhead.from_config(LimitsConfig())
     assert (default.max_requests, default.max_pending, default.pending_timeout) == (1024, 1024, 1.0)
     assert default.snapshot() == {"max_requests": 1024, "max_pending": 1024, "pending_timeout": 1.0,
                                   "in_flight": 0, "pending": 0}
@@ -276,7 +276,7 @@ async def test_random_workload_never_exceeds_cap_and_leaks_nothing(seed: int) ->
 async def test_pending_timeout_expires_when_virtual_time_passes_it() -> None:
     loop = asyncio.get_running_loop()
     clock = ManualClock(start=0.0)
-    limits = Limits.model_validate({"max_requests": 1, "max_pending": 2, "pending_timeout": "30s"})
+    limits = LimitsConfig.model_validate({"max_requests": 1, "max_pending": 2, "pending_timeout": "30s"})
     bulkhead = Bulkhead.from_config(limits, clock)
     started = loop.time()
     assert bulkhead.try_acquire()

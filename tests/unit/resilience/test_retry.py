@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from proxy.clock import ManualClock
-from proxy.config.model import RetryPolicy
+from proxy.config.model import RetryPolicyConfig
 from proxy.errors import FailureKind
 from proxy.resilience.backoff import ExponentialBackoff, FixedSchedule
 from proxy.resilience.budget import BudgetDecision
@@ -21,7 +21,7 @@ NOW = calendar.timegm((2024, 5, 1, 12, 0, 0))
 
 
 def policy(**fields: object) -> CompiledRetryPolicy:
-    return CompiledRetryPolicy.from_config(RetryPolicy.model_validate(fields), ManualClock())
+    return CompiledRetryPolicy.from_config(RetryPolicyConfig.model_validate(fields), ManualClock())
 
 
 def test_defaults_from_config() -> None:
@@ -165,12 +165,12 @@ def test_parse_retry_after_never_raises(value: bytes) -> None:
 def test_budget_and_backoff_use_the_injected_clock() -> None:
     clock = ManualClock()
     compiled = CompiledRetryPolicy.from_config(
-        RetryPolicy.model_validate({"budget": {"ratio": 0, "min_per_second": 0.1, "max_concurrent": 5}}), clock)
+        RetryPolicyConfig.model_validate({"budget": {"ratio": 0, "min_per_second": 0.1, "max_concurrent": 5}}), clock)
     assert compiled.budget.try_acquire_retry() is BudgetDecision.ALLOWED  # reserve: 0.1/s x 10 s = 1
     compiled.budget.release_retry()
     assert compiled.budget.try_acquire_retry() is BudgetDecision.BUDGET_EXHAUSTED
     clock.advance(10)
     assert compiled.budget.try_acquire_retry() is BudgetDecision.ALLOWED
     # Jitter draws from the clock's seeded Random: same seed, same delays.
-    again = CompiledRetryPolicy.from_config(RetryPolicy(), ManualClock())
+    again = CompiledRetryPolicy.from_config(RetryPolicyConfig(), ManualClock())
     assert [again.backoff.delay(n) for n in (1, 2, 3)] == [compiled.backoff.delay(n) for n in (1, 2, 3)]

@@ -10,13 +10,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from proxy.config.model import RouteMatch
+from proxy.config.model import RouteMatchConfig
 from proxy.routing.match import QueryParams, RouteMatcher
 from tests.unit.heads import make_head
 
 
 def matcher(**match: Any) -> RouteMatcher:
-    return RouteMatcher.from_config(RouteMatch.model_validate(match))
+    return RouteMatcher.from_config(RouteMatchConfig.model_validate(match))
 
 
 def test_empty_match_matches_everything() -> None:
@@ -180,7 +180,7 @@ def test_without_query_matchers_the_query_is_never_parsed() -> None:
 
 
 def test_check_host_false_leaves_host_out() -> None:
-    m = RouteMatcher.from_config(RouteMatch(host="a", prefix="/x"), check_host=False)
+    m = RouteMatcher.from_config(RouteMatchConfig(host="a", prefix="/x"), check_host=False)
     assert m.matches(make_head("/x", authority="b"))
     assert not m.matches(make_head("/y", authority="a"))
 

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proxy.config.model import SplitEntry
+from proxy.config.model import SplitEntryConfig
 from proxy.routing.split import Split
 
 
@@ -20,8 +20,8 @@ class NoDraws(random.Random):
         raise AssertionError("a single-cluster split must not draw")
 
 
-def entries(*pairs: tuple[str, int]) -> list[SplitEntry]:
-    return [SplitEntry(cluster=c, weight=w) for c, w in pairs]
+def entries(*pairs: tuple[str, int]) -> list[SplitEntryConfig]:
+    return [SplitEntryConfig(cluster=c, weight=w) for c, w in pairs]
 
 
 def test_single_cluster_needs_no_draw() -> None:
@@ -45,7 +45,7 @@ def test_weights_and_names() -> None:
     ("cluster", "split"),
     [(None, None), ("a", entries(("b", 1))), (None, [])],
 )
-def test_bad_targets_are_refused(cluster: str | None, split: list[SplitEntry] | None) -> None:
+def test_bad_targets_are_refused(cluster: str | None, split: list[SplitEntryConfig] | None) -> None:
     with pytest.raises(ValueError):
         Split.from_config(cluster, split)
 

@@ -7,14 +7,14 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proxy.config.model import Route, RouteMatch
+from proxy.config.model import RouteConfig, RouteMatchConfig
 from proxy.message import RequestHead
 from proxy.routing.table import CompiledRoute, RouteTable
 from tests.unit.heads import make_head
 
 
-def route(name: str, cluster: str = "c", **match: Any) -> Route:
-    return Route(name=name, cluster=cluster, match=RouteMatch.model_validate(match))
+def route(name: str, cluster: str = "c", **match: Any) -> RouteConfig:
+    return RouteConfig(name=name, cluster=cluster, match=RouteMatchConfig.model_validate(match))
 
 
 def found(table: RouteTable, head: RequestHead) -> str | None:
@@ -79,7 +79,7 @@ def test_query_routes_in_the_index() -> None:
 def test_routes_index_and_cluster_names() -> None:
     table = RouteTable.from_config([
         route("a", cluster="c1"),
-        Route.model_validate({"name": "b", "split": [{"cluster": "c2", "weight": 1},
+        RouteConfig.model_validate({"name": "b", "split": [{"cluster": "c2", "weight": 1},
                                                      {"cluster": "c1", "weight": 1}]}),
         route("c", cluster="c3"),
     ])

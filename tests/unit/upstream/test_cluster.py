@@ -11,7 +11,7 @@ from prometheus_client import CollectorRegistry
 
 import proxy.upstream.balancer
 from proxy.clock import ManualClock
-from proxy.config.model import Cluster as ClusterConfig
+from proxy.config.model import ClusterConfig
 from proxy.errors import FailureKind
 from proxy.resilience.classify import Verdict, classify_cancelled, classify_failure, classify_status
 from proxy.resilience.limits import LimitDecision

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proxy.config.model import OutlierDetection
+from proxy.config.model import OutlierDetectionConfig
 from proxy.upstream.outlier import OutlierChange, OutlierDetector
 
 
@@ -33,7 +33,7 @@ A, B, C = "10.0.0.1:8080", "10.0.0.2:8080", "10.0.0.3:8080"
 
 
 def test_from_config_defaults() -> None:
-    od = OutlierDetector.from_config(OutlierDetection(), [A, B])
+    od = OutlierDetector.from_config(OutlierDetectionConfig(), [A, B])
     assert od.interval == 10.0
     fail(od, A, 4)
     assert od.evaluate(0.0) == []
