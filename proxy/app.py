@@ -32,7 +32,8 @@ from proxy.config.watch import ConfigWatcher
 from proxy.discovery.static import static_endpoints
 from proxy.filters.trace import TracePropagator
 from proxy.http.path import MODES as PATH_MODES
-from proxy.http.server import ServerSettings, create_protocol_factory
+from proxy.http.server import create_protocol_factory
+from proxy.http.settings import ServerSettings
 from proxy.outbound import OutboundListener, Router, build_router
 from proxy.routing.table import RouteTable
 from proxy.telemetry.exposition import render_metrics

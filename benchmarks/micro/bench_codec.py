@@ -23,7 +23,8 @@ import httptools
 
 from benchmarks.micro._common import iterations, ns_per_call, print_results
 from proxy.http.client import NO_BODY, ClientConnection
-from proxy.http.server import Exchange, ServerConnection, ServerSettings
+from proxy.http.server import Exchange, ServerConnection
+from proxy.http.settings import ServerSettings
 from proxy.local_reply import LocalReply
 from proxy.message import RequestHead, ResponseHead
 
@@ -129,6 +130,7 @@ class DownstreamExchange:
     def __init__(self) -> None:
         self.conn = DownstreamConn()
         self.upstream_reader: object = None
+        self.write_paused = False
 
     def write_body(self, data: bytes) -> None:
         pass

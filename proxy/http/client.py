@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import socket
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Protocol, cast
+from typing import Protocol, cast
 
 import httptools
 
@@ -31,18 +31,13 @@ from proxy.http.headers import (
     trailer_fields,
 )
 from proxy.message import Headers, RequestHead, ResponseHead, reason_phrase
+from proxy.stream import NO_BODY, ReadControl, ResponseReady, TunnelEnd
 
-if TYPE_CHECKING:
-    from proxy.http.server import ReadControl, ServerConnection
-
-
-class _WriteState(Protocol):
-    @property
-    def write_paused(self) -> bool: ...
+__all__ = ["NO_BODY", "ClientConnection", "ResponseReady", "ResponseSink"]
 
 
 class ResponseSink(Protocol):
-    """Where a response body is spliced: the downstream exchange (`proxy.http.server.Exchange`).
+    """Where a response body is spliced: the request stream (`proxy.stream.RequestStream`).
 
     A protocol rather than the class itself: compiled (mypyc) code checks a concrete parameter type at
     run time, and the codec's tests drive this module with their own sinks.
@@ -51,7 +46,7 @@ class ResponseSink(Protocol):
     upstream_reader: ReadControl | None
 
     @property
-    def conn(self) -> _WriteState: ...
+    def write_paused(self) -> bool: ...
 
     def write_body(self, data: bytes) -> None: ...
 
@@ -61,8 +56,6 @@ class ResponseSink(Protocol):
 # Hop-by-hop headers and the upstream's framing: the downstream response is framed anew. The codec
 # writes the request's x-request-id itself, so an upstream's echo of it would be a duplicate.
 _REFRAMED = HOP_BY_HOP | {b"content-length", X_REQUEST_ID}
-# `send(length=NO_BODY)`: the request has no body (a None length is a body of unknown length: chunked).
-NO_BODY = -1
 # The handshake headers of a WebSocket upgrade (hop-by-hop, so written here rather than forwarded).
 _UPGRADE_LINES = b"connection: upgrade\r\nupgrade: websocket\r\n"
 
@@ -82,17 +75,6 @@ class _BadResponse(Exception):
 # Response heads and trailers default to the request side's bounds (Envoy's 60 KiB and 100 headers).
 DEFAULT_MAX_HEAD_BYTES = 60 * 1024
 DEFAULT_MAX_HEADERS = 100
-
-
-class ResponseReady:
-    """What an attempt learns when the response head has arrived."""
-
-    __slots__ = ("content_length", "head", "no_body")
-
-    def __init__(self, head: ResponseHead, content_length: int | None, no_body: bool) -> None:
-        self.head = head
-        self.content_length = content_length
-        self.no_body = no_body
 
 
 class ClientConnection(asyncio.Protocol):
@@ -159,7 +141,7 @@ class ClientConnection(asyncio.Protocol):
         self._reset_state()
         self._head_waiter: asyncio.Future[ResponseReady] | None = None
         self._done_waiter: asyncio.Future[None] | None = None
-        self._tunnel: ServerConnection | None = None
+        self._tunnel: TunnelEnd | None = None
         self._early = b""
         self._upgraded = False
 
@@ -269,7 +251,7 @@ class ClientConnection(asyncio.Protocol):
         """Stream the rest of the response body into `exchange`; True when the response is complete."""
         self.downstream = exchange
         exchange.upstream_reader = self
-        if exchange.conn.write_paused:
+        if exchange.write_paused:
             # The client is still behind on an earlier response: read nothing more until it catches up.
             self.pause_reading()
         body, self._body = self._body, []
@@ -552,7 +534,7 @@ class ClientConnection(asyncio.Protocol):
 
     # -- tunnel (after 101) ------------------------------------------------------------------------
 
-    def start_tunnel(self, downstream: ServerConnection) -> None:
+    def start_tunnel(self, downstream: TunnelEnd) -> None:
         self._tunnel = downstream
         self.downstream = None
         early, self._early = self._early, b""

@@ -15,7 +15,6 @@ import logging
 import random
 from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Protocol, cast
 
 import httptools
@@ -34,9 +33,11 @@ from proxy.http.headers import (
     serialize_response,
     trailer_fields,
 )
-from proxy.http.path import BASE, normalize_path, refusal, without_fragment
+from proxy.http.path import normalize_path, refusal, without_fragment
+from proxy.http.settings import ServerSettings
 from proxy.local_reply import Cause, LocalReply, local_reply
 from proxy.message import Headers, RequestHead, ResponseHead
+from proxy.stream import BodySink, ReadControl, RequestBody, RequestStream, TunnelEnd, TunnelPeer
 
 log = logging.getLogger("proxy.http.server")
 
@@ -56,47 +57,6 @@ HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n"
 _DROPPED = HOP_BY_HOP | {b"content-length", b"expect", b"host"}
 
 
-@dataclass(frozen=True, slots=True)
-class ServerSettings:
-    """The listener's `http:` settings, compiled once (all durations in seconds, sizes in bytes)."""
-
-    max_head_bytes: int = 60 * 1024
-    max_headers: int = 100
-    header_read_timeout: float = 10.0
-    idle_timeout: float = 300.0
-    # No byte moving either way (request body in, response out) for this long: 504, or a reset once the
-    # response has started. 0 disables it.
-    stream_idle_timeout: float = 300.0
-    max_request_body: int = 0
-    max_requests_in_flight: int = 10000
-    scheme: bytes = b"http"
-    path_normalization: int = BASE  # a mode of proxy.http.path
-
-
-class ReadControl(Protocol):
-    """The other side's reading, paused while our write buffer is full."""
-
-    def pause_reading(self) -> None: ...
-    def resume_reading(self) -> None: ...
-
-
-class BodySink(Protocol):
-    """Where request body bytes go once an upstream is attached (an upstream connection)."""
-
-    def write_body(self, data: bytes) -> None: ...
-    def end_body(self, trailers: Headers | None) -> None: ...
-
-
-class TunnelPeer(Protocol):
-    """The upstream end of an upgraded (WebSocket) connection."""
-
-    def tunnel_write(self, data: bytes) -> None: ...
-    def tunnel_eof(self) -> None: ...
-    def tunnel_close(self) -> None: ...
-    def pause_reading(self) -> None: ...
-    def resume_reading(self) -> None: ...
-
-
 class Listener(Protocol):
     """What a connection needs from its listener: the current handler (swapped on reload) and counters."""
 
@@ -110,31 +70,27 @@ class Listener(Protocol):
     def local_reply_sent(self, exchange: Exchange, reply: LocalReply) -> None: ...
 
 
-class RequestBody:
+class Http1RequestBody(RequestBody):
     """A request body flowing from the client to (at most one at a time) upstream sink.
 
     Bytes that arrive before a sink is attached are buffered; past BODY_HIGH_WATER the client socket is
     paused. Up to `replay_limit` bytes are also kept so a retry can send the body again.
     """
 
-    __slots__ = ("_buffered", "_buffered_size", "_conn", "_sink", "chunked", "complete", "failed",
-                 "kept", "length", "received", "replay_limit", "replayable", "trailers")
+    __slots__ = ("_buffered", "_buffered_size", "_conn", "_sink", "chunked", "failed", "kept", "replay_limit",
+                 "replayable")
 
     def __init__(self, conn: ServerConnection, length: int | None, chunked: bool) -> None:
+        super().__init__(length)
         self._conn = conn
-        self.length = length
         self.chunked = chunked
-        self.complete = False
         self.failed = False
-        self.received = 0
         self._sink: BodySink | None = None
         self._buffered: list[bytes] = []
         self._buffered_size = 0
         self.replay_limit = 0
         self.kept: list[bytes] | None = None
         self.replayable = True
-        # The trailer fields that ended a chunked body (None: none), forwarded with its end.
-        self.trailers: Headers | None = None
 
     def keep_for_replay(self, limit: int) -> None:
         """Keep up to `limit` bytes (from the start) so the body can be sent again on a retry."""
@@ -200,6 +156,14 @@ class RequestBody:
     def detach(self) -> None:
         self._sink = None
 
+    def can_replay(self) -> bool:
+        kept = self.kept
+        if kept is None or not self.replayable:
+            return False
+        # A replay that misses bytes would send a truncated body under the original framing (a request the
+        # upstream waits on forever, or a different one): refuse the retry rather than send it.
+        return sum(map(len, kept)) == self.received
+
     def buffered(self) -> bytes:
         """The whole body when it has already arrived and nothing was sent (the small-request fast path)."""
         if len(self._buffered) == 1:
@@ -215,66 +179,50 @@ class RequestBody:
         return data
 
 
-class Exchange:
-    """One request on a downstream connection and the response written back for it."""
+class Exchange(RequestStream):
+    """One request on a downstream connection and the response written back for it (HTTP/1.1)."""
 
     __slots__ = (
         "_chunked_out",
-        "body",
         "close_after",
         "conn",
-        "expect_continue",
-        "expired",
+        "h1_body",
         "handler_started",
-        "head",
         "head_only",
         "http_minor",
         "last_activity",
-        "local",
-        "peer_ip",
-        "request_id",
-        "response_done",
-        "response_started",
-        "response_status",
-        "started_at",
-        "task",
-        "timed_out",
-        "upstream_reader",
-        "websocket",
     )
 
-    def __init__(self, conn: ServerConnection, head: RequestHead, body: RequestBody | None,
+    def __init__(self, conn: ServerConnection, head: RequestHead, body: Http1RequestBody | None,
                  request_id: bytes, started_at: float, keep_alive: bool = True, http_minor: int = 1) -> None:
+        super().__init__(head, body, request_id, conn.peer_ip, started_at)
+        # The same body as `body`, typed as the codec's own (which it feeds and ends).
+        self.h1_body = body
         self.conn = conn
-        self.head = head
-        self.body = body
-        self.request_id = request_id
-        self.started_at = started_at
-        self.peer_ip = conn.peer_ip
         self.head_only = head.method == b"HEAD"
-        self.expect_continue = False
-        self.websocket = False
-        # A reply decided by the codec itself: sent in turn instead of running the handler (413 on a
-        # declared length, 405 CONNECT), or sent when the codec cancels a running handler (a framing error
-        # in the body, the stream idle timeout) if no response has started by then.
-        self.local: LocalReply | None = None
+        # `local` (RequestStream) is also a reply decided by the codec that is sent in turn instead of running
+        # the handler (413 on a declared length, 405 CONNECT).
         # The last time a byte moved for this request (body in, response out): the stream idle timer's base.
         # The connection sets it when the handler starts.
         self.last_activity = started_at
-        self.timed_out = False
-        # The handler's task, and which deadline of the request path cancelled it (None: none did).
-        self.task: asyncio.Task[None] | None = None
         # Set by the handler's first step: until then a cancel would end its task without running any of it.
         self.handler_started = False
-        self.expired: object = None
-        self.response_started = False
-        self.response_done = False
-        self.response_status = 0
         # HTTP/1 facts of this request, the codec's alone (the heads above it are protocol-independent).
         self.close_after = not keep_alive
         self.http_minor = http_minor
         self._chunked_out = False
-        self.upstream_reader: ReadControl | None = None
+
+    @property
+    def write_paused(self) -> bool:
+        return self.conn.write_paused
+
+    @property
+    def reader(self) -> ReadControl:
+        return self.conn
+
+    @property
+    def tunnel_end(self) -> TunnelEnd:
+        return self.conn
 
     # -- answering -------------------------------------------------------------------------------
 
@@ -602,8 +550,8 @@ class ServerConnection(asyncio.Protocol):
         active = self.active
         if active is not None and not active.response_done:
             active.response_done = True
-            if active.body is not None and not active.body.complete:
-                active.body.failed = True
+            if active.h1_body is not None and not active.h1_body.complete:
+                active.h1_body.failed = True
             if self._task is not None:
                 if active.handler_started:
                     log.info("client %s %s before the response to request %s ended: request cancelled",
@@ -834,9 +782,9 @@ class ServerConnection(asyncio.Protocol):
             headers.append((X_REQUEST_ID, request_id))
         head = RequestHead(method=method, path=path.decode("latin-1"), query=query,
                            authority=authority, host_header=host_header, headers=headers)
-        body: RequestBody | None = None
+        body: Http1RequestBody | None = None
         if chunked or (content_length is not None and content_length > 0):
-            body = RequestBody(self, content_length, chunked)
+            body = Http1RequestBody(self, content_length, chunked)
         exchange = Exchange(self, head, body, request_id, self._head_start, parser.should_keep_alive(),
                             http_minor)
         exchange.expect_continue = expect and body is not None
@@ -854,9 +802,9 @@ class ServerConnection(asyncio.Protocol):
     def on_body(self, data: bytes) -> None:
         self._unparsed = 0
         exchange = self._queue[-1] if self._queue else self.active
-        if exchange is None or exchange.body is None:
+        if exchange is None or exchange.h1_body is None:
             return
-        body = exchange.body
+        body = exchange.h1_body
         limit = self.listener.settings.max_request_body
         if limit and body.received + len(data) > limit:
             self._fail_body(exchange, local_reply(Cause.BODY_TOO_LARGE))
@@ -866,13 +814,13 @@ class ServerConnection(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         exchange = self._queue[-1] if self._queue else self.active
-        if exchange is not None and exchange.body is not None and not exchange.body.complete:
+        if exchange is not None and exchange.h1_body is not None and not exchange.h1_body.complete:
             if self.parser.should_upgrade() and not exchange.websocket:
                 # llhttp skips the body of any upgrade request; a dropped Upgrade (h2c) still has one,
                 # read after the upgrade point (see _on_upgrade).
                 return
             trailers = self._trailers
-            exchange.body.finish(trailer_fields(trailers) if trailers is not None else None)
+            exchange.h1_body.finish(trailer_fields(trailers) if trailers is not None else None)
 
     # -- queueing and handing requests over ---------------------------------------------------------
 
@@ -941,7 +889,7 @@ class ServerConnection(asyncio.Protocol):
         # The upstream may have paused this socket for the body (its write buffer was full when the
         # exchange ended): the next request must be read.
         self._unblock(_BLOCK_UPSTREAM)
-        body = exchange.body
+        body = exchange.h1_body
         if body is not None and not body.complete:
             # The answer went out before the client finished its body: the stream position is lost.
             exchange.close_after = True
@@ -1000,7 +948,7 @@ class ServerConnection(asyncio.Protocol):
     def _request_error(self, reply: LocalReply) -> None:
         """A parse error: in the body of the last request whose head was accepted, or in a new head."""
         last = self._queue[-1] if self._queue else self.active
-        body = last.body if last is not None else None
+        body = last.h1_body if last is not None else None
         if last is not None and body is not None and not self._in_head and not body.complete:
             self._fail_body(last, reply)
         else:
@@ -1014,8 +962,8 @@ class ServerConnection(asyncio.Protocol):
         attempt aborts its upstream connection (never pooled) so the upstream never sees a whole request.
         """
         self._stop_parsing()
-        if exchange.body is not None:
-            exchange.body.failed = True
+        if exchange.h1_body is not None:
+            exchange.h1_body.failed = True
         exchange.close_after = True
         exchange.local = reply
         if exchange is not self.active:
@@ -1050,7 +998,7 @@ class ServerConnection(asyncio.Protocol):
             self._early = rest
         else:
             # Any other Upgrade (h2c, ...) is dropped as hop-by-hop: keep parsing HTTP/1.1.
-            body = last.body if last is not None else None
+            body = last.h1_body if last is not None else None
             if body is not None and not body.complete:
                 # llhttp skipped this request's body (it expected another protocol to follow). Read it
                 # with a fresh parser primed by a head that declares the same framing; its callbacks

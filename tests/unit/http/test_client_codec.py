@@ -54,6 +54,10 @@ class FakeExchange:
         self.upstream_reader: object = None
         self.conn = FakeDownstreamConn()
 
+    @property
+    def write_paused(self) -> bool:
+        return self.conn.write_paused
+
     def write_body(self, data: bytes) -> None:
         self.body += data
 

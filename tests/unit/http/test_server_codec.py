@@ -21,7 +21,8 @@ from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 
 from proxy.http.path import BASE, normalize_path
-from proxy.http.server import HTTP2_PREFACE, PARSE_SLICE, Exchange, ServerConnection, ServerSettings
+from proxy.http.server import HTTP2_PREFACE, PARSE_SLICE, Exchange, ServerConnection
+from proxy.http.settings import ServerSettings
 from proxy.local_reply import LocalReply
 from proxy.message import ResponseHead
 from tests.unit.http.fakes import Driver, FakeTransport, split_at
