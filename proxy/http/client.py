@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import socket
 from collections.abc import Callable
-from typing import Protocol, cast
+from typing import Any, Protocol, cast
 
 import httptools
 
@@ -129,9 +129,9 @@ class ClientConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
         self.closed = False
-        self.on_idle: Callable[[ClientConnection], None] | None = None
+        self.on_idle: Callable[[Any], None] | None = None
         # The pool's hook for a closed connection (so its count of open connections stays true).
-        self.on_lost: Callable[[ClientConnection], None] | None = None
+        self.on_lost: Callable[[Any], None] | None = None
         self.requests_sent = 0
         self.downstream: ResponseSink | None = None
         # The client connection whose request body streams into this one (paused while we cannot write).
