@@ -439,6 +439,8 @@ class Supervisor:
                 self.forward(signal.SIGHUP)  # each worker finds its snapshot unchanged too (and says so)
                 return True
             if digest == self._refused_hash:
+                log.info("reload: %s is the content already refused; not tried again until the file changes",
+                         path)
                 return False
             try:
                 loaded = await asyncio.to_thread(parse_config, raw, path)
