@@ -354,7 +354,9 @@ class App:
                 log.info("reload: %s unchanged (version %s)", path, digest[:12])
                 return True
             if digest == self._refused_hash:
-                log.debug("reload: %s is the file already refused; nothing to do", path)
+                # Info, not debug: an operator who freed a port and sent SIGHUP must learn why nothing happened.
+                log.info("reload: %s is the content already refused; not tried again until the file changes",
+                         path)
                 return False
             with _collector_paused():
                 applied = await self._reload_from(raw, digest, path)

@@ -496,8 +496,9 @@ class OutboundListener:
             try:
                 if not conn.attach(exchange):
                     await conn.response_done()
-            except UpstreamError:
-                verdict = classify_failure(FailureKind.RESET)
+            except UpstreamError as error:
+                # A reset, a bad chunk or oversize trailers mid-body: the breaker sees what it was.
+                verdict = classify_failure(error.kind)
                 exchange.abort()
                 return response.status
             exchange.end_response(conn.trailers)

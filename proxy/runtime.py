@@ -21,6 +21,7 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import sys
 import tempfile
 import time
@@ -35,7 +36,7 @@ from prometheus_client.exposition import generate_latest
 from proxy.admin.server import AdminServer
 from proxy.app import App, BindError, bind_moved_admin, unsupported_keys
 from proxy.config.load import ConfigError, ConfigUnreadable, LoadedConfig, parse_config, read_and_hash
-from proxy.config.model import host_port
+from proxy.config.model import Config, host_port
 from proxy.config.watch import ConfigWatcher
 from proxy.telemetry.exposition import render_metrics
 from proxy.telemetry.merge import MergedMetrics, Source, merge
@@ -178,6 +179,27 @@ def run_worker(loaded: LoadedConfig, admin_socket: str, ports: Mapping[str, int]
 
 
 # -- the supervisor (workers: N > 1) ---------------------------------------------------------------
+
+
+def _unbindable_listeners(running: Config, new: Config) -> str:
+    """The first listener the new config adds or moves whose address cannot be bound here, as workers bind
+    it (SO_REUSEADDR and SO_REUSEPORT, so our own workers' sockets do not count), with the reason; "" when
+    every new address binds. Port 0 is picked by the first worker, so it is never probed."""
+    current = {(listener.address.host, listener.address.port) for listener in running.listeners}
+    for listener in new.listeners:
+        host, port = listener.address.host, listener.address.port
+        if port == 0 or (host, port) in current:
+            continue
+        try:
+            family, kind, proto, _, where = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                               flags=socket.AI_PASSIVE)[0]
+            with socket.socket(family, kind, proto) as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+                probe.bind(where)
+        except OSError as exc:
+            return f"listener {listener.name} at {host_port(host, port)}: {exc.strerror or exc}"
+    return ""
 
 
 def _write_snapshot(path: Path, raw: bytes) -> None:
@@ -417,6 +439,8 @@ class Supervisor:
                 self.forward(signal.SIGHUP)  # each worker finds its snapshot unchanged too (and says so)
                 return True
             if digest == self._refused_hash:
+                log.info("reload: %s is the content already refused; not tried again until the file changes",
+                         path)
                 return False
             try:
                 loaded = await asyncio.to_thread(parse_config, raw, path)
@@ -429,6 +453,11 @@ class Supervisor:
                 for key in missing:
                     log.error("reload refused: %s: not supported yet: %s", path, key)
                 return self._refuse(digest, f"{path}: {len(missing)} key(s) name features that do not exist yet")
+            unbindable = await asyncio.to_thread(_unbindable_listeners, self.loaded.config, loaded.config)
+            if unbindable:
+                # Workers would refuse it, each on its own, after this had approved it: a worker restarted
+                # later would then start from a config its siblings refused. Refuse it here, once, for all.
+                return self._refuse(digest, f"cannot bind {unbindable}")
             address = loaded.config.admin.address
             moved: tuple[AdminServer, int] | None = None
             if address != self.loaded.config.admin.address:

@@ -34,6 +34,7 @@ from proxy.config.redact import REDACTED, redacted_dump
 from proxy.config.validate import Issue, Loc, cross_check
 
 __all__ = [
+    "MAX_ALIAS_BYTES",
     "MAX_ALIAS_NODES",
     "MAX_DEPTH",
     "MAX_NODES",
@@ -165,6 +166,9 @@ def parse_config(raw: bytes, path: str | Path) -> LoadedConfig:
 # into millions of nodes, hence the separate, lower budget for what aliases add.
 MAX_NODES: Final = 1_000_000  # YAML nodes after alias expansion: about 25,000 routes
 MAX_ALIAS_NODES: Final = 100_000  # of those, nodes copied in by aliases (each *alias adds its anchor's size)
+# Bytes of scalar text copied in by aliases: one alias of a long scalar is one node, but each copy is built
+# (header values, say) and sent on every request; 30,000 aliases of a 20 KB value are 600 MB.
+MAX_ALIAS_BYTES: Final = 4 * 1024 * 1024
 MAX_DEPTH: Final = 64  # levels of nesting, aliases expanded (the full example needs 9, scalars included)
 
 
@@ -206,10 +210,13 @@ class _BudgetComposer(Composer):
         super().__init__()
         self._nodes = 0  # so far, aliases expanded
         self._alias_nodes = 0  # so far, copied in by aliases
+        self._alias_bytes = 0  # scalar text so far copied in by aliases
         self._depth = 0
-        # Per node being composed (the bottom entry stands for the document): [size below it, height below it].
-        self._open: list[list[int]] = [[0, 0]]
-        self._measured: dict[Any, tuple[int, int]] = {}  # anchor -> its node's (size, height), once complete
+        # Per node being composed (the bottom entry stands for the document): [size, height, scalar bytes
+        # below it].
+        self._open: list[list[int]] = [[0, 0, 0]]
+        # anchor -> its node's (size, height, scalar bytes), once complete
+        self._measured: dict[Any, tuple[int, int, int]] = {}
 
     def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
         event = self.peek_event()  # type: ignore[attr-defined]  # the event source is mixed in (_Loader)
@@ -217,29 +224,34 @@ class _BudgetComposer(Composer):
         if isinstance(event, yaml.AliasEvent):
             # An alias of a node still being composed (its own ancestor) is not measured yet: counted as one
             # node here, reported as a recursive alias by the builder. An undefined one: the base raises.
-            size, height = self._measured.get(event.anchor, (1, 1))
+            size, height, text = self._measured.get(event.anchor, (1, 1, 0))
             self._alias_nodes += size
             if self._alias_nodes > MAX_ALIAS_NODES:
                 raise _OverBudget(line, f"alias *{event.anchor} expands the config past the limit of "
                                         f"{MAX_ALIAS_NODES} YAML nodes copied in by aliases (nested aliases multiply)")
+            self._alias_bytes += text
+            if self._alias_bytes > MAX_ALIAS_BYTES:
+                raise _OverBudget(line, f"alias *{event.anchor} expands the config past the limit of "
+                                        f"{MAX_ALIAS_BYTES} bytes of text copied in by aliases")
             self._count(size, line)
             if self._depth + height > MAX_DEPTH:
                 raise _OverBudget(line, f"alias *{event.anchor} nests the config deeper than the limit of "
                                         f"{MAX_DEPTH} levels")
-            self._close(size, height)
+            self._close(size, height, text)
             return super().compose_node(parent, index)
         self._count(1, line)
         self._depth += 1
         if self._depth > MAX_DEPTH:
             raise _OverBudget(line, f"nested deeper than the limit of {MAX_DEPTH} levels")
-        self._open.append([0, 0])
+        self._open.append([0, 0, 0])
         node = super().compose_node(parent, index)
-        below, height_below = self._open.pop()
+        below, height_below, text_below = self._open.pop()
         self._depth -= 1
-        self._close(below + 1, height_below + 1)
+        own_text = len(event.value) if isinstance(event, yaml.ScalarEvent) else 0
+        self._close(below + 1, height_below + 1, text_below + own_text)
         anchor = getattr(event, "anchor", None)
         if anchor is not None:
-            self._measured[anchor] = (below + 1, height_below + 1)
+            self._measured[anchor] = (below + 1, height_below + 1, text_below + own_text)
         return node
 
     def _count(self, size: int, line: int) -> None:
@@ -248,12 +260,13 @@ class _BudgetComposer(Composer):
             raise _OverBudget(line, f"the config has more than the limit of {MAX_NODES} YAML nodes "
                                     "(aliases expanded)")
 
-    def _close(self, size: int, height: int) -> None:
-        """A child of the innermost open node is complete: add it to that node's size and height."""
+    def _close(self, size: int, height: int, text: int) -> None:
+        """A child of the innermost open node is complete: add it to that node's size, height and text."""
         parent = self._open[-1]
         parent[0] += size
         if height > parent[1]:
             parent[1] = height
+        parent[2] += text
 
 
 # libyaml scans and parses in C, six times faster than PyYAML's Python scanner (a 3000-route config: 0.4 s

@@ -70,6 +70,8 @@ def route_authority(value: bytes) -> str | None:
         digit = value[index]
         if digit < 48 or digit > 57:
             return None  # a second or a non-numeric port
+    if size - end > 5 and not _port_in_range(value[end + 1:]):
+        return None  # more digits than a port has
     name = value[:end] if end < size else value
     if escaped and _ESCAPES.fullmatch(name) is None:
         return None  # a `%` that starts no escape
@@ -88,6 +90,8 @@ def _ip_literal(value: bytes) -> str | None:
     rest = value[end + 1:]
     if not literal or (rest and (rest[:1] != b":" or not (rest[1:].isdigit() or rest == b":"))):
         return None
+    if len(rest) > 5 and not _port_in_range(rest[1:]):
+        return None
     # Only hex digits, `:` and `.`: ipaddress would also take a zone (`%eth0`), which a Host cannot carry.
     if literal.translate(None, _IPV6):
         return None
@@ -97,3 +101,9 @@ def _ip_literal(value: bytes) -> str | None:
     except ValueError:
         return None
     return text
+
+
+def _port_in_range(digits: bytes) -> bool:
+    """Digits that a TCP port can be (leading zeros allowed, as RFC 3986 allows them): at most 65535."""
+    stripped = digits.lstrip(b"0")
+    return len(stripped) <= 5 and (not stripped or int(stripped) <= 65535)

@@ -322,8 +322,9 @@ class ClientConnection(asyncio.Protocol):
                                   stale=stale)
             self._head_waiter.set_exception(error)
         elif not self._complete:
-            if self._keep_alive is False and self._content_length is None and not self._chunked:
-                # A close-delimited body ends with the connection: that is its normal end.
+            if self._keep_alive is False and self._content_length is None and not self._chunked and exc is None:
+                # A close-delimited body ends with the connection: that is its normal end (a FIN; a reset
+                # cuts it short, and a body cut short must never look complete).
                 self.on_message_complete()
                 return
             if self.downstream is not None:
@@ -368,7 +369,9 @@ class ClientConnection(asyncio.Protocol):
             else:
                 self._fail(FailureKind.PROTOCOL, f"bad response: {reason or exc}")
             return
-        if self._unparsed > self._max_head_bytes:
+        # In the head, `_unparsed` counts every byte of it; in trailers, the complete lines are `_head_bytes`.
+        held = self._unparsed + (self._head_bytes if self._in_trailers else 0)
+        if held > self._max_head_bytes:
             # One line (status, header, chunk size or trailer) that does not end: refused at the head bound.
             self._fail(FailureKind.HEADERS_TOO_LARGE, self._too_large())
             return

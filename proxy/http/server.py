@@ -526,8 +526,8 @@ class ServerConnection(asyncio.Protocol):
             max_head = self.listener.settings.max_head_bytes
             if self._in_head and self._head_fed > max_head:
                 self._protocol_error(local_reply(Cause.HEAD_TOO_LARGE))
-            elif self._in_trailers and self._unparsed > max_head:
-                # One chunk-size or trailer line that does not end.
+            elif self._in_trailers and self._trailer_bytes + self._unparsed > max_head:
+                # One chunk-size or trailer line that does not end, on top of the trailer lines so far.
                 self._request_error(local_reply(Cause.HEAD_TOO_LARGE, "request trailers too large"))
 
     def eof_received(self) -> bool | None:
@@ -540,10 +540,16 @@ class ServerConnection(asyncio.Protocol):
         if (active is not None and not active.response_done) or self._queue:
             # TCP cannot tell a half-close from a close, and a client that closed must not hold an upstream
             # connection and a bulkhead slot until a timeout: like nginx (499) and Envoy, a FIN while
-            # requests are pending means the client is gone. Its requests are cancelled at once.
+            # requests are pending means the client is gone. Its requests are cancelled at once, and the
+            # connection is reset: what it would still receive is an answer cut short anyway, and a flush
+            # to a client that stopped reading would hold the socket.
             self._client_gone("closed its connection")
-        # Returning None closes the transport, after flushing what was already written.
-        return None
+            self.abort()
+            return None
+        # Nothing pending: close after flushing what was already written (close() resets the socket if the
+        # flush does not finish within the stream idle timeout).
+        self.close()
+        return True
 
     def _client_gone(self, how: str) -> None:
         """The client left: cancel the running handler (its upstream request with it), drop queued ones."""
@@ -569,7 +575,17 @@ class ServerConnection(asyncio.Protocol):
             self._tunnel.pause_reading()
         else:
             self._paused_at = self._loop.time()
-            self._block(_BLOCK_WRITE)
+            if not self._body_in_progress():
+                self._block(_BLOCK_WRITE)
+            # Else the request being answered still sends its body: it is read on (the upstream's own write
+            # buffer bounds it), and reading stops when it ends (on_message_complete). Stopping now could
+            # deadlock a client that sends its whole body before it reads the answer.
+
+    def _body_in_progress(self) -> bool:
+        """The last request received is still sending its body."""
+        last = self._queue[-1] if self._queue else self.active
+        body = last.body if last is not None else None
+        return body is not None and not body.complete and not self._in_head
 
     def resume_writing(self) -> None:
         self.write_paused = False
@@ -821,6 +837,8 @@ class ServerConnection(asyncio.Protocol):
                 return
             trailers = self._trailers
             exchange.h1_body.finish(trailer_fields(trailers) if trailers is not None else None)
+        if self.write_paused and self._tunnel is None:
+            self._block(_BLOCK_WRITE)  # a body read on while the client was behind has ended (pause_writing)
 
     # -- queueing and handing requests over ---------------------------------------------------------
 

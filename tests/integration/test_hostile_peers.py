@@ -21,6 +21,7 @@ import re
 import select
 import socket
 import socketserver
+import struct
 import subprocess
 import sys
 import threading
@@ -104,6 +105,7 @@ class HostileHandler(socketserver.BaseRequestHandler):
                 return
             data += chunk
         path = data.split(b" ", 2)[1].decode()
+        self.request_head = data
         started = time.monotonic()
         closed = self._behave(sock, path)
         if closed:
@@ -143,6 +145,28 @@ class HostileHandler(socketserver.BaseRequestHandler):
             return _wait_closed(sock, FLOOD_LIMIT)
         if path in ("/stall", "/wait-body"):
             return _wait_closed(sock, 30)
+        if path == "/big-then-stall":
+            # 3 MB of a 30 MB body, then nothing: the client will be far behind.
+            sock.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 30000000\r\n\r\n" + b"x" * 3_000_000)
+            return _wait_closed(sock, 30)
+        if path == "/answer-first":
+            # A 2 MB answer before reading the request body (a server that streams as it reads).
+            head, _, rest = self.request_head.partition(b"\r\n\r\n")
+            length = int(re.search(rb"(?i)content-length: *(\d+)", head).group(1))  # type: ignore[union-attr]
+            sock.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % (2 * 2**20) + b"z" * (2 * 2**20))
+            got = len(rest)
+            while got < length:
+                data = sock.recv(65536)
+                if not data:
+                    return True
+                got += len(data)
+            return False
+        if path == "/close-delimited-reset":
+            sock.sendall(b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\npartial-body")
+            time.sleep(0.1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            sock.close()  # a reset, not a FIN
+            return True
         sock.sendall(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n")
         return False
 
@@ -484,3 +508,65 @@ def test_an_upstream_status_outside_100_to_599_is_a_502(hostile: tuple[Sidecar, 
 def test_the_sidecar_logged_no_traceback(hostile: tuple[Sidecar, HostileServer]) -> None:
     sidecar, _ = hostile
     assert not any(b"Traceback" in line for line in sidecar.stderr), b"".join(sidecar.stderr).decode()
+
+
+# -- review regressions: half-close mid-response, a body sent before its answer is read, a reset body ----
+
+
+def test_a_half_close_while_the_answer_is_unread_does_not_hold_the_socket(
+        hostile: tuple[Sidecar, HostileServer]) -> None:
+    sidecar, upstream = hostile
+    before = upstream.log.count("/big-then-stall")
+    client = socket.socket()
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    client.connect(("127.0.0.1", sidecar.port))
+    try:
+        client.sendall(b"GET /big-then-stall HTTP/1.1\r\nhost: x\r\n\r\n")
+        time.sleep(0.5)  # the answer is flowing; the client reads none of it
+        client.shutdown(socket.SHUT_WR)
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline and (_close_wait_sockets(sidecar.port)
+                                              or upstream.log.count("/big-then-stall") == before):
+            time.sleep(0.05)
+        # Neither the client's socket (CLOSE-WAIT on our side) nor the upstream request is kept.
+        assert _close_wait_sockets(sidecar.port) == 0
+        assert upstream.log.count("/big-then-stall") == before + 1
+    finally:
+        client.close()
+
+
+def test_a_body_sent_before_its_answer_is_read_does_not_deadlock(hostile: tuple[Sidecar, HostileServer]) -> None:
+    sidecar, _ = hostile
+    size = 30 * 2**20
+    client = socket.socket()
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    client.connect(("127.0.0.1", sidecar.port))
+    client.settimeout(10)
+    try:
+        client.sendall(b"POST /answer-first HTTP/1.1\r\nhost: x\r\ncontent-length: %d\r\n\r\n" % size)
+        started = time.monotonic()
+        client.sendall(b"u" * size)  # the whole body before reading anything (curl-like simple clients)
+        sent_in = time.monotonic() - started
+        received = b""
+        while len(received) < 2 * 2**20:
+            data = client.recv(1 << 20)
+            if not data:
+                break
+            received += data
+    finally:
+        client.close()
+    assert sent_in < 5, f"the body took {sent_in:.1f}s: reading stalled on the answer's backpressure"
+    assert received.startswith(b"HTTP/1.1 200 OK") and received.endswith(b"z" * 1000)
+
+
+def test_a_close_delimited_body_cut_by_a_reset_is_never_completed(hostile: tuple[Sidecar, HostileServer]) -> None:
+    sidecar, _ = hostile
+    with socket.create_connection(("127.0.0.1", sidecar.port), timeout=5) as client:
+        client.sendall(b"GET /close-delimited-reset HTTP/1.1\r\nhost: x\r\n\r\n")
+        received = b""
+        with contextlib.suppress(ConnectionResetError):
+            while data := client.recv(65536):
+                received += data
+    assert received.startswith(b"HTTP/1.1 200 OK")
+    # The client sees the response broken off, never a final chunk that says it was whole.
+    assert not received.endswith(b"0\r\n\r\n"), received

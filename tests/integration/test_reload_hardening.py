@@ -290,3 +290,31 @@ async def test_with_workers_the_supervisor_refuses_an_unbindable_admin_for_all_a
     assert await metrics(moved) == {"success": 1.0, "failure": 1.0}
     # The listener is configured with port 0: every worker keeps the port they share, reload or not.
     assert sidecar.count("draining its old address") == 0, sidecar.log()
+
+
+async def test_with_workers_a_new_listener_that_cannot_be_bound_is_refused_by_the_supervisor(
+        tmp_path: Path, upstream: Upstream, sidecars: list[Sidecar]) -> None:
+    admin = free_port()
+    path = tmp_path / "sidecar.yaml"
+    path.write_text(config(upstream.address, admin, workers=2))
+    sidecar = Sidecar(path, admin)
+    sidecars.append(sidecar)
+    port = await sidecar.started()
+    before = await version(admin)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        taken_port = taken.getsockname()[1]
+        extra = (f"  - name: second\n    address: \"127.0.0.1:{taken_port}\"\n"
+                 "    routes: [{name: all, match: {prefix: /}, cluster: backend}]\n")
+        text = config(upstream.address, admin, header="two", workers=2).replace("clusters:\n", extra + "clusters:\n")
+        path.write_text(text)
+        sidecar.proc.send_signal(signal.SIGHUP)
+        await sidecar.until(lambda: sidecar.count("reload refused: ") > 0, "the reload was not refused")
+    # Refused once, by the supervisor, before any worker saw it: the snapshot workers restart from is the
+    # running config, not one they would refuse.
+    assert sidecar.count(f"cannot bind listener second at 127.0.0.1:{taken_port}") == 1, sidecar.log()
+    assert sidecar.count("reload approved") == 0, sidecar.log()
+    assert await probe_configs(port) == {"one"}
+    assert await version(admin) == before
+    assert await metrics(admin) == {"success": 0.0, "failure": 1.0}

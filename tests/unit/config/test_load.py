@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from proxy.config import load as load_module
 from proxy.config.load import (
+    MAX_ALIAS_BYTES,
     MAX_ALIAS_NODES,
     MAX_DEPTH,
     ConfigError,
@@ -509,3 +510,19 @@ def test_parse_config_takes_bytes_and_hashes_them(tmp_path: Path) -> None:
     loaded = parse_config(raw, path)
     assert loaded.version_hash == hashlib.sha256(raw).hexdigest() == load_config(path).version_hash
     assert loaded.path == path and loaded.source_text == raw.decode()
+
+
+def test_aliases_of_a_long_scalar_count_its_bytes_against_the_budget(tmp_path: Path) -> None:
+    # One alias of a scalar is one node, but each copy is built (and here sent on every request).
+    value = "x" * 20_000
+    lines = [f"long: &s {value}", "listeners:", "  - name: out", "    address: 127.0.0.1:0", "    routes:",
+             "      - name: r", "        match: {prefix: /}", "        cluster: backend",
+             "        headers:", "          request:", "            set:"]
+    lines += [f"              h{i}: *s" for i in range(400)]
+    path = write(tmp_path, "\n".join(lines) + "\nclusters:\n  - {name: backend, endpoints: ['127.0.0.1:8080']}\n")
+    started = time.perf_counter()
+    (found,) = problems(path)
+    assert time.perf_counter() - started < 0.5
+    crossing = 12 + MAX_ALIAS_BYTES // 20_000  # the first line whose alias takes the copies past the budget
+    assert found == (f"{path}:{crossing}: alias *s expands the config past the limit of {MAX_ALIAS_BYTES} "
+                     "bytes of text copied in by aliases")

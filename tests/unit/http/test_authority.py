@@ -33,6 +33,7 @@ INVALID = [
     b"a b", b"a\tb", b"a#b", b"a?b", b"a/b", b"a\\b", b"user@svc", b"svc:http", b"svc:80:81", b"svc:-1",
     b"svc:+80", b"svc: 80", b":80", b"[svc]", b"[::1", b"::1", b"[::1]x", b"[::1]:x", b"[]",
     b"[fe80::1%25eth0]", b"[v1.x]", b"a%4", b"a%zz", b"caf\xc3\xa9", b"a\x00b", b"a,b:1]", b"[", b"[x",
+    b"svc:65536", b"svc:99999999999999999999", b"[::1]:65536",
 ]
 
 

@@ -207,7 +207,7 @@ header_values = st.lists(st.sampled_from(VALUE_BYTES), max_size=24).map(bytes).m
 paths = st.lists(st.text(PCHAR, max_size=8), min_size=1, max_size=4).map(lambda parts: "/" + "/".join(parts)).filter(
     lambda path: normalize_path(path.encode(), BASE) is not None)  # not the 400s of climbing above the root
 queries = st.none() | st.text(PCHAR + "/?", max_size=16)
-hosts = st.from_regex(r"[A-Za-z0-9]([A-Za-z0-9.-]{0,20}[A-Za-z0-9])?(:[0-9]{1,5})?", fullmatch=True)
+hosts = st.from_regex(r"[A-Za-z0-9]([A-Za-z0-9.-]{0,20}[A-Za-z0-9])?(:[0-9]{1,4})?", fullmatch=True)  # ports < 65536
 
 
 @dataclass
