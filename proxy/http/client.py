@@ -31,7 +31,7 @@ from proxy.http.headers import (
     trailer_fields,
 )
 from proxy.message import Headers, RequestHead, ResponseHead, reason_phrase
-from proxy.stream import NO_BODY, ReadControl, ResponseReady, TunnelEnd
+from proxy.stream import NO_BODY, ReadControl, ResponseReady, TunnelEnd, UpstreamStream
 
 __all__ = ["NO_BODY", "ClientConnection", "ResponseReady", "ResponseSink"]
 
@@ -77,7 +77,7 @@ DEFAULT_MAX_HEAD_BYTES = 60 * 1024
 DEFAULT_MAX_HEADERS = 100
 
 
-class ClientConnection(asyncio.Protocol):
+class ClientConnection(asyncio.Protocol, UpstreamStream):
     """One keep-alive connection to an upstream endpoint."""
 
     __slots__ = (

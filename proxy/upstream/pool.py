@@ -6,7 +6,7 @@ keeping idle ones (LIFO: the most recently used is the most likely still open), 
 per-connection request cap, and draining on removal. The connect timeout is the loop's own
 (`asyncio.timeout`): it bounds a real socket operation. Must not know routes or retry policy, nor which
 protocol its connections speak: the wiring hands it a `Connector` (today the HTTP/1 codec's
-`PooledConnection`), and it hands out `PooledConnection`s, streams to this endpoint.
+`UpstreamStream`), and it hands out `UpstreamStream`s, streams to this endpoint.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import socket
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol, cast
+from typing import cast
 
 from proxy.clock import Clock, Timer
 from proxy.errors import FailureKind, UpstreamError
@@ -26,24 +26,12 @@ from proxy.stream import UpstreamStream
 _UNROUTABLE = {errno.ENETUNREACH, errno.EHOSTUNREACH, errno.EADDRNOTAVAIL}
 
 
-class PooledConnection(UpstreamStream, Protocol):
-    """An upstream stream the pool can keep: it reports going idle or being lost, and can be closed."""
-
-    closed: bool
-    requests_sent: int
-    # The pool's hooks (typed loosely: each codec's connection passes itself).
-    on_idle: Callable[[Any], None] | None
-    on_lost: Callable[[Any], None] | None
-
-    def close(self) -> None: ...
-
-
 # Makes the connection object for a new socket: (loop, context for errors, max response head bytes, max
-# response header lines) -> an asyncio Protocol that is a PooledConnection.
-Connector = Callable[[asyncio.AbstractEventLoop, str, int, int], PooledConnection]
+# response header lines) -> an asyncio Protocol that is a UpstreamStream.
+Connector = Callable[[asyncio.AbstractEventLoop, str, int, int], UpstreamStream]
 
 
-def no_connector(loop: asyncio.AbstractEventLoop, context: str, max_head: int, max_headers: int) -> PooledConnection:
+def no_connector(loop: asyncio.AbstractEventLoop, context: str, max_head: int, max_headers: int) -> UpstreamStream:
     raise RuntimeError(f"{context}: no connector configured for this pool")
 
 
@@ -75,8 +63,8 @@ class Pool:
         self._loop = asyncio.get_running_loop()
         self._clock = clock
         # (connection, clock time it went idle), oldest at the left.
-        self._idle: deque[tuple[PooledConnection, float]] = deque()
-        self._open: set[PooledConnection] = set()
+        self._idle: deque[tuple[UpstreamStream, float]] = deque()
+        self._open: set[UpstreamStream] = set()
         self._timer: Timer | None = None
         self._closed = False
 
@@ -88,7 +76,7 @@ class Pool:
     def open_count(self) -> int:
         return len(self._open)
 
-    def take_idle(self) -> PooledConnection | None:
+    def take_idle(self) -> UpstreamStream | None:
         """An idle open connection, or None (no await: the common case costs no coroutine hop)."""
         idle = self._idle
         while idle:
@@ -97,7 +85,7 @@ class Pool:
                 return conn
         return None
 
-    async def connect(self) -> PooledConnection:
+    async def connect(self) -> UpstreamStream:
         """Open a new connection, mapping failures to connect-refused / timeout / unroutable."""
         loop = self._loop
         try:
@@ -109,7 +97,7 @@ class Pool:
                                                              settings.max_headers)),
                     self.host, self.port
                 )
-                conn = cast(PooledConnection, protocol)
+                conn = cast(UpstreamStream, protocol)
         except TimeoutError:
             raise UpstreamError(
                 FailureKind.CONNECT_TIMEOUT,
@@ -129,7 +117,7 @@ class Pool:
         self._open.add(conn)
         return conn
 
-    def _release(self, conn: PooledConnection) -> None:
+    def _release(self, conn: UpstreamStream) -> None:
         settings = self.settings
         if (
             self._closed
@@ -147,7 +135,7 @@ class Pool:
         if self._timer is None:
             self._timer = self._clock.call_at(now + settings.idle_timeout, self._sweep)
 
-    def _forget(self, conn: PooledConnection) -> None:
+    def _forget(self, conn: UpstreamStream) -> None:
         self._open.discard(conn)
 
     def _sweep(self) -> None:
