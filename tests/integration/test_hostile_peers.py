@@ -150,16 +150,19 @@ class HostileHandler(socketserver.BaseRequestHandler):
             sock.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 30000000\r\n\r\n" + b"x" * 3_000_000)
             return _wait_closed(sock, 30)
         if path == "/answer-first":
-            # A 2 MB answer before reading the request body (a server that streams as it reads).
+            # 2 MB of the answer before reading the request body, the answer's end after it (a server that
+            # streams as it reads).
             head, _, rest = self.request_head.partition(b"\r\n\r\n")
             length = int(re.search(rb"(?i)content-length: *(\d+)", head).group(1))  # type: ignore[union-attr]
-            sock.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % (2 * 2**20) + b"z" * (2 * 2**20))
+            sock.sendall(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n%x\r\n" % (2 * 2**20)
+                         + b"z" * (2 * 2**20) + b"\r\n")
             got = len(rest)
             while got < length:
                 data = sock.recv(65536)
                 if not data:
                     return True
                 got += len(data)
+            sock.sendall(b"0\r\n\r\n")
             return False
         if path == "/close-delimited-reset":
             sock.sendall(b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\npartial-body")
@@ -548,7 +551,7 @@ def test_a_body_sent_before_its_answer_is_read_does_not_deadlock(hostile: tuple[
         client.sendall(b"u" * size)  # the whole body before reading anything (curl-like simple clients)
         sent_in = time.monotonic() - started
         received = b""
-        while len(received) < 2 * 2**20:
+        while not received.endswith(b"\r\n0\r\n\r\n"):
             data = client.recv(1 << 20)
             if not data:
                 break
@@ -556,7 +559,7 @@ def test_a_body_sent_before_its_answer_is_read_does_not_deadlock(hostile: tuple[
     finally:
         client.close()
     assert sent_in < 5, f"the body took {sent_in:.1f}s: reading stalled on the answer's backpressure"
-    assert received.startswith(b"HTTP/1.1 200 OK") and received.endswith(b"z" * 1000)
+    assert received.startswith(b"HTTP/1.1 200 OK") and received.endswith(b"z" * 1000 + b"\r\n0\r\n\r\n")
 
 
 def test_a_close_delimited_body_cut_by_a_reset_is_never_completed(hostile: tuple[Sidecar, HostileServer]) -> None:
