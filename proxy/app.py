@@ -31,8 +31,10 @@ from proxy.config.model import Address, ClusterConfig, Config, ListenerConfig, h
 from proxy.config.watch import ConfigWatcher
 from proxy.discovery.static import static_endpoints
 from proxy.filters.trace import TracePropagator
+from proxy.http.client import ClientConnection
 from proxy.http.path import MODES as PATH_MODES
-from proxy.http.server import ServerSettings, create_protocol_factory
+from proxy.http.server import create_protocol_factory
+from proxy.http.settings import ServerSettings
 from proxy.outbound import OutboundListener, Router, build_router
 from proxy.routing.table import RouteTable
 from proxy.telemetry.exposition import render_metrics
@@ -230,7 +232,8 @@ class App:
     # -- building ----------------------------------------------------------------------------------
 
     def _make_cluster(self, config: ClusterConfig) -> Cluster:
-        cluster = Cluster(config, self.metrics, self.clock)
+        # HTTP/1.1 upstreams; the connector is where an HTTP/2 codec will be chosen per cluster.
+        cluster = Cluster(config, self.metrics, self.clock, ClientConnection)
         if config.endpoints is not None:
             cluster.set_endpoints(static_endpoints(config.endpoints))
         if cluster.outlier is not None:

@@ -106,7 +106,7 @@ def local_reply(
     must_close = close if close is not None else cause in _CLOSING
     if must_close:
         headers.append((b"connection", b"close"))
-    head = ResponseHead(code, reason_phrase(code) or b"Error", headers, keep_alive=not must_close)
+    head = ResponseHead(code, reason_phrase(code) or b"Error", headers)
     return LocalReply(cause, head, body, must_close)
 
 

@@ -66,19 +66,17 @@ class RequestHead(Record):
     value forwarded upstream.
     """
 
-    __slots__ = ("authority", "headers", "host_header", "http_minor", "keep_alive", "method", "path", "query")
-    FIELDS = ("method", "path", "query", "authority", "host_header", "headers", "keep_alive", "http_minor")
+    __slots__ = ("authority", "headers", "host_header", "method", "path", "query")
+    FIELDS = ("method", "path", "query", "authority", "host_header", "headers")
 
     def __init__(self, method: bytes, path: str, query: bytes, authority: str, host_header: bytes,
-                 headers: Headers, keep_alive: bool = True, http_minor: int = 1) -> None:
+                 headers: Headers) -> None:
         self.method = method
         self.path = path
         self.query = query
         self.authority = authority
         self.host_header = host_header
         self.headers = headers
-        self.keep_alive = keep_alive
-        self.http_minor = http_minor
 
     def header(self, name: bytes) -> bytes | None:
         """First value of `name` (lower-case), or None when absent."""
@@ -112,13 +110,10 @@ def reason_phrase(status: int) -> bytes:
 class ResponseHead(Record):
     """One response's head: status, reason and lower-cased byte headers."""
 
-    __slots__ = ("headers", "http_minor", "keep_alive", "reason", "status")
-    FIELDS = ("status", "reason", "headers", "keep_alive", "http_minor")
+    __slots__ = ("headers", "reason", "status")
+    FIELDS = ("status", "reason", "headers")
 
-    def __init__(self, status: int, reason: bytes, headers: Headers, keep_alive: bool = True,
-                 http_minor: int = 1) -> None:
+    def __init__(self, status: int, reason: bytes, headers: Headers) -> None:
         self.status = status
         self.reason = reason
         self.headers = headers
-        self.keep_alive = keep_alive
-        self.http_minor = http_minor

@@ -36,9 +36,8 @@ from proxy.filters.headers import HeaderRewriter
 from proxy.filters.ratelimit import RateLimiter, retry_after
 from proxy.filters.rewrite import Rewriter
 from proxy.filters.trace import TraceContext, TracePropagator
-from proxy.http.client import ClientConnection, ResponseReady
-from proxy.http.headers import X_FORWARDED_FOR, X_FORWARDED_PROTO, content_length_line, serialize_request
-from proxy.http.server import Exchange, RequestBody, ServerConnection, ServerSettings
+from proxy.http.headers import X_FORWARDED_FOR, X_FORWARDED_PROTO
+from proxy.http.settings import ServerSettings
 from proxy.local_reply import Cause, LocalReply, failure_reply, local_reply
 from proxy.message import first_header
 from proxy.resilience.budget import BudgetDecision
@@ -49,6 +48,7 @@ from proxy.resilience.retry import IDEMPOTENT_METHODS, CompiledRetryPolicy
 from proxy.resilience.timeout import DeadlineTimers
 from proxy.routing.split import Split
 from proxy.routing.table import RouteTable
+from proxy.stream import NO_BODY, DownstreamConnection, RequestStream, ResponseReady, UpstreamStream
 from proxy.telemetry.cells import CounterCell
 from proxy.telemetry.metrics import Metrics, RetryMetrics, RouteMetrics
 from proxy.upstream.cluster import Cluster
@@ -56,12 +56,12 @@ from proxy.upstream.endpoint import Endpoint
 
 log = logging.getLogger("proxy.outbound")
 
-WEBSOCKET_HEADERS = b"connection: upgrade\r\nupgrade: websocket\r\n"
 CLIENT_CLOSED = 499  # nginx's convention for "the client went away before the answer" in metrics
 IDEMPOTENCY_KEY = b"idempotency-key"
 RETRY_AFTER = b"retry-after"
-# `x-sidecar-attempt: N` lines, rendered once (attempts beyond the table are formatted on the fly).
-_ATTEMPT_LINES = tuple(b"x-sidecar-attempt: %d\r\n" % n for n in range(17))
+X_SIDECAR_ATTEMPT = b"x-sidecar-attempt"
+# `x-sidecar-attempt: N` headers, made once (attempts beyond the table are made on the fly).
+_ATTEMPT_HEADERS = tuple((X_SIDECAR_ATTEMPT, b"%d" % n) for n in range(17))
 _LIMIT_CAUSES = {
     LimitDecision.REJECTED_MAX_REQUESTS: (Cause.CLUSTER_LIMIT, "max_requests"),
     LimitDecision.REJECTED_MAX_PENDING: (Cause.CLUSTER_LIMIT, "max_pending"),
@@ -69,12 +69,12 @@ _LIMIT_CAUSES = {
 }
 
 
-# Which deadline of the request path cancelled a handler (the values of `Exchange.expired`).
+# Which deadline of the request path cancelled a handler (the values of `RequestStream.expired`).
 ROUTE_DEADLINE = "route"
 TRY_DEADLINE = "try"
 
 
-def _expire(exchange: Exchange, which: str) -> None:
+def _expire(exchange: RequestStream, which: str) -> None:
     """Timer callback: a deadline passed. Cancels the handler; `exchange.expired` says which deadline."""
     task = exchange.task
     if exchange.timed_out or task is None or task.done():
@@ -186,36 +186,36 @@ class OutboundListener:
         self.rng: random.Random = clock.random
         self._loop = asyncio.get_running_loop()
         # Route and per-try deadlines share one loop timer (a timer per deadline cost ~7 % of a request).
-        self._deadlines: DeadlineTimers[Exchange, str] = DeadlineTimers(clock)
-        self._connections: set[ServerConnection] = set()
+        self._deadlines: DeadlineTimers[RequestStream, str] = DeadlineTimers(clock)
+        self._connections: set[DownstreamConnection] = set()
         self._conn_gauge = metrics.downstream_connections(name)
         self._forwarded_proto = settings.scheme
 
     # -- Listener protocol -------------------------------------------------------------------------
 
-    def connection_opened(self, conn: ServerConnection) -> None:
+    def connection_opened(self, conn: DownstreamConnection) -> None:
         self._connections.add(conn)
         self._conn_gauge.inc()
 
-    def connection_closed(self, conn: ServerConnection) -> None:
+    def connection_closed(self, conn: DownstreamConnection) -> None:
         self._connections.discard(conn)
         self._conn_gauge.dec()
 
-    def local_reply_sent(self, exchange: Exchange, reply: LocalReply) -> None:
+    def local_reply_sent(self, exchange: RequestStream, reply: LocalReply) -> None:
         """Replies the codec makes itself (malformed requests, 413 on a declared length, CONNECT) never
         reach `handle`: count them here."""
         if exchange.local is not None and exchange.task is None:
             self.router.no_route.record(reply.head.status, self._loop.time() - exchange.started_at)
 
     @property
-    def connections(self) -> set[ServerConnection]:
+    def connections(self) -> set[DownstreamConnection]:
         return self._connections
 
     def drain(self) -> None:
         for conn in list(self._connections):
             conn.drain()
 
-    async def handle(self, exchange: Exchange) -> None:
+    async def handle(self, exchange: RequestStream) -> None:
         """Serve one request: the edge, then the route's stages."""
         settings = self.settings
         if settings.max_requests_in_flight and self.in_flight >= settings.max_requests_in_flight:
@@ -231,7 +231,7 @@ class OutboundListener:
 
     # -- the stages --------------------------------------------------------------------------------
 
-    async def _serve(self, exchange: Exchange) -> None:
+    async def _serve(self, exchange: RequestStream) -> None:
         router = self.router  # one snapshot for the whole request, whatever reloads happen meanwhile
         head = exchange.head
         route = router.table.find(head)
@@ -300,7 +300,7 @@ class OutboundListener:
         finally:
             target.metrics.record(code or CLIENT_CLOSED, self._loop.time() - exchange.started_at)
 
-    def _timed_out(self, exchange: Exchange, path: RoutePath) -> int:
+    def _timed_out(self, exchange: RequestStream, path: RoutePath) -> int:
         if not exchange.response_started:
             reply = local_reply(Cause.TIMEOUT, f"route {path.name}: timeout after {path.timeout:g}s")
             exchange.send_local(reply)
@@ -309,12 +309,12 @@ class OutboundListener:
         exchange.abort()
         return exchange.response_status
 
-    def _answer_local(self, exchange: Exchange, metrics: RouteMetrics | None, reply: LocalReply) -> None:
+    def _answer_local(self, exchange: RequestStream, metrics: RouteMetrics | None, reply: LocalReply) -> None:
         exchange.send_local(reply)
         if metrics is not None:
             metrics.record(reply.head.status, self._loop.time() - exchange.started_at)
 
-    async def _attempts(self, exchange: Exchange, path: RoutePath, target: Target, trace_ctx: TraceContext,
+    async def _attempts(self, exchange: RequestStream, path: RoutePath, target: Target, trace_ctx: TraceContext,
                         deadline: float | None) -> int:
         """The retry loop: attempts until one answer goes to the client; returns its status code."""
         policy = path.retry
@@ -349,7 +349,7 @@ class OutboundListener:
             if holding_retry:
                 policy.budget.release_retry()
 
-    def _retry_decision(self, exchange: Exchange, policy: CompiledRetryPolicy | None, target: Target, number: int,
+    def _retry_decision(self, exchange: RequestStream, policy: CompiledRetryPolicy | None, target: Target, number: int,
                         verdict: Verdict, reached_upstream: bool, ready: ResponseReady | None,
                         whole: bytes | None) -> _Retry | None:
         """May this attempt's outcome be retried? Checks the policy, the request, the budget; counts."""
@@ -364,7 +364,7 @@ class OutboundListener:
             if whole is not None:
                 if len(whole) > policy.replay_buffer:
                     return None  # the whole body arrived at once, but is larger than the replay buffer
-            elif not _replayable(body):
+            elif not body.can_replay():
                 return None  # a streamed body that outgrew the replay buffer (or was not kept whole)
         if not target.cluster.available():
             # Every endpoint is ejected or refused by its breaker: a retry could only end in a local 503,
@@ -386,7 +386,7 @@ class OutboundListener:
                 delay = hint
         return _Retry(delay)
 
-    async def _attempt(self, exchange: Exchange, path: RoutePath, target: Target, trace_ctx: TraceContext,
+    async def _attempt(self, exchange: RequestStream, path: RoutePath, target: Target, trace_ctx: TraceContext,
                        number: int, policy: CompiledRetryPolicy | None, tried: list[Endpoint] | None,
                        whole: bytes | None, deadline: float | None) -> int | _Retry:
         """One attempt on one endpoint: the status code the client got, or a decision to retry."""
@@ -423,7 +423,7 @@ class OutboundListener:
             if bulkhead is not None:
                 bulkhead.release()
 
-    async def _exchange(self, exchange: Exchange, path: RoutePath, target: Target, trace_ctx: TraceContext,
+    async def _exchange(self, exchange: RequestStream, path: RoutePath, target: Target, trace_ctx: TraceContext,
                         number: int, policy: CompiledRetryPolicy | None, endpoint: Endpoint, token: int,
                         attempt_deadline: float | None, deadline: float | None,
                         whole: bytes | None) -> int | _Retry:
@@ -432,19 +432,11 @@ class OutboundListener:
         head = exchange.head
         self.trace.inject(head.headers, trace_ctx)
         body = exchange.body
-        framing = _ATTEMPT_LINES[number] if number < len(_ATTEMPT_LINES) else b"x-sidecar-attempt: %d\r\n" % number
-        if body is not None:
-            if body.chunked:
-                framing += b"transfer-encoding: chunked\r\n"
-            else:
-                framing += content_length_line(body.length or 0)
-        if exchange.websocket:
-            framing += WEBSOCKET_HEADERS
-        request = serialize_request(head, head.headers, framing)
+        attempt = _ATTEMPT_HEADERS[number] if number < len(_ATTEMPT_HEADERS) else (X_SIDECAR_ATTEMPT, b"%d" % number)
         endpoint.in_flight += 1
         endpoint.requests += 1
         sent = self._clock.now()  # the attempt's latency, for the balancer, runs from here to its verdict
-        conn: ClientConnection | None = None
+        conn: UpstreamStream | None = None
         verdict: Verdict | None = None
         settled = False  # the verdict went to the breaker, outlier detection and metrics
         try:
@@ -454,7 +446,7 @@ class OutboundListener:
             if attempt_deadline is not None and (deadline is None or attempt_deadline < deadline):
                 try_timer = self._deadlines.call_at(attempt_deadline, _expire, exchange, TRY_DEADLINE)
             try:
-                conn, ready = await self._send(exchange, endpoint, request, whole, number)
+                conn, ready = await self._send(exchange, endpoint, attempt, whole, number)
             except asyncio.CancelledError:
                 if exchange.expired is ROUTE_DEADLINE:
                     # The route deadline: a failure for the breaker; _serve answers 504.
@@ -497,7 +489,7 @@ class OutboundListener:
                     return reply.head.status
                 exchange.start_response(response, None, True)
                 exchange.start_tunnel(conn)
-                conn.start_tunnel(exchange.conn)
+                conn.start_tunnel(exchange.tunnel_end)
                 conn = None  # the tunnel owns it now
                 return 101
             exchange.start_response(response, ready.content_length, ready.no_body, conn.take_body())
@@ -509,7 +501,7 @@ class OutboundListener:
                 verdict = classify_failure(error.kind)
                 exchange.abort()
                 return response.status
-            exchange.end_response()
+            exchange.end_response(conn.trailers)
             conn.finish(reusable=body is None or body.complete)
             conn = None
             return response.status
@@ -532,7 +524,7 @@ class OutboundListener:
                 conn.detach()
                 conn.abort()
 
-    def _failed(self, exchange: Exchange, target: Target, number: int, policy: CompiledRetryPolicy | None,
+    def _failed(self, exchange: RequestStream, target: Target, number: int, policy: CompiledRetryPolicy | None,
                 verdict: Verdict, reached_upstream: bool, context: str, kind: FailureKind,
                 whole: bytes | None) -> int | _Retry:
         """An attempt that produced no response: retry it, or answer for it."""
@@ -546,8 +538,8 @@ class OutboundListener:
         exchange.send_local(reply)
         return reply.head.status
 
-    async def _send(self, exchange: Exchange, endpoint: Endpoint, request: bytes, whole: bytes | None,
-                    number: int) -> tuple[ClientConnection, ResponseReady]:
+    async def _send(self, exchange: RequestStream, endpoint: Endpoint, attempt: tuple[bytes, bytes],
+                    whole: bytes | None, number: int) -> tuple[UpstreamStream, ResponseReady]:
         """Take a connection (pooled or new), send the request, and wait for the response head."""
         head = exchange.head
         body = exchange.body
@@ -557,11 +549,12 @@ class OutboundListener:
             if conn is None:
                 conn = await endpoint.pool.connect()
             try:
-                conn.send(request, body is not None and body.chunked, exchange.head_only, whole)
+                conn.send(head, attempt, NO_BODY if body is None else body.length, whole,
+                          None if body is None else body.trailers, exchange.websocket)
                 if body is not None and whole is None:
                     exchange.send_continue()
                     # The upstream's write buffer bounds the streamed body: it pauses the client's socket.
-                    conn.set_body_reader(exchange.conn)
+                    conn.set_body_reader(exchange.reader)
                     if number == 1:
                         body.attach(conn)
                     elif not body.reattach(conn):
@@ -606,13 +599,3 @@ def _settle(cluster: Cluster, endpoint: Endpoint, token: int, verdict: Verdict, 
     if not verdict.cancelled:
         getattr(cluster.attempts, verdict.label).inc()
     return True
-
-
-def _replayable(body: RequestBody) -> bool:
-    """Can a streamed body be sent again in full? Only when every byte received so far was kept."""
-    kept = body.kept
-    if kept is None or not body.replayable:
-        return False
-    # A replay that misses bytes would send a truncated body under the original framing (a request the
-    # upstream waits on forever, or a different one): refuse the retry rather than send it.
-    return sum(map(len, kept)) == body.received

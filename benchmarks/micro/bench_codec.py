@@ -22,10 +22,11 @@ from typing import Any
 import httptools
 
 from benchmarks.micro._common import iterations, ns_per_call, print_results
-from proxy.http.client import ClientConnection
-from proxy.http.server import Exchange, ServerConnection, ServerSettings
+from proxy.http.client import NO_BODY, ClientConnection
+from proxy.http.server import Exchange, ServerConnection
+from proxy.http.settings import ServerSettings
 from proxy.local_reply import LocalReply
-from proxy.message import ResponseHead
+from proxy.message import RequestHead, ResponseHead
 
 REQUEST = (
     b"GET /api/v1/campaigns?page=2 HTTP/1.1\r\n"
@@ -37,10 +38,11 @@ REQUEST = (
     b"Connection: keep-alive\r\n"
     b"\r\n"
 )
-UPSTREAM_REQUEST = (
-    b"GET /api/v1/campaigns?page=2 HTTP/1.1\r\nhost: campaigns.default.svc.cluster.local\r\n"
-    b"user-agent: campaign-web/1.4\r\naccept: application/json\r\nx-request-id: 8c3e0e5f-0000\r\n\r\n"
-)
+UPSTREAM_REQUEST = RequestHead(
+    b"GET", "/api/v1/campaigns", b"page=2", "campaigns.default.svc.cluster.local",
+    b"campaigns.default.svc.cluster.local",
+    [(b"user-agent", b"campaign-web/1.4"), (b"accept", b"application/json"), (b"x-request-id", b"8c3e0e5f-0000")])
+ATTEMPT = (b"x-sidecar-attempt", b"1")
 BODY = b'{"campaigns": [], "page": 2}\n\n\n\n'
 RESPONSE = (
     b"HTTP/1.1 200 OK\r\n"
@@ -128,6 +130,7 @@ class DownstreamExchange:
     def __init__(self) -> None:
         self.conn = DownstreamConn()
         self.upstream_reader: object = None
+        self.write_paused = False
 
     def write_body(self, data: bytes) -> None:
         pass
@@ -163,7 +166,7 @@ async def client_responses(number: int) -> float:
     exchange = DownstreamExchange()
     start = time.perf_counter()
     for _ in range(number):
-        conn.send(UPSTREAM_REQUEST, False, False, None)
+        conn.send(UPSTREAM_REQUEST, ATTEMPT, NO_BODY, None, None, False)
         conn.data_received(RESPONSE)
         ready = await conn.response_head()  # already resolved: no loop turn
         first = conn.take_body()

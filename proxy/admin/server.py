@@ -22,7 +22,8 @@ from collections.abc import Awaitable
 from typing import Any, Final, Protocol, TypeVar
 from urllib.parse import parse_qs
 
-from proxy.http.server import Exchange, ServerConnection, ServerSettings, create_protocol_factory
+from proxy.http.server import Exchange, ServerConnection, create_protocol_factory
+from proxy.http.settings import ServerSettings
 from proxy.local_reply import LocalReply
 from proxy.message import Headers, ResponseHead, reason_phrase
 

@@ -14,25 +14,30 @@ from __future__ import annotations
 import asyncio
 import socket
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Protocol, cast
+from typing import Any, Protocol, cast
 
 import httptools
 
 from proxy.errors import FailureKind, UpstreamError
-from proxy.http.headers import HOP_BY_HOP, X_REQUEST_ID, connection_tokens
-from proxy.message import Headers, ResponseHead, reason_phrase
+from proxy.http.headers import (
+    CHUNKED_LINE,
+    HOP_BY_HOP,
+    X_REQUEST_ID,
+    chunk,
+    connection_tokens,
+    content_length_line,
+    last_chunk,
+    serialize_request,
+    trailer_fields,
+)
+from proxy.message import Headers, RequestHead, ResponseHead, reason_phrase
+from proxy.stream import NO_BODY, ReadControl, ResponseReady, TunnelEnd, UpstreamStream
 
-if TYPE_CHECKING:
-    from proxy.http.server import ReadControl, ServerConnection
-
-
-class _WriteState(Protocol):
-    @property
-    def write_paused(self) -> bool: ...
+__all__ = ["NO_BODY", "ClientConnection", "ResponseReady", "ResponseSink"]
 
 
 class ResponseSink(Protocol):
-    """Where a response body is spliced: the downstream exchange (`proxy.http.server.Exchange`).
+    """Where a response body is spliced: the request stream (`proxy.stream.RequestStream`).
 
     A protocol rather than the class itself: compiled (mypyc) code checks a concrete parameter type at
     run time, and the codec's tests drive this module with their own sinks.
@@ -41,7 +46,7 @@ class ResponseSink(Protocol):
     upstream_reader: ReadControl | None
 
     @property
-    def conn(self) -> _WriteState: ...
+    def write_paused(self) -> bool: ...
 
     def write_body(self, data: bytes) -> None: ...
 
@@ -51,6 +56,8 @@ class ResponseSink(Protocol):
 # Hop-by-hop headers and the upstream's framing: the downstream response is framed anew. The codec
 # writes the request's x-request-id itself, so an upstream's echo of it would be a duplicate.
 _REFRAMED = HOP_BY_HOP | {b"content-length", X_REQUEST_ID}
+# The handshake headers of a WebSocket upgrade (hop-by-hop, so written here rather than forwarded).
+_UPGRADE_LINES = b"connection: upgrade\r\nupgrade: websocket\r\n"
 
 
 class _Unsolicited(Exception):
@@ -70,18 +77,7 @@ DEFAULT_MAX_HEAD_BYTES = 60 * 1024
 DEFAULT_MAX_HEADERS = 100
 
 
-class ResponseReady:
-    """What an attempt learns when the response head has arrived."""
-
-    __slots__ = ("content_length", "head", "no_body")
-
-    def __init__(self, head: ResponseHead, content_length: int | None, no_body: bool) -> None:
-        self.head = head
-        self.content_length = content_length
-        self.no_body = no_body
-
-
-class ClientConnection(asyncio.Protocol):
+class ClientConnection(asyncio.Protocol, UpstreamStream):
     """One keep-alive connection to an upstream endpoint."""
 
     __slots__ = (
@@ -108,6 +104,7 @@ class ClientConnection(asyncio.Protocol):
         "_response_bytes",
         "_skip_message",
         "_status",
+        "_trailers",
         "_tunnel",
         "_unparsed",
         "_upgraded",
@@ -132,9 +129,9 @@ class ClientConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
         self.closed = False
-        self.on_idle: Callable[[ClientConnection], None] | None = None
+        self.on_idle: Callable[[Any], None] | None = None
         # The pool's hook for a closed connection (so its count of open connections stays true).
-        self.on_lost: Callable[[ClientConnection], None] | None = None
+        self.on_lost: Callable[[Any], None] | None = None
         self.requests_sent = 0
         self.downstream: ResponseSink | None = None
         # The client connection whose request body streams into this one (paused while we cannot write).
@@ -144,7 +141,7 @@ class ClientConnection(asyncio.Protocol):
         self._reset_state()
         self._head_waiter: asyncio.Future[ResponseReady] | None = None
         self._done_waiter: asyncio.Future[None] | None = None
-        self._tunnel: ServerConnection | None = None
+        self._tunnel: TunnelEnd | None = None
         self._early = b""
         self._upgraded = False
 
@@ -171,27 +168,42 @@ class ClientConnection(asyncio.Protocol):
         self._unparsed = 0
         # The failure that ended this exchange, once one has (the connection is then being aborted).
         self._error: UpstreamError | None = None
+        # The response's trailer fields (chunked responses), forwarded with the end of the body.
+        self._trailers: Headers | None = None
 
     # -- sending -----------------------------------------------------------------------------------
 
-    def send(self, head: bytes, body_chunked: bool, head_request: bool, whole_body: bytes | None) -> None:
-        """Start an exchange: write the request head (and the whole body when it is already known)."""
+    def send(self, head: RequestHead, extra: tuple[bytes, bytes], length: int | None, whole: bytes | None,
+             trailers: Headers | None, upgrade: bool) -> None:
+        """Start an exchange: write the request head, framed for a body of `length` bytes (NO_BODY; None:
+        unknown, sent chunked), with the `extra` header and, for `upgrade`, the WebSocket handshake headers;
+        then the whole body (and its trailers) when it is already known."""
         self._reset_state()
-        self._head_request = head_request
-        self._body_chunked = body_chunked
+        chunked = length is None
+        self._head_request = head.method == b"HEAD"
+        self._body_chunked = chunked
         self.requests_sent += 1
         self._head_waiter = self._loop.create_future()
         self._done_waiter = None
-        assert self.transport is not None
-        if whole_body:
-            if body_chunked:
-                self.transport.write(head + b"%x\r\n%s\r\n0\r\n\r\n" % (len(whole_body), whole_body))
-            else:
-                self.transport.write(head + whole_body)
-        elif whole_body is not None and body_chunked:
-            self.transport.write(head + b"0\r\n\r\n")
+        if chunked:
+            framing = CHUNKED_LINE
+        elif length is not None and length >= 0:
+            framing = content_length_line(length)
         else:
-            self.transport.write(head)
+            framing = b""
+        if upgrade:
+            framing += _UPGRADE_LINES
+        request = serialize_request(head, extra, framing)
+        assert self.transport is not None
+        if whole:
+            if chunked:
+                self.transport.write(request + chunk(whole) + last_chunk(trailers))
+            else:
+                self.transport.write(request + whole)
+        elif whole is not None and chunked:
+            self.transport.write(request + last_chunk(trailers))
+        else:
+            self.transport.write(request)
 
     # BodySink: the downstream request body streams through these.
     def write_body(self, data: bytes) -> None:
@@ -199,7 +211,7 @@ class ClientConnection(asyncio.Protocol):
             return
         if self._body_chunked:
             if data:
-                self.transport.write(b"%x\r\n%s\r\n" % (len(data), data))
+                self.transport.write(chunk(data))
         else:
             self.transport.write(data)
 
@@ -215,9 +227,9 @@ class ClientConnection(asyncio.Protocol):
             if reader is not None:
                 reader.pause_reading()
 
-    def end_body(self) -> None:
+    def end_body(self, trailers: Headers | None = None) -> None:
         if self._body_chunked and not self.closed and self.transport is not None:
-            self.transport.write(b"0\r\n\r\n")
+            self.transport.write(last_chunk(trailers))
 
     async def response_head(self) -> ResponseReady:
         """Wait for the response head (1xx other than 101 are skipped)."""
@@ -239,13 +251,23 @@ class ClientConnection(asyncio.Protocol):
         """Stream the rest of the response body into `exchange`; True when the response is complete."""
         self.downstream = exchange
         exchange.upstream_reader = self
-        if exchange.conn.write_paused:
+        if exchange.write_paused:
             # The client is still behind on an earlier response: read nothing more until it catches up.
             self.pause_reading()
         body, self._body = self._body, []
-        for chunk in body:
-            exchange.write_body(chunk)
+        for piece in body:
+            exchange.write_body(piece)
         return self._complete
+
+    @property
+    def keep_alive(self) -> bool:
+        """Whether the upstream lets this connection persist after the current response."""
+        return self._keep_alive
+
+    @property
+    def trailers(self) -> Headers | None:
+        """The response's trailer fields, once the response is complete (None when it had none)."""
+        return self._trailers
 
     async def response_done(self) -> None:
         """Wait until the response body has been fully passed downstream."""
@@ -406,6 +428,9 @@ class ClientConnection(asyncio.Protocol):
             raise _HeadTooLarge()
         if self._in_trailers:
             self._unparsed = 0  # a complete trailer line: the parser holds none of it any more
+            if self._trailers is None:
+                self._trailers = []
+            self._trailers.append((name.lower(), value))
         else:
             self._headers.append((name.lower(), value))
 
@@ -453,7 +478,7 @@ class ClientConnection(asyncio.Protocol):
         self._status = status
         self._content_length = None if self._chunked else content_length
         no_body = self._head_request or status in (204, 304) or status == 101
-        head = ResponseHead(status, reason_phrase(status), kept, self._keep_alive)
+        head = ResponseHead(status, reason_phrase(status), kept)
         waiter = self._head_waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(ResponseReady(head, self._content_length, no_body))
@@ -478,6 +503,8 @@ class ClientConnection(asyncio.Protocol):
         if self._complete:
             return
         self._complete = True
+        if self._trailers is not None:
+            self._trailers = trailer_fields(self._trailers)
         waiter = self._done_waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
@@ -510,7 +537,7 @@ class ClientConnection(asyncio.Protocol):
 
     # -- tunnel (after 101) ------------------------------------------------------------------------
 
-    def start_tunnel(self, downstream: ServerConnection) -> None:
+    def start_tunnel(self, downstream: TunnelEnd) -> None:
         self._tunnel = downstream
         self.downstream = None
         early, self._early = self._early, b""

@@ -1,9 +1,11 @@
 """Header rules of an HTTP/1.1 intermediary: hop-by-hop stripping, forwarding headers, request ids,
-and serialization of heads to wire bytes.
+and the wire bytes of heads and chunked framing.
 
-Owns what RFC 9110 section 7.6.1 says a proxy must not forward (Connection and the headers it names,
-Keep-Alive, TE, Trailer, Transfer-Encoding, Upgrade, Proxy-*), `x-forwarded-for` / `x-forwarded-proto`,
-`x-request-id`, and the byte layout of request and response heads. Must not know routes or policy.
+Owns what a proxy must not forward (RFC 9110 section 7.6.1, as CONTRACT.md lists it: Connection and the
+headers it names, Keep-Alive, TE other than `te: trailers`, Transfer-Encoding, Upgrade, Proxy-*; the
+`Trailer` header that announces trailer fields is forwarded with them), which fields a trailer section
+may carry, `x-forwarded-for` / `x-forwarded-proto`, `x-request-id`, and the byte layout of request and
+response heads and of chunks (the one place chunked framing is written). Must not know routes or policy.
 """
 
 from __future__ import annotations
@@ -14,9 +16,16 @@ from binascii import hexlify
 
 from proxy.message import REASON_PHRASES, Headers, RequestHead, ResponseHead
 
+# `te` is hop-by-hop too, except `te: trailers` on a request (see forwarded_te); names starting with
+# `proxy-` are dropped as well (callers test the prefix).
 HOP_BY_HOP: frozenset[bytes] = frozenset(
-    (b"connection", b"keep-alive", b"te", b"trailer", b"transfer-encoding", b"upgrade",
+    (b"connection", b"keep-alive", b"te", b"transfer-encoding", b"upgrade",
      b"proxy-connection", b"proxy-authenticate", b"proxy-authorization"))
+TE = b"te"
+TE_TRAILERS = b"trailers"
+# Fields a trailer section must not carry (RFC 9110 section 6.5.1: framing, routing, the hop-by-hop ones):
+# dropped from forwarded trailers, both ways.
+NOT_IN_TRAILERS: frozenset[bytes] = HOP_BY_HOP | {b"content-length", b"host", b"trailer", b"expect"}
 
 X_REQUEST_ID = b"x-request-id"
 X_FORWARDED_FOR = b"x-forwarded-for"
@@ -63,16 +72,54 @@ def connection_tokens(headers: Headers) -> frozenset[bytes]:
     return frozenset(tokens)
 
 
-def serialize_request(head: RequestHead, headers: Headers, framing: bytes) -> bytes:
-    """Request line + headers + `framing` (a Content-Length or Transfer-Encoding line, or b"") + CRLF."""
+def forwarded_te(value: bytes) -> bool:
+    """Whether a request's `TE` line goes upstream: only `te: trailers` (the client accepts trailers)."""
+    return value.strip().lower() == TE_TRAILERS
+
+
+def trailer_fields(fields: Headers) -> Headers:
+    """The trailer fields that may be forwarded (no framing, routing or hop-by-hop ones)."""
+    return [(name, value) for name, value in fields if name not in NOT_IN_TRAILERS and name[:6] != b"proxy-"]
+
+
+def serialize_request(head: RequestHead, extra: tuple[bytes, bytes], framing: bytes) -> bytes:
+    """Request line + head.headers + the `extra` header + `framing` (pre-rendered lines: a Content-Length or
+    Transfer-Encoding line, upgrade headers, or b"") + CRLF."""
     parts = [head.method, b" ", head.target(), b" HTTP/1.1\r\nhost: ", head.host_header, b"\r\n"]
-    for name, value in headers:
+    for name, value in head.headers:
         # Four appends, not a tuple per header: compiled (mypyc), each is one C call on the list.
         parts.append(name)
         parts.append(b": ")
         parts.append(value)
         parts.append(b"\r\n")
+    parts.append(extra[0])
+    parts.append(b": ")
+    parts.append(extra[1])
+    parts.append(b"\r\n")
     parts.append(framing)
+    parts.append(b"\r\n")
+    return b"".join(parts)
+
+
+CHUNKED_LINE = b"transfer-encoding: chunked\r\n"
+LAST_CHUNK = b"0\r\n\r\n"
+
+
+def chunk(data: bytes) -> bytes:
+    """One chunk of a chunked body (an empty `data` would end the body: callers skip it)."""
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+def last_chunk(trailers: Headers | None) -> bytes:
+    """The end of a chunked body, with its trailer section."""
+    if not trailers:
+        return LAST_CHUNK
+    parts = [b"0\r\n"]
+    for name, value in trailers:
+        parts.append(name)
+        parts.append(b": ")
+        parts.append(value)
+        parts.append(b"\r\n")
     parts.append(b"\r\n")
     return b"".join(parts)
 

@@ -15,7 +15,6 @@ import logging
 import random
 from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Protocol, cast
 
 import httptools
@@ -23,15 +22,22 @@ import httptools
 from proxy.http.authority import route_authority
 from proxy.http.headers import (
     HOP_BY_HOP,
+    TE,
     X_REQUEST_ID,
+    chunk,
     connection_tokens,
     content_length_line,
+    forwarded_te,
+    last_chunk,
     new_request_id,
     serialize_response,
+    trailer_fields,
 )
-from proxy.http.path import BASE, normalize_path, refusal, without_fragment
+from proxy.http.path import normalize_path, refusal, without_fragment
+from proxy.http.settings import ServerSettings
 from proxy.local_reply import Cause, LocalReply, local_reply
 from proxy.message import Headers, RequestHead, ResponseHead
+from proxy.stream import BodySink, ReadControl, RequestBody, RequestStream, TunnelEnd, TunnelPeer
 
 log = logging.getLogger("proxy.http.server")
 
@@ -47,48 +53,8 @@ PARSE_SLICE = 16 * 1024
 # (its error is then answered 505, not 400).
 HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n"
 # Headers the upstream request gets anew from the sidecar (its own framing; Expect is answered here).
+# `te: trailers` is the one TE that goes on (see on_headers_complete).
 _DROPPED = HOP_BY_HOP | {b"content-length", b"expect", b"host"}
-
-
-@dataclass(frozen=True, slots=True)
-class ServerSettings:
-    """The listener's `http:` settings, compiled once (all durations in seconds, sizes in bytes)."""
-
-    max_head_bytes: int = 60 * 1024
-    max_headers: int = 100
-    header_read_timeout: float = 10.0
-    idle_timeout: float = 300.0
-    # No byte moving either way (request body in, response out) for this long: 504, or a reset once the
-    # response has started. 0 disables it.
-    stream_idle_timeout: float = 300.0
-    max_request_body: int = 0
-    max_requests_in_flight: int = 10000
-    scheme: bytes = b"http"
-    path_normalization: int = BASE  # a mode of proxy.http.path
-
-
-class ReadControl(Protocol):
-    """The other side's reading, paused while our write buffer is full."""
-
-    def pause_reading(self) -> None: ...
-    def resume_reading(self) -> None: ...
-
-
-class BodySink(Protocol):
-    """Where request body bytes go once an upstream is attached (an upstream connection)."""
-
-    def write_body(self, data: bytes) -> None: ...
-    def end_body(self) -> None: ...
-
-
-class TunnelPeer(Protocol):
-    """The upstream end of an upgraded (WebSocket) connection."""
-
-    def tunnel_write(self, data: bytes) -> None: ...
-    def tunnel_eof(self) -> None: ...
-    def tunnel_close(self) -> None: ...
-    def pause_reading(self) -> None: ...
-    def resume_reading(self) -> None: ...
 
 
 class Listener(Protocol):
@@ -104,23 +70,21 @@ class Listener(Protocol):
     def local_reply_sent(self, exchange: Exchange, reply: LocalReply) -> None: ...
 
 
-class RequestBody:
+class Http1RequestBody(RequestBody):
     """A request body flowing from the client to (at most one at a time) upstream sink.
 
     Bytes that arrive before a sink is attached are buffered; past BODY_HIGH_WATER the client socket is
     paused. Up to `replay_limit` bytes are also kept so a retry can send the body again.
     """
 
-    __slots__ = ("_buffered", "_buffered_size", "_conn", "_sink", "chunked", "complete", "failed",
-                 "kept", "length", "received", "replay_limit", "replayable")
+    __slots__ = ("_buffered", "_buffered_size", "_conn", "_sink", "chunked", "failed", "kept", "replay_limit",
+                 "replayable")
 
     def __init__(self, conn: ServerConnection, length: int | None, chunked: bool) -> None:
+        super().__init__(length)
         self._conn = conn
-        self.length = length
         self.chunked = chunked
-        self.complete = False
         self.failed = False
-        self.received = 0
         self._sink: BodySink | None = None
         self._buffered: list[bytes] = []
         self._buffered_size = 0
@@ -157,39 +121,48 @@ class RequestBody:
         if self._buffered_size > BODY_HIGH_WATER:
             self._conn.pause_for_body()
 
-    def finish(self) -> None:
+    def finish(self, trailers: Headers | None = None) -> None:
         self.complete = True
+        self.trailers = trailers
         if self._sink is not None:
-            self._sink.end_body()
+            self._sink.end_body(trailers)
 
     def attach(self, sink: BodySink) -> None:
         """Send what arrived so far to `sink`, then stream the rest to it as it arrives."""
         self._sink = sink
         if self._buffered:
             chunks, self._buffered, self._buffered_size = self._buffered, [], 0
-            for chunk in chunks:
-                sink.write_body(chunk)
+            for piece in chunks:
+                sink.write_body(piece)
             self._conn.resume_for_body()
         if self.complete:
-            sink.end_body()
+            sink.end_body(self.trailers)
 
     def reattach(self, sink: BodySink) -> bool:
         """Attach a new sink for a retry, replaying the kept bytes; False when the body cannot be replayed."""
         if self.kept is None or not self.replayable:
             return False
         self._sink = sink
-        for chunk in self.kept:
-            sink.write_body(chunk)
+        for piece in self.kept:
+            sink.write_body(piece)
         if self._buffered:
             # Bytes buffered while detached are already in `kept` (feed keeps before buffering).
             self._buffered, self._buffered_size = [], 0
             self._conn.resume_for_body()
         if self.complete:
-            sink.end_body()
+            sink.end_body(self.trailers)
         return True
 
     def detach(self) -> None:
         self._sink = None
+
+    def can_replay(self) -> bool:
+        kept = self.kept
+        if kept is None or not self.replayable:
+            return False
+        # A replay that misses bytes would send a truncated body under the original framing (a request the
+        # upstream waits on forever, or a different one): refuse the retry rather than send it.
+        return sum(map(len, kept)) == self.received
 
     def buffered(self) -> bytes:
         """The whole body when it has already arrived and nothing was sent (the small-request fast path)."""
@@ -206,63 +179,50 @@ class RequestBody:
         return data
 
 
-class Exchange:
-    """One request on a downstream connection and the response written back for it."""
+class Exchange(RequestStream):
+    """One request on a downstream connection and the response written back for it (HTTP/1.1)."""
 
     __slots__ = (
         "_chunked_out",
-        "body",
         "close_after",
         "conn",
-        "expect_continue",
-        "expired",
+        "h1_body",
         "handler_started",
-        "head",
         "head_only",
+        "http_minor",
         "last_activity",
-        "local",
-        "peer_ip",
-        "request_id",
-        "response_done",
-        "response_started",
-        "response_status",
-        "started_at",
-        "task",
-        "timed_out",
-        "upstream_reader",
-        "websocket",
     )
 
-    def __init__(self, conn: ServerConnection, head: RequestHead, body: RequestBody | None,
-                 request_id: bytes, started_at: float) -> None:
+    def __init__(self, conn: ServerConnection, head: RequestHead, body: Http1RequestBody | None,
+                 request_id: bytes, started_at: float, keep_alive: bool = True, http_minor: int = 1) -> None:
+        super().__init__(head, body, request_id, conn.peer_ip, started_at)
+        # The same body as `body`, typed as the codec's own (which it feeds and ends).
+        self.h1_body = body
         self.conn = conn
-        self.head = head
-        self.body = body
-        self.request_id = request_id
-        self.started_at = started_at
-        self.peer_ip = conn.peer_ip
         self.head_only = head.method == b"HEAD"
-        self.expect_continue = False
-        self.websocket = False
-        # A reply decided by the codec itself: sent in turn instead of running the handler (413 on a
-        # declared length, 405 CONNECT), or sent when the codec cancels a running handler (a framing error
-        # in the body, the stream idle timeout) if no response has started by then.
-        self.local: LocalReply | None = None
+        # `local` (RequestStream) is also a reply decided by the codec that is sent in turn instead of running
+        # the handler (413 on a declared length, 405 CONNECT).
         # The last time a byte moved for this request (body in, response out): the stream idle timer's base.
         # The connection sets it when the handler starts.
         self.last_activity = started_at
-        self.timed_out = False
-        # The handler's task, and which deadline of the request path cancelled it (None: none did).
-        self.task: asyncio.Task[None] | None = None
         # Set by the handler's first step: until then a cancel would end its task without running any of it.
         self.handler_started = False
-        self.expired: object = None
-        self.response_started = False
-        self.response_done = False
-        self.response_status = 0
-        self.close_after = not head.keep_alive
+        # HTTP/1 facts of this request, the codec's alone (the heads above it are protocol-independent).
+        self.close_after = not keep_alive
+        self.http_minor = http_minor
         self._chunked_out = False
-        self.upstream_reader: ReadControl | None = None
+
+    @property
+    def write_paused(self) -> bool:
+        return self.conn.write_paused
+
+    @property
+    def reader(self) -> ReadControl:
+        return self.conn
+
+    @property
+    def tunnel_end(self) -> TunnelEnd:
+        return self.conn
 
     # -- answering -------------------------------------------------------------------------------
 
@@ -300,7 +260,7 @@ class Exchange:
             return
         if content_length is not None:
             extra = content_length_line(content_length)
-        elif self.head.http_minor >= 1:
+        elif self.http_minor >= 1:
             extra = b"transfer-encoding: chunked\r\n"
             self._chunked_out = True
         else:
@@ -308,7 +268,7 @@ class Exchange:
             extra = b""
             self.close_after = True
         if first and self._chunked_out:
-            first = b"%x\r\n%s\r\n" % (len(first), first)
+            first = chunk(first)
         # Head and the body bytes already at hand go out in one write: one syscall per small response.
         self._write_head(head, extra, first)
 
@@ -325,7 +285,7 @@ class Exchange:
             self.close_after = True
             if not says_close:
                 extra += b"connection: close\r\n"
-        elif self.head.http_minor == 0:
+        elif self.http_minor == 0:
             extra += b"connection: keep-alive\r\n"
         self.conn.write(serialize_response(head, extra, first))
 
@@ -333,13 +293,14 @@ class Exchange:
         self.last_activity = self.conn.now()
         if self._chunked_out:
             if data:
-                self.conn.write(b"%x\r\n%s\r\n" % (len(data), data))
+                self.conn.write(chunk(data))
         else:
             self.conn.write(data)
 
-    def end_response(self) -> None:
+    def end_response(self, trailers: Headers | None = None) -> None:
+        """The response is complete; its trailer fields go out when it is chunked (HTTP/1.1 clients)."""
         if self._chunked_out:
-            self.conn.write(b"0\r\n\r\n")
+            self.conn.write(last_chunk(trailers))
         self._finish()
 
     def _finish(self) -> None:
@@ -410,6 +371,7 @@ class ServerConnection(asyncio.Protocol):
         "_timer",
         "_trailer_bytes",
         "_trailer_count",
+        "_trailers",
         "_tunnel",
         "_unparsed",
         "_url",
@@ -441,6 +403,7 @@ class ServerConnection(asyncio.Protocol):
         self._in_trailers = False
         self._trailer_bytes = 0
         self._trailer_count = 0
+        self._trailers: Headers | None = None
         # Bytes fed after a head that the parser has not handed over yet (a chunk-size line with endless
         # extensions, or one endless trailer line): bounded like a head.
         self._unparsed = 0
@@ -593,8 +556,8 @@ class ServerConnection(asyncio.Protocol):
         active = self.active
         if active is not None and not active.response_done:
             active.response_done = True
-            if active.body is not None and not active.body.complete:
-                active.body.failed = True
+            if active.h1_body is not None and not active.h1_body.complete:
+                active.h1_body.failed = True
             if self._task is not None:
                 if active.handler_started:
                     log.info("client %s %s before the response to request %s ended: request cancelled",
@@ -691,6 +654,7 @@ class ServerConnection(asyncio.Protocol):
         self._header_count = 0
         self._trailer_bytes = 0
         self._trailer_count = 0
+        self._trailers = None
         self._unparsed = 0
         now = self._loop.time()
         self._head_start = now
@@ -717,6 +681,9 @@ class ServerConnection(asyncio.Protocol):
             settings = self.listener.settings
             if self._trailer_bytes > settings.max_head_bytes or self._trailer_count > settings.max_headers:
                 raise _TrailersTooLarge()
+            if self._trailers is None:
+                self._trailers = []
+            self._trailers.append((name.lower(), value))
             return
         self._head_bytes += len(name) + len(value) + 4
         self._header_count += 1
@@ -744,6 +711,7 @@ class ServerConnection(asyncio.Protocol):
         proxy_named = False
         request_id = b""
         request_ids = 0
+        te_trailers = False
         version: str = parser.get_http_version()
         if version == "1.1":
             http_minor = 1
@@ -771,6 +739,8 @@ class ServerConnection(asyncio.Protocol):
                 connection = True
             elif name[:6] == b"proxy-":
                 proxy_named = True
+            elif name == TE:
+                te_trailers = te_trailers or forwarded_te(value)
             elif name == X_REQUEST_ID:
                 request_ids += 1
                 if not request_id:
@@ -783,6 +753,10 @@ class ServerConnection(asyncio.Protocol):
             headers = [(n, v) for n, v in headers if n not in named]
         if proxy_named:
             headers = [(n, v) for n, v in headers if n[:6] != b"proxy-"]
+        if te_trailers:
+            # The client accepts trailers: the upstream may send them (they are forwarded). The one TE
+            # value that is not hop-by-hop, even when Connection names TE as RFC 9110 asks.
+            headers.append((TE, b"trailers"))
         target = without_fragment(self._url)
         local: LocalReply | None = None
         if target[:1] != b"/":
@@ -823,13 +797,12 @@ class ServerConnection(asyncio.Protocol):
                 request_id = new_request_id(self.listener.rng)
             headers.append((X_REQUEST_ID, request_id))
         head = RequestHead(method=method, path=path.decode("latin-1"), query=query,
-                           authority=authority, host_header=host_header,
-                           headers=headers,
-                           keep_alive=parser.should_keep_alive(), http_minor=http_minor)
-        body: RequestBody | None = None
+                           authority=authority, host_header=host_header, headers=headers)
+        body: Http1RequestBody | None = None
         if chunked or (content_length is not None and content_length > 0):
-            body = RequestBody(self, content_length, chunked)
-        exchange = Exchange(self, head, body, request_id, self._head_start)
+            body = Http1RequestBody(self, content_length, chunked)
+        exchange = Exchange(self, head, body, request_id, self._head_start, parser.should_keep_alive(),
+                            http_minor)
         exchange.expect_continue = expect and body is not None
         exchange.websocket = websocket and parser.should_upgrade() and local is None
         limit = self.listener.settings.max_request_body
@@ -845,9 +818,9 @@ class ServerConnection(asyncio.Protocol):
     def on_body(self, data: bytes) -> None:
         self._unparsed = 0
         exchange = self._queue[-1] if self._queue else self.active
-        if exchange is None or exchange.body is None:
+        if exchange is None or exchange.h1_body is None:
             return
-        body = exchange.body
+        body = exchange.h1_body
         limit = self.listener.settings.max_request_body
         if limit and body.received + len(data) > limit:
             self._fail_body(exchange, local_reply(Cause.BODY_TOO_LARGE))
@@ -857,12 +830,13 @@ class ServerConnection(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         exchange = self._queue[-1] if self._queue else self.active
-        if exchange is not None and exchange.body is not None and not exchange.body.complete:
+        if exchange is not None and exchange.h1_body is not None and not exchange.h1_body.complete:
             if self.parser.should_upgrade() and not exchange.websocket:
                 # llhttp skips the body of any upgrade request; a dropped Upgrade (h2c) still has one,
                 # read after the upgrade point (see _on_upgrade).
                 return
-            exchange.body.finish()
+            trailers = self._trailers
+            exchange.h1_body.finish(trailer_fields(trailers) if trailers is not None else None)
         if self.write_paused and self._tunnel is None:
             self._block(_BLOCK_WRITE)  # a body read on while the client was behind has ended (pause_writing)
 
@@ -933,7 +907,7 @@ class ServerConnection(asyncio.Protocol):
         # The upstream may have paused this socket for the body (its write buffer was full when the
         # exchange ended): the next request must be read.
         self._unblock(_BLOCK_UPSTREAM)
-        body = exchange.body
+        body = exchange.h1_body
         if body is not None and not body.complete:
             # The answer went out before the client finished its body: the stream position is lost.
             exchange.close_after = True
@@ -992,7 +966,7 @@ class ServerConnection(asyncio.Protocol):
     def _request_error(self, reply: LocalReply) -> None:
         """A parse error: in the body of the last request whose head was accepted, or in a new head."""
         last = self._queue[-1] if self._queue else self.active
-        body = last.body if last is not None else None
+        body = last.h1_body if last is not None else None
         if last is not None and body is not None and not self._in_head and not body.complete:
             self._fail_body(last, reply)
         else:
@@ -1006,8 +980,8 @@ class ServerConnection(asyncio.Protocol):
         attempt aborts its upstream connection (never pooled) so the upstream never sees a whole request.
         """
         self._stop_parsing()
-        if exchange.body is not None:
-            exchange.body.failed = True
+        if exchange.h1_body is not None:
+            exchange.h1_body.failed = True
         exchange.close_after = True
         exchange.local = reply
         if exchange is not self.active:
@@ -1025,9 +999,8 @@ class ServerConnection(asyncio.Protocol):
         """Answer a request that could not be parsed (in its turn), then close; nothing reaches upstream."""
         self._stop_parsing()
         self._in_head = False
-        head = RequestHead(method=b"", path="", query=b"", authority="", host_header=b"", headers=[],
-                           keep_alive=False)
-        exchange = Exchange(self, head, None, new_request_id(self.listener.rng), self._loop.time())
+        head = RequestHead(method=b"", path="", query=b"", authority="", host_header=b"", headers=[])
+        exchange = Exchange(self, head, None, new_request_id(self.listener.rng), self._loop.time(), False)
         exchange.local = reply
         exchange.close_after = True
         self._enqueue(exchange)
@@ -1043,7 +1016,7 @@ class ServerConnection(asyncio.Protocol):
             self._early = rest
         else:
             # Any other Upgrade (h2c, ...) is dropped as hop-by-hop: keep parsing HTTP/1.1.
-            body = last.body if last is not None else None
+            body = last.h1_body if last is not None else None
             if body is not None and not body.complete:
                 # llhttp skipped this request's body (it expected another protocol to follow). Read it
                 # with a fresh parser primed by a head that declares the same framing; its callbacks

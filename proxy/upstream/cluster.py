@@ -24,7 +24,7 @@ from proxy.telemetry.metrics import Metrics
 from proxy.upstream.balancer import Balancer, RoundRobin
 from proxy.upstream.endpoint import DRAINING, Endpoint
 from proxy.upstream.outlier import OutlierDetector
-from proxy.upstream.pool import PoolSettings
+from proxy.upstream.pool import Connector, PoolSettings, no_connector
 
 
 class Cluster:
@@ -47,7 +47,8 @@ class Cluster:
         "pool_settings",
     )
 
-    def __init__(self, config: ClusterConfig, metrics: Metrics, clock: Clock) -> None:
+    def __init__(self, config: ClusterConfig, metrics: Metrics, clock: Clock,
+                 connector: Connector | None = None) -> None:
         self.name = config.name
         self.config = config
         self._clock = clock
@@ -59,6 +60,8 @@ class Cluster:
             max_requests_per_connection=config.pool.max_requests_per_connection,
             max_head_bytes=config.max_response_headers,
             max_headers=config.max_response_header_count,
+            # The codec its connections speak, chosen by the wiring (no connector: the cluster cannot connect).
+            connector=connector if connector is not None else no_connector,
         )
         self.endpoints: tuple[Endpoint, ...] = ()
         self.balancer: Balancer = RoundRobin(())

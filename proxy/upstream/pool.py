@@ -4,7 +4,9 @@ Owns opening connections (with the cluster's connect timeout, failures mapped to
 keeping idle ones (LIFO: the most recently used is the most likely still open), closing those idle past
 `idle_timeout` with one lazily re-armed timer of the injected `Clock` (virtual time in tests), the
 per-connection request cap, and draining on removal. The connect timeout is the loop's own
-(`asyncio.timeout`): it bounds a real socket operation. Must not know routes or retry policy.
+(`asyncio.timeout`): it bounds a real socket operation. Must not know routes or retry policy, nor which
+protocol its connections speak: the wiring hands it a `Connector` (today the HTTP/1 codec's
+`UpstreamStream`), and it hands out `UpstreamStream`s, streams to this endpoint.
 """
 
 from __future__ import annotations
@@ -13,13 +15,24 @@ import asyncio
 import errno
 import socket
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import cast
 
 from proxy.clock import Clock, Timer
 from proxy.errors import FailureKind, UpstreamError
-from proxy.http.client import ClientConnection
+from proxy.stream import UpstreamStream
 
 _UNROUTABLE = {errno.ENETUNREACH, errno.EHOSTUNREACH, errno.EADDRNOTAVAIL}
+
+
+# Makes the connection object for a new socket: (loop, context for errors, max response head bytes, max
+# response header lines) -> an asyncio Protocol that is a UpstreamStream.
+Connector = Callable[[asyncio.AbstractEventLoop, str, int, int], UpstreamStream]
+
+
+def no_connector(loop: asyncio.AbstractEventLoop, context: str, max_head: int, max_headers: int) -> UpstreamStream:
+    raise RuntimeError(f"{context}: no connector configured for this pool")
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +46,8 @@ class PoolSettings:
     # Bounds on a response head (status line + headers) and on its trailers, each on its own.
     max_head_bytes: int = 60 * 1024
     max_headers: int = 100
+    # What opens a connection's protocol object (the wiring chooses the codec).
+    connector: Connector = no_connector
 
 
 class Pool:
@@ -48,8 +63,8 @@ class Pool:
         self._loop = asyncio.get_running_loop()
         self._clock = clock
         # (connection, clock time it went idle), oldest at the left.
-        self._idle: deque[tuple[ClientConnection, float]] = deque()
-        self._open: set[ClientConnection] = set()
+        self._idle: deque[tuple[UpstreamStream, float]] = deque()
+        self._open: set[UpstreamStream] = set()
         self._timer: Timer | None = None
         self._closed = False
 
@@ -61,7 +76,7 @@ class Pool:
     def open_count(self) -> int:
         return len(self._open)
 
-    def take_idle(self) -> ClientConnection | None:
+    def take_idle(self) -> UpstreamStream | None:
         """An idle open connection, or None (no await: the common case costs no coroutine hop)."""
         idle = self._idle
         while idle:
@@ -70,16 +85,19 @@ class Pool:
                 return conn
         return None
 
-    async def connect(self) -> ClientConnection:
+    async def connect(self) -> UpstreamStream:
         """Open a new connection, mapping failures to connect-refused / timeout / unroutable."""
         loop = self._loop
         try:
             async with asyncio.timeout(self.settings.connect_timeout):
-                _, conn = await loop.create_connection(
-                    lambda: ClientConnection(loop, self.context, self.settings.max_head_bytes,
-                                             self.settings.max_headers),
+                settings = self.settings
+                connector = settings.connector
+                _, protocol = await loop.create_connection(
+                    lambda: cast(asyncio.Protocol, connector(loop, self.context, settings.max_head_bytes,
+                                                             settings.max_headers)),
                     self.host, self.port
                 )
+                conn = cast(UpstreamStream, protocol)
         except TimeoutError:
             raise UpstreamError(
                 FailureKind.CONNECT_TIMEOUT,
@@ -99,7 +117,7 @@ class Pool:
         self._open.add(conn)
         return conn
 
-    def _release(self, conn: ClientConnection) -> None:
+    def _release(self, conn: UpstreamStream) -> None:
         settings = self.settings
         if (
             self._closed
@@ -117,7 +135,7 @@ class Pool:
         if self._timer is None:
             self._timer = self._clock.call_at(now + settings.idle_timeout, self._sweep)
 
-    def _forget(self, conn: ClientConnection) -> None:
+    def _forget(self, conn: UpstreamStream) -> None:
         self._open.discard(conn)
 
     def _sweep(self) -> None:

@@ -282,7 +282,9 @@ REQUEST_HOP = (
     b"te: trailers\r\ntrailer: x-t\r\nproxy-authorization: Basic Zm9vOmJhcg==\r\nproxy-connection: keep-alive\r\n"
     b"x-end-to-end: kept\r\n\r\n"
 )
-HOP_NAMES = {b"connection", b"x-hop", b"keep-alive", b"te", b"trailer", b"proxy-authorization",
+# `te: trailers` and the `Trailer` header that announces trailer fields are end to end (CONTRACT.md): any
+# other TE is hop-by-hop.
+HOP_NAMES = {b"connection", b"x-hop", b"keep-alive", b"proxy-authorization",
              b"proxy-connection", b"upgrade", b"http2-settings", b"transfer-encoding"}
 
 
@@ -296,6 +298,11 @@ async def test_hop_by_hop_request_headers_never_reach_the_upstream(sidecar) -> N
     seen = upstream.requests[0]
     assert not seen.names() & HOP_NAMES
     assert seen.header(b"x-end-to-end") == b"kept"
+    assert seen.header(b"te") == b"trailers" and seen.header(b"trailer") == b"x-t"
+    # Any other TE value is hop-by-hop.
+    client.send(b"GET /hop HTTP/1.1\r\nhost: x\r\nconnection: te\r\nte: gzip\r\n\r\n")
+    (reply,) = await client.responses(1)
+    assert reply.status == 200 and upstream.requests[1].header(b"te") is None
     client.close()
     await upstream.stop()
 
@@ -308,8 +315,9 @@ async def test_hop_by_hop_response_headers_never_reach_the_client(sidecar) -> No
     (reply,) = await client.responses(1)
     assert reply.body == b"ok"
     assert not reply.names() & {b"connection", b"x-secret", b"keep-alive", b"proxy-authenticate",
-                                b"proxy-connection", b"trailer", b"upgrade"}
+                                b"proxy-connection", b"upgrade"}
     assert reply.header(b"x-end-to-end") == b"kept"
+    assert reply.header(b"trailer") == b"x-t"  # announces trailer fields, which are forwarded
     client.close()
     await upstream.stop()
 

@@ -21,12 +21,14 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from proxy.errors import FailureKind, UpstreamError
-from proxy.http.client import ClientConnection
+from proxy.http.client import NO_BODY, ClientConnection
+from proxy.message import RequestHead
 from tests.unit.http.fakes import Driver, FakeTransport, split_at
 
 FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-REQUEST = b"GET / HTTP/1.1\r\nhost: up\r\n\r\n"
-HEAD_REQUEST = b"HEAD / HTTP/1.1\r\nhost: up\r\n\r\n"
+REQUEST = RequestHead(b"GET", "/", b"", "up", b"up", [])
+HEAD_REQUEST = RequestHead(b"HEAD", "/", b"", "up", b"up", [])
+ATTEMPT = (b"x-sidecar-attempt", b"1")
 
 
 class FakeDownstreamConn:
@@ -52,6 +54,10 @@ class FakeExchange:
         self.upstream_reader: object = None
         self.conn = FakeDownstreamConn()
 
+    @property
+    def write_paused(self) -> bool:
+        return self.conn.write_paused
+
     def write_body(self, data: bytes) -> None:
         self.body += data
 
@@ -75,7 +81,7 @@ async def attempt(conn: ClientConnection, result: Result, reusable: bool = True)
     try:
         ready = await conn.response_head()
         head = ready.head
-        result.head = (head.status, tuple(head.headers), ready.content_length, ready.no_body, head.keep_alive)
+        result.head = (head.status, tuple(head.headers), ready.content_length, ready.no_body, conn.keep_alive)
         first = conn.take_body()
         if not conn.attach(result.exchange):  # type: ignore[arg-type]
             await conn.response_done()
@@ -118,7 +124,7 @@ def exchange(driver: Driver, session: Session, pieces: list[bytes], head_request
              settle_between: bool = False) -> Result:
     """Send one request on the session's connection, deliver the response `pieces`, run the attempt."""
     conn = session.conn
-    conn.send(HEAD_REQUEST if head_request else REQUEST, False, head_request, None)
+    conn.send(HEAD_REQUEST if head_request else REQUEST, ATTEMPT, NO_BODY, None, None, False)
     result = Result()
     session.results.append(result)
     driver.loop.create_task(attempt(conn, result))
@@ -469,7 +475,7 @@ def test_oversize_heads_and_trailers_end_in_header_section_size_never_unbounded(
 def test_an_endless_header_line_fed_a_byte_at_a_time_stops_at_the_bound(driver: Driver) -> None:
     session = open_bounded(driver)
     conn = session.conn
-    conn.send(REQUEST, False, False, None)
+    conn.send(REQUEST, ATTEMPT, NO_BODY, None, None, False)
     result = Result()
     driver.loop.create_task(attempt(conn, result))
     driver.settle(2)

@@ -9,7 +9,14 @@ from __future__ import annotations
 
 import asyncio
 
-from proxy.http.client import ClientConnection
+from proxy.http.client import NO_BODY, ClientConnection
+from proxy.message import RequestHead
+
+ATTEMPT = (b"x-sidecar-attempt", b"1")
+
+
+def request_head(method: bytes) -> RequestHead:
+    return RequestHead(method, "/", b"", "x", b"x", [])
 
 
 class FakeTransport:
@@ -60,7 +67,7 @@ def _connection() -> tuple[ClientConnection, FakeTransport, list[ClientConnectio
 
 async def test_connection_paused_at_the_end_of_a_response_is_reading_again_when_pooled() -> None:
     conn, transport, idle = _connection()
-    conn.send(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n", False, False, None)
+    conn.send(request_head(b"GET"), ATTEMPT, NO_BODY, None, None, False)
     conn.pause_reading()  # the downstream's buffer filled as the last bytes came in
     conn.data_received(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
     assert not transport.reading
@@ -72,7 +79,7 @@ async def test_connection_paused_at_the_end_of_a_response_is_reading_again_when_
 async def test_body_reader_is_paused_while_the_upstream_cannot_take_more_and_released_after() -> None:
     conn, _, _ = _connection()
     reader = FakeReader()
-    conn.send(b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 10\r\n\r\n", False, False, None)
+    conn.send(request_head(b"POST"), ATTEMPT, 10, None, None, False)
     conn.set_body_reader(reader)
     conn.pause_writing()
     assert reader.paused == 1
@@ -86,7 +93,7 @@ async def test_body_reader_is_paused_while_the_upstream_cannot_take_more_and_rel
 
 async def test_body_reader_attached_while_paused_starts_paused() -> None:
     conn, _, _ = _connection()
-    conn.send(b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 10\r\n\r\n", False, False, None)
+    conn.send(request_head(b"POST"), ATTEMPT, 10, None, None, False)
     conn.pause_writing()
     reader = FakeReader()
     conn.set_body_reader(reader)

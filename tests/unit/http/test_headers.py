@@ -59,9 +59,9 @@ def test_connection_tokens_of_every_connection_line(headers: list[tuple[bytes, b
 def test_serialize_request_writes_line_host_headers_framing_and_blank_line() -> None:
     head = RequestHead(method=b"POST", path="/a%20b", query=b"x=1", authority="svc", host_header=b"svc:8080",
                        headers=[(b"accept", b"*/*"), (b"x-request-id", b"id")])
-    assert serialize_request(head, head.headers, b"content-length: 3\r\n") == (
+    assert serialize_request(head, (b"x-sidecar-attempt", b"1"), b"content-length: 3\r\n") == (
         b"POST /a%20b?x=1 HTTP/1.1\r\nhost: svc:8080\r\naccept: */*\r\nx-request-id: id\r\n"
-        b"content-length: 3\r\n\r\n")
+        b"x-sidecar-attempt: 1\r\ncontent-length: 3\r\n\r\n")
 
 
 @pytest.mark.parametrize("length", [0, 33, 1023, 1024, 10**12])

@@ -21,7 +21,8 @@ from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 
 from proxy.http.path import BASE, normalize_path
-from proxy.http.server import HTTP2_PREFACE, PARSE_SLICE, Exchange, ServerConnection, ServerSettings
+from proxy.http.server import HTTP2_PREFACE, PARSE_SLICE, Exchange, ServerConnection
+from proxy.http.settings import ServerSettings
 from proxy.local_reply import LocalReply
 from proxy.message import ResponseHead
 from tests.unit.http.fakes import Driver, FakeTransport, split_at
@@ -40,12 +41,14 @@ class Sink:
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.data = bytearray()
+        self.trailers: list[tuple[bytes, bytes]] | None = None
         self.done: asyncio.Future[None] = loop.create_future()
 
     def write_body(self, data: bytes) -> None:
         self.data += data
 
-    def end_body(self) -> None:
+    def end_body(self, trailers: list[tuple[bytes, bytes]] | None) -> None:
+        self.trailers = trailers
         if not self.done.done():
             self.done.set_result(None)
 
@@ -55,8 +58,9 @@ HeadKey = tuple[bytes, str, bytes, str, bytes, tuple[tuple[bytes, bytes], ...], 
 
 def head_key(exchange: Exchange) -> HeadKey:
     head = exchange.head
+    # Keep-alive and the minor version are the codec's own (the head above it is protocol-independent).
     return (head.method, head.path, head.query, head.authority, head.host_header, tuple(head.headers),
-            head.keep_alive, head.http_minor)
+            not exchange.close_after, exchange.http_minor)
 
 
 class FakeListener:

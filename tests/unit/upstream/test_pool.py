@@ -40,7 +40,7 @@ async def idle_connection(pool: Pool) -> ClientConnection:
 
 async def test_idle_connections_are_swept_after_idle_timeout_in_virtual_time(upstream_port: int) -> None:
     clock = ManualClock(start=0.0)
-    pool = Pool("127.0.0.1", upstream_port, PoolSettings(idle_timeout=60.0), "test", clock)
+    pool = Pool("127.0.0.1", upstream_port, PoolSettings(idle_timeout=60.0, connector=ClientConnection), "test", clock)
     older = await idle_connection(pool)
     assert (pool.idle_count, pool.open_count, clock.pending) == (1, 1, 1)
     clock.advance(30.0)
@@ -60,7 +60,7 @@ async def test_idle_connections_are_swept_after_idle_timeout_in_virtual_time(ups
 
 async def test_a_connection_taken_before_its_timeout_is_not_swept(upstream_port: int) -> None:
     clock = ManualClock(start=0.0)
-    pool = Pool("127.0.0.1", upstream_port, PoolSettings(idle_timeout=10.0), "test", clock)
+    pool = Pool("127.0.0.1", upstream_port, PoolSettings(idle_timeout=10.0, connector=ClientConnection), "test", clock)
     conn = await idle_connection(pool)
     clock.advance(5.0)
     assert pool.take_idle() is conn
@@ -76,7 +76,7 @@ async def test_a_connection_taken_before_its_timeout_is_not_swept(upstream_port:
 
 async def test_closing_the_pool_closes_idle_connections_and_drops_its_timer(upstream_port: int) -> None:
     clock = ManualClock(start=0.0)
-    pool = Pool("127.0.0.1", upstream_port, PoolSettings(idle_timeout=10.0), "test", clock)
+    pool = Pool("127.0.0.1", upstream_port, PoolSettings(idle_timeout=10.0, connector=ClientConnection), "test", clock)
     conn = await idle_connection(pool)
     assert clock.pending == 1
     pool.close()
