@@ -253,15 +253,21 @@ async def probe_configs(port: int, count: int = 20) -> set[str]:
     return seen
 
 
-async def test_with_workers_the_supervisor_refuses_an_unbindable_admin_for_all_and_moves_a_bindable_one(
-        tmp_path: Path, upstream: Upstream, sidecars: list[Sidecar]) -> None:
+async def two_workers(tmp_path: Path, upstream: Upstream,
+                      sidecars: list[Sidecar]) -> tuple[Sidecar, Path, int, int, str]:
+    """A supervisor with two workers: (sidecar, config path, admin port, listener port, version in force)."""
     admin = free_port()
     path = tmp_path / "sidecar.yaml"
     path.write_text(config(upstream.address, admin, workers=2))
     sidecar = Sidecar(path, admin)
     sidecars.append(sidecar)
     port = await sidecar.started()
-    before = await version(admin)
+    return sidecar, path, admin, port, await version(admin)
+
+
+async def test_with_workers_the_supervisor_refuses_an_unbindable_admin_for_all_and_moves_a_bindable_one(
+        tmp_path: Path, upstream: Upstream, sidecars: list[Sidecar]) -> None:
+    sidecar, path, admin, port, before = await two_workers(tmp_path, upstream, sidecars)
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
@@ -294,13 +300,7 @@ async def test_with_workers_the_supervisor_refuses_an_unbindable_admin_for_all_a
 
 async def test_with_workers_a_new_listener_that_cannot_be_bound_is_refused_by_the_supervisor(
         tmp_path: Path, upstream: Upstream, sidecars: list[Sidecar]) -> None:
-    admin = free_port()
-    path = tmp_path / "sidecar.yaml"
-    path.write_text(config(upstream.address, admin, workers=2))
-    sidecar = Sidecar(path, admin)
-    sidecars.append(sidecar)
-    port = await sidecar.started()
-    before = await version(admin)
+    sidecar, path, admin, port, before = await two_workers(tmp_path, upstream, sidecars)
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
