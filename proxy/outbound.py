@@ -253,8 +253,8 @@ class OutboundListener:
         if path.fault is not None:
             decision = path.fault.decide()
             if decision.delay:
-                await asyncio.sleep(decision.delay)
-                deadline_base = self._loop.time()  # the injected delay is not the upstream's time
+                await self._clock.sleep(decision.delay)
+                deadline_base = self._clock.now()  # the injected delay is not the upstream's time
             if decision.abort is not None:
                 reply = local_reply(Cause.FAULT_ABORT, f"route {path.name}: fault injected", status=decision.abort)
                 self._answer_local(exchange, path.local, reply)
@@ -343,7 +343,7 @@ class OutboundListener:
                     return result
                 holding_retry = True
                 if result.delay > 0:
-                    await asyncio.sleep(result.delay)
+                    await self._clock.sleep(result.delay)
                 number += 1
         finally:
             if holding_retry:
@@ -414,7 +414,7 @@ class OutboundListener:
             # timeout while waiting for the head is seen (and classified) here as the attempt's failure.
             attempt_deadline = deadline
             if policy is not None and policy.per_try_timeout is not None:
-                per_try_end = self._loop.time() + policy.per_try_timeout
+                per_try_end = self._clock.now() + policy.per_try_timeout
                 if attempt_deadline is None or per_try_end < attempt_deadline:
                     attempt_deadline = per_try_end
             return await self._exchange(exchange, path, target, trace_ctx, number, policy, endpoint, token,
