@@ -169,15 +169,21 @@ def bomb() -> str:
     return "\n".join(lines) + "\n"
 
 
-async def test_an_alias_bomb_written_into_the_running_config_is_refused_while_traffic_flows(
-        tmp_path: Path, upstream: Upstream, sidecars: list[Sidecar]) -> None:
+async def start_sidecar(tmp_path: Path, upstream: Upstream, sidecars: list[Sidecar],
+                        workers: int = 1) -> tuple[Sidecar, Path, int, int, str]:
+    """A running sidecar: (sidecar, config path, admin port, listener port, version in force)."""
     admin = free_port()
     path = tmp_path / "sidecar.yaml"
-    path.write_text(config(upstream.address, admin))
+    path.write_text(config(upstream.address, admin, workers=workers))
     sidecar = Sidecar(path, admin)
     sidecars.append(sidecar)
     port = await sidecar.started()
-    before = await version(admin)
+    return sidecar, path, admin, port, await version(admin)
+
+
+async def test_an_alias_bomb_written_into_the_running_config_is_refused_while_traffic_flows(
+        tmp_path: Path, upstream: Upstream, sidecars: list[Sidecar]) -> None:
+    sidecar, path, admin, port, before = await start_sidecar(tmp_path, upstream, sidecars)
     async with Prober(port) as prober:
         path.write_text(config(upstream.address, admin) + bomb())  # the file watch notices it within 2 s
         sidecar.proc.send_signal(signal.SIGHUP)  # and so does a SIGHUP: one refusal between them
@@ -192,12 +198,7 @@ async def test_an_alias_bomb_written_into_the_running_config_is_refused_while_tr
 
 async def test_a_burst_of_sighups_with_a_3000_route_config_is_one_reload_and_no_stall(
         tmp_path: Path, upstream: Upstream, sidecars: list[Sidecar]) -> None:
-    admin = free_port()
-    path = tmp_path / "sidecar.yaml"
-    path.write_text(config(upstream.address, admin))
-    sidecar = Sidecar(path, admin)
-    sidecars.append(sidecar)
-    port = await sidecar.started()
+    sidecar, path, admin, port, _ = await start_sidecar(tmp_path, upstream, sidecars)
     async with Prober(port) as prober:
         path.write_text(config(upstream.address, admin, header="two", routes=3000))
         for _ in range(10):
@@ -217,13 +218,7 @@ async def test_a_burst_of_sighups_with_a_3000_route_config_is_one_reload_and_no_
 
 async def test_an_admin_address_that_cannot_be_bound_keeps_the_old_admin_and_the_old_config(
         tmp_path: Path, upstream: Upstream, sidecars: list[Sidecar]) -> None:
-    admin = free_port()
-    path = tmp_path / "sidecar.yaml"
-    path.write_text(config(upstream.address, admin))
-    sidecar = Sidecar(path, admin)
-    sidecars.append(sidecar)
-    port = await sidecar.started()
-    before = await version(admin)
+    sidecar, path, admin, port, before = await start_sidecar(tmp_path, upstream, sidecars)
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
@@ -253,21 +248,9 @@ async def probe_configs(port: int, count: int = 20) -> set[str]:
     return seen
 
 
-async def two_workers(tmp_path: Path, upstream: Upstream,
-                      sidecars: list[Sidecar]) -> tuple[Sidecar, Path, int, int, str]:
-    """A supervisor with two workers: (sidecar, config path, admin port, listener port, version in force)."""
-    admin = free_port()
-    path = tmp_path / "sidecar.yaml"
-    path.write_text(config(upstream.address, admin, workers=2))
-    sidecar = Sidecar(path, admin)
-    sidecars.append(sidecar)
-    port = await sidecar.started()
-    return sidecar, path, admin, port, await version(admin)
-
-
 async def test_with_workers_the_supervisor_refuses_an_unbindable_admin_for_all_and_moves_a_bindable_one(
         tmp_path: Path, upstream: Upstream, sidecars: list[Sidecar]) -> None:
-    sidecar, path, admin, port, before = await two_workers(tmp_path, upstream, sidecars)
+    sidecar, path, admin, port, before = await start_sidecar(tmp_path, upstream, sidecars, workers=2)
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
@@ -300,7 +283,7 @@ async def test_with_workers_the_supervisor_refuses_an_unbindable_admin_for_all_a
 
 async def test_with_workers_a_new_listener_that_cannot_be_bound_is_refused_by_the_supervisor(
         tmp_path: Path, upstream: Upstream, sidecars: list[Sidecar]) -> None:
-    sidecar, path, admin, port, before = await two_workers(tmp_path, upstream, sidecars)
+    sidecar, path, admin, port, before = await start_sidecar(tmp_path, upstream, sidecars, workers=2)
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
