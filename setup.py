@@ -29,6 +29,7 @@ COMPILED_MODULES = [
     "proxy/http/client.py",
     "proxy/http/headers.py",
     "proxy/http/path.py",
+    "proxy/http/request_head.py",
     "proxy/http/server.py",
     "proxy/http/settings.py",
     "proxy/resilience/breaker.py",
