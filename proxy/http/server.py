@@ -502,20 +502,7 @@ class ServerConnection(asyncio.Protocol):
         except httptools.HttpParserUpgrade as upgrade:
             self._on_upgrade(bytes(data[upgrade.args[0]:]))
         except httptools.HttpParserCallbackError as exc:
-            reason = exc.__context__
-            if isinstance(reason, _StopParsing):
-                self._stop_parsing()
-            elif isinstance(reason, _HeadTooLarge):
-                self._protocol_error(local_reply(Cause.HEAD_TOO_LARGE))
-            elif isinstance(reason, _TrailersTooLarge):
-                self._request_error(local_reply(Cause.HEAD_TOO_LARGE, "request trailers too large"))
-            elif isinstance(reason, _BadVersion):
-                self._protocol_error(local_reply(Cause.HTTP_VERSION))
-            else:
-                if reason is not None and not isinstance(reason, httptools.HttpParserError):
-                    log.error("request parsing failed", exc_info=reason)
-                detail = str(reason) if isinstance(reason, httptools.HttpParserError) else str(exc)
-                self._request_error(local_reply(Cause.BAD_REQUEST, f"malformed request: {detail}"))
+            self._callback_failed(exc)
         except httptools.HttpParserError as exc:
             if self.parser.get_method() == b"PRI":
                 # The HTTP/2 preface (llhttp pauses on it however the bytes were cut).
@@ -529,6 +516,23 @@ class ServerConnection(asyncio.Protocol):
             elif self._in_trailers and self._trailer_bytes + self._unparsed > max_head:
                 # One chunk-size or trailer line that does not end, on top of the trailer lines so far.
                 self._request_error(local_reply(Cause.HEAD_TOO_LARGE, "request trailers too large"))
+
+    def _callback_failed(self, exc: httptools.HttpParserCallbackError) -> None:
+        """One of our parser callbacks raised (its exception is the context): stop, or answer it."""
+        reason = exc.__context__
+        if isinstance(reason, _StopParsing):
+            self._stop_parsing()
+        elif isinstance(reason, _HeadTooLarge):
+            self._protocol_error(local_reply(Cause.HEAD_TOO_LARGE))
+        elif isinstance(reason, _TrailersTooLarge):
+            self._request_error(local_reply(Cause.HEAD_TOO_LARGE, "request trailers too large"))
+        elif isinstance(reason, _BadVersion):
+            self._protocol_error(local_reply(Cause.HTTP_VERSION))
+        else:
+            if reason is not None and not isinstance(reason, httptools.HttpParserError):
+                log.error("request parsing failed", exc_info=reason)
+            detail = str(reason) if isinstance(reason, httptools.HttpParserError) else str(exc)
+            self._request_error(local_reply(Cause.BAD_REQUEST, f"malformed request: {detail}"))
 
     def eof_received(self) -> bool | None:
         self._eof = True
