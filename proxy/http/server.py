@@ -4,8 +4,10 @@ Owns parsing requests with httptools (llhttp, strict), keep-alive, pipelining (a
 head limits and hostile-input refusal, the header-read, idle and stream-idle timers (one lazily re-armed
 timer per connection, none per request), request body streaming with backpressure, response framing
 towards the client, and tunnelling after an upgrade. Each parsed request becomes an `Exchange` handed to
-the listener's handler coroutine; the handler decides what to answer. Must not know routes, clusters or
-policy: it answers locally only for protocol errors and its own timers, through `local_reply`.
+the listener's handler coroutine; the handler decides what to answer. What a parsed head means (version,
+target, Host, framing, which headers go on) is decided by `proxy.http.request_head`, a pure function.
+Must not know routes, clusters or policy: it answers locally only for protocol errors and its own timers,
+through `local_reply`.
 """
 
 from __future__ import annotations
@@ -19,21 +21,16 @@ from typing import Protocol, cast
 
 import httptools
 
-from proxy.http.authority import route_authority
 from proxy.http.headers import (
-    HOP_BY_HOP,
-    TE,
     X_REQUEST_ID,
     chunk,
-    connection_tokens,
     content_length_line,
-    forwarded_te,
     last_chunk,
     new_request_id,
     serialize_response,
     trailer_fields,
 )
-from proxy.http.path import normalize_path, refusal, without_fragment
+from proxy.http.request_head import BadRequest, accept_head
 from proxy.http.settings import ServerSettings
 from proxy.local_reply import Cause, LocalReply, local_reply
 from proxy.message import Headers, RequestHead, ResponseHead
@@ -52,9 +49,6 @@ PARSE_SLICE = 16 * 1024
 # The first line of the HTTP/2 connection preface. llhttp recognises it as the method PRI wherever it is cut
 # (its error is then answered 505, not 400).
 HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n"
-# Headers the upstream request gets anew from the sidecar (its own framing; Expect is answered here).
-# `te: trailers` is the one TE that goes on (see on_headers_complete).
-_DROPPED = HOP_BY_HOP | {b"content-length", b"expect", b"host"}
 
 
 class Listener(Protocol):
@@ -331,10 +325,6 @@ class _TrailersTooLarge(Exception):
     """Raised inside on_header for request trailers over the head bounds (431, the body is refused)."""
 
 
-class _BadVersion(Exception):
-    """Raised inside on_headers_complete for a request line that is not HTTP/1.0 or HTTP/1.1 (505)."""
-
-
 # Reasons the client socket is not being read (a bit each); reading resumes when none is left.
 _BLOCK_BODY = 1
 _BLOCK_QUEUE = 2
@@ -522,12 +512,15 @@ class ServerConnection(asyncio.Protocol):
         reason = exc.__context__
         if isinstance(reason, _StopParsing):
             self._stop_parsing()
+        elif isinstance(reason, BadRequest):
+            if reason.cause is Cause.HTTP_VERSION:
+                self._protocol_error(reason.reply())
+            else:
+                self._request_error(reason.reply())
         elif isinstance(reason, _HeadTooLarge):
             self._protocol_error(local_reply(Cause.HEAD_TOO_LARGE))
         elif isinstance(reason, _TrailersTooLarge):
             self._request_error(local_reply(Cause.HEAD_TOO_LARGE, "request trailers too large"))
-        elif isinstance(reason, _BadVersion):
-            self._protocol_error(local_reply(Cause.HTTP_VERSION))
         else:
             if reason is not None and not isinstance(reason, httptools.HttpParserError):
                 log.error("request parsing failed", exc_info=reason)
@@ -703,118 +696,24 @@ class ServerConnection(asyncio.Protocol):
             self._resume_body = False  # the synthetic head is done: what follows is the real body
             return
         parser = self.parser
-        method: bytes = parser.get_method()
-        headers = self._headers
-        content_length: int | None = None
-        chunked = False
-        host: bytes | None = None
-        hosts = 0
-        expect = False
-        websocket = False
-        connection = False
-        proxy_named = False
-        request_id = b""
-        request_ids = 0
-        te_trailers = False
-        version: str = parser.get_http_version()
-        if version == "1.1":
-            http_minor = 1
-        elif version == "1.0":
-            http_minor = 0
-        else:
-            raise _BadVersion()  # llhttp accepts e.g. HTTP/2.0 in a request line; this listener speaks 1.x
-        for name, value in headers:
-            if name == b"host":
-                host = value
-                hosts += 1
-            elif name == b"content-length":
-                content_length = int(value)  # llhttp has already refused a malformed or duplicate one
-            elif name == b"transfer-encoding":
-                # Only `chunked`, once: llhttp refuses other codings only after this callback (the request
-                # would already be handed over), and a proxy cannot frame a body it does not understand.
-                if chunked or value.strip().lower() != b"chunked":
-                    raise httptools.HttpParserError("unsupported Transfer-Encoding")
-                chunked = True
-            elif name == b"expect":
-                expect = value.lower() == b"100-continue"
-            elif name == b"upgrade":
-                websocket = value.strip().lower() == b"websocket"
-            elif name == b"connection":
-                connection = True
-            elif name[:6] == b"proxy-":
-                proxy_named = True
-            elif name == TE:
-                te_trailers = te_trailers or forwarded_te(value)
-            elif name == X_REQUEST_ID:
-                request_ids += 1
-                if not request_id:
-                    request_id = value  # the first non-empty one
-        # Host, framing, Expect and hop-by-hop headers stop here: the upstream request is framed anew
-        # (Host is written from `host_header`, which absolute-form and rewrite.host may change).
-        named = connection_tokens(headers) if connection else frozenset()
-        headers = [(n, v) for n, v in headers if n not in _DROPPED]
-        if named:
-            headers = [(n, v) for n, v in headers if n not in named]
-        if proxy_named:
-            headers = [(n, v) for n, v in headers if n[:6] != b"proxy-"]
-        if te_trailers:
-            # The client accepts trailers: the upstream may send them (they are forwarded). The one TE
-            # value that is not hop-by-hop, even when Connection names TE as RFC 9110 asks.
-            headers.append((TE, b"trailers"))
-        target = without_fragment(self._url)
-        local: LocalReply | None = None
-        if target[:1] != b"/":
-            absolute = _split_absolute(target)
-            if absolute is not None:
-                # Absolute-form (the app uses us as its HTTP proxy): the authority replaces Host. A Host sent
-                # too must still be a valid one, and only one (RFC 9112 section 3.2).
-                if host is not None and route_authority(host) is None:
-                    raise httptools.HttpParserError("invalid Host header")
-                host, target = absolute
-                hosts = max(hosts, 1)
-            elif method == b"CONNECT":
-                local = local_reply(Cause.METHOD_NOT_ALLOWED, close=True)
-                target = b"/"
-            elif not (method == b"OPTIONS" and target == b"*"):
-                raise httptools.HttpParserError("bad request target")
-        if local is None and (hosts > 1 or (hosts == 0 and http_minor == 1)):
-            raise httptools.HttpParserError("missing or repeated Host header")
-        host_header = host if host is not None else b""
-        authority = route_authority(host_header)
-        if authority is None:
-            if local is None:
-                raise httptools.HttpParserError("invalid Host header or authority")
-            authority = ""  # CONNECT's target is its authority; it is refused (405) anyway
-        path, _, query = target.partition(b"?")
-        # Routes match, and the upstream gets, the normalized path (proxy.http.path).
-        normalized = normalize_path(path, self.listener.settings.path_normalization)
-        if normalized is None:
-            raise httptools.HttpParserError(refusal(path))
-        path = normalized
-        if X_REQUEST_ID in named:
-            request_id, request_ids = b"", 0  # removed above with what Connection names
-        if request_ids != 1 or not request_id:
-            # Absent, empty or repeated: exactly one goes upstream (the first non-empty one, else a new one).
-            if request_ids:
-                headers = [(n, v) for n, v in headers if n != X_REQUEST_ID]
-            if not request_id:
-                request_id = new_request_id(self.listener.rng)
-            headers.append((X_REQUEST_ID, request_id))
-        head = RequestHead(method=method, path=path.decode("latin-1"), query=query,
-                           authority=authority, host_header=host_header, headers=headers)
+        listener = self.listener
+        # Raises BadRequest (answered by _callback_failed) for a head that cannot be accepted.
+        accepted = accept_head(parser.get_method(), self._url, self._headers, parser.get_http_version(),
+                               parser.should_keep_alive(), parser.should_upgrade(), listener.settings)
+        head = accepted.head
+        request_id = _request_id(head, listener.rng)
         body: Http1RequestBody | None = None
-        if chunked or (content_length is not None and content_length > 0):
-            body = Http1RequestBody(self, content_length, chunked)
-        exchange = Exchange(self, head, body, request_id, self._head_start, parser.should_keep_alive(),
-                            http_minor)
-        exchange.expect_continue = expect and body is not None
-        exchange.websocket = websocket and parser.should_upgrade() and local is None
-        limit = self.listener.settings.max_request_body
-        if local is None and limit and content_length is not None and content_length > limit:
-            local = local_reply(Cause.BODY_TOO_LARGE, close=True)
+        content_length = accepted.content_length
+        if accepted.chunked or (content_length is not None and content_length > 0):
+            body = Http1RequestBody(self, content_length, accepted.chunked)
+        exchange = Exchange(self, head, body, request_id, self._head_start, accepted.keep_alive,
+                            accepted.http_minor)
+        exchange.expect_continue = accepted.expect_continue
+        exchange.websocket = accepted.websocket
+        local = accepted.local
         if local is not None:
+            # Answered in its turn (405 CONNECT, 413 by the declared length), then the connection closes.
             exchange.local = local
-            exchange.close_after = True
             self._enqueue(exchange)
             raise _StopParsing()
         self._enqueue(exchange)
@@ -1132,24 +1031,29 @@ class ServerConnection(asyncio.Protocol):
             exchange.abort()
 
 
-def _split_absolute(target: bytes) -> tuple[bytes, bytes] | None:
-    """`http://host:port/path?q` -> (b"host:port", b"/path?q"); None when not absolute-form."""
-    lowered = target[:8].lower()
-    if lowered.startswith(b"http://"):
-        rest = target[7:]
-    elif lowered.startswith(b"https://"):
-        rest = target[8:]
-    else:
-        return None
-    slash = rest.find(b"/")
-    query = rest.find(b"?")
-    cut = min(i for i in (slash, query, len(rest)) if i >= 0)
-    authority, path = rest[:cut], rest[cut:]
-    if b"@" in authority or not authority:
-        return None
-    if not path.startswith(b"/"):
-        path = b"/" + path
-    return authority, path
+def _request_id(head: RequestHead, rng: random.Random) -> bytes:
+    """The request's id; leaves exactly one `x-request-id` in `head` to go upstream.
+
+    The client's when it sent exactly one, non-empty; of several, the first non-empty one; else a new one.
+    A replaced or new one is appended (after any `te: trailers`). One that Connection names is already gone
+    from `head` (accept_head), so it gets a new one.
+    """
+    headers = head.headers
+    request_id = b""
+    count = 0
+    for name, value in headers:
+        if name == X_REQUEST_ID:
+            count += 1
+            if not request_id:
+                request_id = value  # the first non-empty one
+    if count == 1 and request_id:
+        return request_id
+    if count:
+        headers = head.headers = [(n, v) for n, v in headers if n != X_REQUEST_ID]
+    if not request_id:
+        request_id = new_request_id(rng)
+    headers.append((X_REQUEST_ID, request_id))
+    return request_id
 
 
 def create_protocol_factory(listener: Listener) -> Callable[[], ServerConnection]:

@@ -422,6 +422,28 @@ def test_connect_gets_405(driver: Driver) -> None:
     assert outcome.heads == []
 
 
+@pytest.mark.parametrize(("lines", "sent"), [
+    (b"X-Request-Id: mine\r\nTE: trailers\r\n", b"mine"),  # one, non-empty: kept where it was
+    (b"X-Request-Id: \r\nTE: trailers\r\n", None),  # empty: a new one, appended
+    (b"X-Request-Id:\r\nX-Request-Id: second\r\nX-Request-Id: third\r\n", b"second"),  # first non-empty
+    (b"Connection: x-request-id\r\nX-Request-Id: named\r\n", None),  # hop-by-hop when Connection names it
+])
+def test_exactly_one_request_id_goes_upstream_and_comes_back(driver: Driver, lines: bytes,
+                                                             sent: bytes | None) -> None:
+    outcome = run(driver, [b"GET / HTTP/1.1\r\nHost: a\r\n" + lines + b"\r\n"])
+    (head,) = outcome.heads
+    headers = list(head[5])
+    ids = [value for name, value in headers if name == b"x-request-id"]
+    assert len(ids) == 1
+    if sent is None:
+        assert len(ids[0]) == 36 and headers[-1] == (b"x-request-id", ids[0])  # a new UUID4, last
+    elif lines.count(b"X-Request-Id") == 1:
+        assert headers[0] == (b"x-request-id", sent)
+    else:
+        assert headers[-1] == (b"x-request-id", sent)
+    assert outcome.responses[0].header(b"x-request-id") == ids[0]
+
+
 @pytest.mark.parametrize("first", [16, 3, 24])
 def test_http2_preface_gets_505(driver: Driver, first: int) -> None:
     data = HTTP2_PREFACE + b"\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00"
