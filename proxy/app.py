@@ -35,8 +35,10 @@ from proxy.http.client import ClientConnection
 from proxy.http.path import MODES as PATH_MODES
 from proxy.http.server import create_protocol_factory
 from proxy.http.settings import ServerSettings
-from proxy.outbound import OutboundListener, Router, build_router
+from proxy.outbound import build_router
 from proxy.routing.table import RouteTable
+from proxy.stages.path import RequestPath
+from proxy.stages.route import Router
 from proxy.telemetry.exposition import render_metrics
 from proxy.telemetry.metrics import Metrics
 from proxy.upstream.cluster import Cluster
@@ -208,7 +210,7 @@ class App:
         self.registry = CollectorRegistry()
         self.metrics = Metrics(self.registry)
         self.clusters: dict[str, Cluster] = {}
-        self.listeners: dict[str, OutboundListener] = {}
+        self.listeners: dict[str, RequestPath] = {}
         self.servers: dict[str, asyncio.Server] = {}
         self.bound: dict[str, tuple[str, int]] = {}
         self.admin: AdminServer | None = None
@@ -225,7 +227,7 @@ class App:
         # The content hash of the last file a reload refused, so one bad edit is refused (and counted) once.
         self._refused_hash: str | None = None
         # Listeners replaced by a reload (address change, removal) whose connections are still finishing.
-        self._draining_listeners: set[OutboundListener] = set()
+        self._draining_listeners: set[RequestPath] = set()
         self._reloads_succeeded = self.metrics.config_reloads("success")
         self._reloads_failed = self.metrics.config_reloads("failure")
 
@@ -260,7 +262,7 @@ class App:
             table = RouteTable.from_config(listener_config.routes)
         return build_router(listener_config.name, table, clusters, self.metrics, self.clock)
 
-    async def _bind(self, listener: OutboundListener, address: Address) -> tuple[asyncio.Server, tuple[str, int]]:
+    async def _bind(self, listener: RequestPath, address: Address) -> tuple[asyncio.Server, tuple[str, int]]:
         loop = asyncio.get_running_loop()
         server = await loop.create_server(
             create_protocol_factory(listener), address.host, address.port,
@@ -278,7 +280,7 @@ class App:
         trace = self._make_trace(config)
         for listener_config in config.listeners:
             router = self._make_router(listener_config, self.clusters)
-            listener = OutboundListener(listener_config.name, server_settings(listener_config), router, trace,
+            listener = RequestPath(listener_config.name, server_settings(listener_config), router, trace,
                                         self.metrics, self.clock)
             server, bound = await self._bind(listener, listener_config.address)
             self.listeners[listener_config.name] = listener
@@ -413,12 +415,12 @@ class App:
         # fails here (a port taken) undoes what was built, so a reload applies whole or not at all.
         clusters: dict[str, Cluster] = {}
         fresh_clusters: list[Cluster] = []
-        listeners: dict[str, OutboundListener] = {}
+        listeners: dict[str, RequestPath] = {}
         servers: dict[str, asyncio.Server] = {}
         bound: dict[str, tuple[str, int]] = {}
         new_servers: list[asyncio.Server] = []
         new_admin: tuple[AdminServer, int] | None = None
-        updates: list[tuple[OutboundListener, ServerSettings, Router, TracePropagator]] = []
+        updates: list[tuple[RequestPath, ServerSettings, Router, TracePropagator]] = []
         old_by_name = {listener.name: listener for listener in old_config.listeners}
         try:
             for cluster_config in config.clusters:
@@ -442,7 +444,7 @@ class App:
                     bound[listener_config.name] = self.bound[listener_config.name]
                     updates.append((kept, settings, router, trace))
                     continue
-                listener = OutboundListener(listener_config.name, settings, router, trace, self.metrics, self.clock)
+                listener = RequestPath(listener_config.name, settings, router, trace, self.metrics, self.clock)
                 try:
                     server, where = await self._bind(listener, listener_config.address)
                 except OSError as exc:
@@ -462,9 +464,7 @@ class App:
             raise
         # 2. The swap: each kept listener takes its new routes and settings from its next request on.
         for listener, settings, router, trace_propagator in updates:
-            listener.settings = settings
-            listener.router = router
-            listener.trace = trace_propagator
+            listener.update(settings, router, trace_propagator)
         retired_listeners = [(name, listener) for name, listener in self.listeners.items()
                              if listeners.get(name) is not listener]
         retired_clusters = [cluster for name, cluster in self.clusters.items() if clusters.get(name) is not cluster]

@@ -1,7 +1,7 @@
 """The one place where the sidecar's own answers are made.
 
 Owns the mapping cause -> status, RFC 9209 `Proxy-Status` error token and body, per the table in
-CONTRACT.md ("Local replies"). Every local reply in the sidecar comes from `local_reply(...)`; no other
+the user contract ("Local replies"). Every local reply in the sidecar comes from `local_reply(...)`; no other
 module invents a status code or a Proxy-Status value. Must not do I/O.
 """
 

@@ -2,8 +2,10 @@
 
 Owns the shapes every stage above the codec sees: a request head (method, target split into path and
 query, authority, lower-cased byte headers) and a response head, and the one table of reason phrases
-(`reason_phrase`) that every response the sidecar writes or forwards carries. HTTP/2 plugs in by producing
-the same heads. Must not know about sockets, framing or routing.
+(`reason_phrase`) that every response the sidecar writes or forwards carries, and the one set of
+hop-by-hop header names (`HOP_BY_HOP`: connection-specific in HTTP/1.1, forbidden in HTTP/2), which the
+codecs strip and header rules may not touch. HTTP/2 plugs in by producing the same heads. Must not know
+about sockets, framing or routing.
 """
 
 from __future__ import annotations
@@ -12,6 +14,12 @@ from http import HTTPStatus
 from typing import ClassVar
 
 Headers = list[tuple[bytes, bytes]]
+
+# Connection-specific fields a proxy must not forward (RFC 9110 section 7.6.1). `te` is one too, except
+# `te: trailers` on a request; names starting with `proxy-` are dropped as well (callers test the prefix).
+HOP_BY_HOP: frozenset[bytes] = frozenset(
+    (b"connection", b"keep-alive", b"te", b"transfer-encoding", b"upgrade",
+     b"proxy-connection", b"proxy-authenticate", b"proxy-authorization"))
 
 
 def first_header(headers: Headers, name: bytes) -> bytes | None:

@@ -9,6 +9,10 @@ Owns the interfaces between the request path and the codecs:
   whether it can be replayed in full, its trailers);
 - `UpstreamStream`: one attempt's stream to an endpoint (send a head and body, await the response head,
   splice the body into the request stream, its trailers, finish or abort);
+- the one cancellation protocol: whoever stops a request (the client leaving, the stream idle timer, a
+  body error, the route or per-try deadline) calls `RequestStream.cancel(reason, reply)` with a
+  `CancelReason`; the strongest reason wins, and `RequestStream.answer_cancelled()` is the one function
+  that turns it into the local reply (before the response started) or a reset (after);
 - the small capabilities they hand each other (`BodySink`, `ReadControl`, `TunnelPeer`, `TunnelEnd`,
   `DownstreamConnection`) and `ResponseReady`, what an attempt learns when a response head arrives.
 The HTTP/1 codec (`proxy.http.server`, `proxy.http.client`) implements them; an HTTP/2 codec will
@@ -23,7 +27,8 @@ native base class is a vtable call and its attributes are struct fields. The ups
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Protocol
+from enum import IntEnum
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from mypy_extensions import trait
 
@@ -37,6 +42,28 @@ if TYPE_CHECKING:
 # `UpstreamStream.send(length=NO_BODY)`: the request has no body (a None length is a body of unknown
 # length, which HTTP/1 sends chunked).
 NO_BODY = -1
+
+# The status a request counts as when its client left before the answer (nginx's convention).
+CLIENT_CLOSED: Final = 499
+
+
+class CancelReason(IntEnum):
+    """Why a request's handler was stopped, weakest first: a stronger reason replaces a weaker one that is
+    still pending (a route deadline replaces a per-try one; a client that left outranks everything, since
+    nobody is left to answer)."""
+
+    TRY_DEADLINE = 1  # the attempt's per-try timeout: the retry loop handles it, the client never sees it
+    ROUTE_DEADLINE = 2  # the route's timeout: 504, or a reset once the response started
+    STREAM_IDLE = 3  # no byte moved for stream_idle_timeout: 504, or a reset
+    BODY_ERROR = 4  # a malformed, oversize or truncated request body or trailers: 400/413/431, or a reset
+    CLIENT_GONE = 5  # the client closed its connection: nothing to answer
+
+
+TRY_DEADLINE: Final = CancelReason.TRY_DEADLINE
+ROUTE_DEADLINE: Final = CancelReason.ROUTE_DEADLINE
+STREAM_IDLE: Final = CancelReason.STREAM_IDLE
+BODY_ERROR: Final = CancelReason.BODY_ERROR
+CLIENT_GONE: Final = CancelReason.CLIENT_GONE
 
 
 class ReadControl(Protocol):
@@ -135,36 +162,79 @@ class RequestBody:
 class RequestStream:
     """One downstream request and the response written back for it; the codec's exchange implements it.
 
-    The request path reads `head`, `body`, `request_id`, `peer_ip` and `started_at`; `response_started`,
-    `response_done` and `response_status` say how far the answer got. `task` is the handler task; `local`,
-    `timed_out` and `expired` are how the codec and the path's deadlines cancel it (see the request path).
+    The request path reads `head`, `body`, `peer_ip` and `started_at`, and stamps `request_id` (the edge
+    does); `response_started`, `response_done`, `response_status`, `aborted` and `bytes_out` say how far
+    the answer got. `task` is the handler task; `cancel_reason` and `cancel_reply` are the pending
+    cancellation (see `cancel`).
     """
 
-    __slots__ = ("body", "expect_continue", "expired", "head", "local", "peer_ip", "request_id", "response_done",
-                 "response_started", "response_status", "started_at", "task", "timed_out", "upstream_reader",
-                 "websocket")
+    __slots__ = ("aborted", "body", "bytes_out", "cancel_reason", "cancel_reply", "expect_continue", "head",
+                 "peer_ip", "request_id", "response_done", "response_started", "response_status", "started_at",
+                 "task", "upstream_reader", "websocket")
 
-    def __init__(self, head: RequestHead, body: RequestBody | None, request_id: bytes, peer_ip: bytes,
-                 started_at: float) -> None:
+    def __init__(self, head: RequestHead, body: RequestBody | None, peer_ip: bytes, started_at: float) -> None:
         self.head = head
         self.body = body
-        self.request_id = request_id
+        self.request_id = b""
         self.peer_ip = peer_ip
         self.started_at = started_at
         # Capabilities of HTTP/1 requests: the client waits for `100 Continue`; a WebSocket handshake.
         self.expect_continue = False
         self.websocket = False
-        # A reply decided by the codec itself, sent when the codec cancels a running handler.
-        self.local: LocalReply | None = None
-        self.timed_out = False
         self.task: asyncio.Task[None] | None = None
-        # Which deadline of the request path cancelled the handler (None: none did).
-        self.expired: object = None
+        # Why the handler was stopped, and the reply that reason calls for (None: a reset, or nothing).
+        self.cancel_reason: CancelReason | None = None
+        self.cancel_reply: LocalReply | None = None
         self.response_started = False
         self.response_done = False
         self.response_status = 0
+        self.aborted = False
+        # Response body bytes written to the client (a local reply's included).
+        self.bytes_out = 0
         # The upstream whose response streams into this one (paused while the client is behind).
         self.upstream_reader: ReadControl | None = None
+
+    def cancel(self, reason: CancelReason, reply: LocalReply | None = None) -> None:
+        """Stop the handler for `reason`; `reply` is the answer it calls for while no response has started.
+
+        The one call every canceller makes. A reason no stronger than the pending one is ignored; a stronger
+        one replaces it without cancelling the task twice (its one pending cancellation now means the
+        stronger reason). The handler then calls `answer_cancelled`, or `cancel_handled` for a reason it
+        recovers from (a per-try deadline).
+        """
+        current = self.cancel_reason
+        if current is not None and current >= reason:
+            return
+        self.cancel_reason = reason
+        self.cancel_reply = reply
+        task = self.task
+        if current is None and task is not None and not task.done():
+            task.cancel()
+
+    def cancel_handled(self) -> None:
+        """The handler recovered from its cancellation (a per-try deadline): later ones may come."""
+        self.cancel_reason = None
+        self.cancel_reply = None
+        if self.task is not None:
+            self.task.uncancel()
+
+    def answer_cancelled(self) -> int:
+        """The one place a cancelled request is answered: its reply while no response has started, else a
+        reset. Returns the status the request counts as (what the client got, 504 for a stream idle
+        timeout, 499 when nobody was left to answer)."""
+        reason = self.cancel_reason
+        if self.response_done:
+            return CLIENT_CLOSED  # the client left (or was already reset): nothing can be sent
+        reply = self.cancel_reply
+        if reply is not None and not self.response_started:
+            self.send_local(reply)
+            return reply.head.status
+        self.abort()
+        if reason is STREAM_IDLE:
+            return 504
+        if reason is ROUTE_DEADLINE or reason is TRY_DEADLINE:
+            return self.response_status
+        return CLIENT_CLOSED
 
     @property
     def write_paused(self) -> bool:

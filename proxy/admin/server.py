@@ -1,6 +1,6 @@
 """The admin HTTP server: health, readiness, metrics, dumps, shutdown, log level.
 
-Owns: the admin routes and their status codes (CONTRACT.md "Admin endpoints"), the loopback-only
+Owns: the admin routes and their status codes (the user contract "Admin endpoints"), the loopback-only
 rule for the endpoints that change state, the browser guards on TCP (a `Host` that is a DNS name other
 than localhost is refused, against DNS rebinding; a state change carrying `Origin` is refused, against
 cross-site requests), and the guarantee that no traceback reaches a client.
@@ -22,6 +22,7 @@ from collections.abc import Awaitable
 from typing import Any, Final, Protocol, TypeVar
 from urllib.parse import parse_qs
 
+from proxy.http.headers import new_request_id, stamp_request_id
 from proxy.http.server import Exchange, ServerConnection, create_protocol_factory
 from proxy.http.settings import ServerSettings
 from proxy.local_reply import LocalReply
@@ -225,11 +226,16 @@ class AdminServer:
     def connection_closed(self, conn: ServerConnection) -> None:
         self._connections.discard(conn)
 
-    def local_reply_sent(self, exchange: Exchange, reply: LocalReply) -> None:
-        pass
+    def refuse(self, exchange: Exchange, reply: LocalReply | None) -> None:
+        exchange.request_id = new_request_id(self.rng)
+        if reply is not None:
+            exchange.send_local(reply)
+        else:
+            exchange.answer_cancelled()
 
     async def handle(self, exchange: Exchange) -> None:
         head = exchange.head
+        exchange.request_id = stamp_request_id(head.headers, self.rng)
         path = head.path
         methods = _ROUTES.get(path)
         refusal = self._browser_refusal(exchange)

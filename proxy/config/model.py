@@ -1,4 +1,4 @@
-"""The frozen configuration model: one class per YAML mapping of `config-contract.yaml`.
+"""The frozen configuration model: one class per YAML mapping of the config contract.
 
 Owns the schema: key names (exactly the YAML keys), types, defaults and per-field checks (durations,
 sizes, addresses, regexes, weights). Durations become float seconds, sizes int bytes, addresses

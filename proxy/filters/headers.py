@@ -23,13 +23,14 @@ import re
 from collections.abc import Iterable
 
 from proxy.config.model import HeaderOpsConfig
+from proxy.message import HOP_BY_HOP
 
 # RFC 9110 5.6.2 token characters.
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _FORBIDDEN_VALUE = re.compile(r"[\r\n\x00]")
-_RESERVED = frozenset(
-    {"host", "content-length", "transfer-encoding", "connection", "keep-alive", "te", "trailer", "upgrade"}
-)
+# Names a rule may not touch: the hop-by-hop set the codecs strip (one home: proxy.message), plus the
+# framing and routing headers it writes itself.
+_RESERVED = frozenset(name.decode() for name in HOP_BY_HOP | {b"host", b"content-length", b"trailer"})
 
 
 class HeaderRewriter:

@@ -1,9 +1,9 @@
 """Trace context propagation: extract W3C / B3 context on ingress, inject a child span per upstream attempt.
 
-Owns the header side of tracing (CONTRACT.md "Request headers the sidecar adds or honours"):
+Owns the header side of tracing (the user contract "Request headers the sidecar adds or honours"):
 - `extract` reads, in order of preference, W3C `traceparent` (+ `tracestate`), the single `b3` header, then
   the multi-header `x-b3-traceid` / `x-b3-spanid` / `x-b3-sampled` / `x-b3-flags`. Both formats are always
-  honoured on extract, whatever `propagation` says (config-contract: "extract either"). A malformed value is
+  honoured on extract, whatever `propagation` says (the config contract: "extract either"). A malformed value is
   treated as absent, never as an error: a client's broken header must not fail its request. With no usable
   context a new trace starts, and head sampling (`rng.random() < sampling`) decides it; an incoming sampled
   flag is honoured as is.
@@ -11,7 +11,7 @@ Owns the header side of tracing (CONTRACT.md "Request headers the sidecar adds o
   new child span (a fresh random span id per call, i.e. per attempt) whose parent is the incoming span,
   the received `tracestate`, and the single `b3` header when "b3" is configured.
 
-Must not: do I/O, record or export spans (that is `telemetry/tracing.py`, and per DESIGN.md only for
+Must not: do I/O, record or export spans (that is `telemetry/tracing.py`, and per the design only for
 sampled requests), use regexes or decode header values on this per-request path, or raise on any input
 header list.
 """
@@ -81,7 +81,7 @@ class TraceContext(Record):
     trace started here (no incoming context, or a sampling-only `b3: 0`). Treat as read-only.
     """
 
-    # Not a frozen dataclass, unlike other values (DESIGN.md): one is built per request (see Record).
+    # Not a frozen dataclass, unlike other values (the design): one is built per request (see Record).
     __slots__ = ("incoming_format", "parent_span_id", "sampled", "trace_id", "tracestate")
     FIELDS = ("trace_id", "parent_span_id", "sampled", "tracestate", "incoming_format")
 

@@ -21,7 +21,6 @@ import httptools
 from proxy.errors import FailureKind, UpstreamError
 from proxy.http.headers import (
     CHUNKED_LINE,
-    HOP_BY_HOP,
     X_REQUEST_ID,
     chunk,
     connection_tokens,
@@ -30,7 +29,7 @@ from proxy.http.headers import (
     serialize_request,
     trailer_fields,
 )
-from proxy.message import Headers, RequestHead, ResponseHead, reason_phrase
+from proxy.message import HOP_BY_HOP, Headers, RequestHead, ResponseHead, reason_phrase
 from proxy.stream import NO_BODY, ReadControl, ResponseReady, TunnelEnd, UpstreamStream
 
 __all__ = ["NO_BODY", "ClientConnection", "ResponseReady", "ResponseSink"]

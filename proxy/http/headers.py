@@ -1,7 +1,7 @@
 """Header rules of an HTTP/1.1 intermediary: hop-by-hop stripping, forwarding headers, request ids,
 and the wire bytes of heads and chunked framing.
 
-Owns what a proxy must not forward (RFC 9110 section 7.6.1, as CONTRACT.md lists it: Connection and the
+Owns what a proxy must not forward (RFC 9110 section 7.6.1, as the user contract lists it: Connection and the
 headers it names, Keep-Alive, TE other than `te: trailers`, Transfer-Encoding, Upgrade, Proxy-*; the
 `Trailer` header that announces trailer fields is forwarded with them), which fields a trailer section
 may carry, `x-forwarded-for` / `x-forwarded-proto`, `x-request-id`, and the byte layout of request and
@@ -14,13 +14,8 @@ import os
 import random
 from binascii import hexlify
 
-from proxy.message import REASON_PHRASES, Headers, RequestHead, ResponseHead
+from proxy.message import HOP_BY_HOP, REASON_PHRASES, Headers, RequestHead, ResponseHead
 
-# `te` is hop-by-hop too, except `te: trailers` on a request (see forwarded_te); names starting with
-# `proxy-` are dropped as well (callers test the prefix).
-HOP_BY_HOP: frozenset[bytes] = frozenset(
-    (b"connection", b"keep-alive", b"te", b"transfer-encoding", b"upgrade",
-     b"proxy-connection", b"proxy-authenticate", b"proxy-authorization"))
 TE = b"te"
 TE_TRAILERS = b"trailers"
 # Fields a trailer section must not carry (RFC 9110 section 6.5.1: framing, routing, the hop-by-hop ones):
@@ -49,6 +44,44 @@ def new_request_id(rng: random.Random | None = None) -> bytes:
     syscall: request ids must be unique, not unguessable, and os.urandom is a syscall per request."""
     bits = rng.getrandbits(128) if rng is not None else int.from_bytes(os.urandom(16), "big")
     return request_id_from_bits(bits)
+
+
+def stamp_request_id(headers: Headers, rng: random.Random | None = None) -> bytes:
+    """The request's id, with exactly one `x-request-id` left in `headers` carrying it: the client's when it
+    sent one non-empty value; among repeats, the first non-empty one (the others removed); else a new one."""
+    found = b""
+    count = 0
+    for name, value in headers:
+        if name == X_REQUEST_ID:
+            count += 1
+            if not found:
+                found = value
+    if count == 1 and found:
+        return found
+    if count:
+        headers[:] = [field for field in headers if field[0] != X_REQUEST_ID]
+    if not found:
+        found = new_request_id(rng)
+    headers.append((X_REQUEST_ID, found))
+    return found
+
+
+def append_forwarded(headers: Headers, peer_ip: bytes, proto: bytes) -> None:
+    """x-forwarded-for gets the peer appended; x-forwarded-proto is kept, or set to the listener's scheme."""
+    forwarded_for = -1
+    has_proto = False
+    for index, (name, _) in enumerate(headers):
+        if name == X_FORWARDED_FOR:
+            forwarded_for = index
+        elif name == X_FORWARDED_PROTO:
+            has_proto = True
+    if forwarded_for >= 0:
+        name, value = headers[forwarded_for]
+        headers[forwarded_for] = (name, value + b", " + peer_ip)
+    elif peer_ip:
+        headers.append((X_FORWARDED_FOR, peer_ip))
+    if not has_proto:
+        headers.append((X_FORWARDED_PROTO, proto))
 
 
 # The Connection values nearly every message carries, parsed once (an upstream's keep-alive answer).

@@ -15,7 +15,7 @@ then merged slashes):
   then `merge_slashes` (Envoy's UNESCAPE_AND_FORWARD, which is what Istio configures for this option).
 
 Refused (the caller answers 400): a `..` that would climb above the root (Envoy and RFC 3986 clamp it to
-`/`; a client that sends it is broken or probing, and CONTRACT.md refuses it), and an encoded NUL (`%00`,
+`/`; a client that sends it is broken or probing, and the user contract refuses it), and an encoded NUL (`%00`,
 which Envoy refuses too). Kept as Envoy keeps it: a `%` that does not start a valid escape, except that it
 becomes `%25` when decoding would otherwise turn it into a new escape (`%%361dmin` must not come out as
 `%61dmin`, which the upstream would decode to `admin` although routes never saw `admin`): normalizing

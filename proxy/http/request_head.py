@@ -15,11 +15,11 @@ its inputs are plain values, so it is tested without a socket (tests/unit/http/t
 from __future__ import annotations
 
 from proxy.http.authority import route_authority
-from proxy.http.headers import HOP_BY_HOP, TE, connection_tokens, forwarded_te
+from proxy.http.headers import TE, connection_tokens, forwarded_te
 from proxy.http.path import normalize_path, refusal, without_fragment
 from proxy.http.settings import ServerSettings
 from proxy.local_reply import Cause, LocalReply, local_reply
-from proxy.message import Headers, RequestHead
+from proxy.message import HOP_BY_HOP, Headers, RequestHead
 
 # Headers the upstream request gets anew from the sidecar (its own framing; Expect is answered here).
 # `te: trailers` is the one TE that goes on (see accept_head).

@@ -6,15 +6,16 @@ timer per connection, none per request), request body streaming with backpressur
 towards the client, and tunnelling after an upgrade. Each parsed request becomes an `Exchange` handed to
 the listener's handler coroutine; the handler decides what to answer. What a parsed head means (version,
 target, Host, framing, which headers go on) is decided by `proxy.http.request_head`, a pure function.
-Must not know routes, clusters or policy: it answers locally only for protocol errors and its own timers,
-through `local_reply`.
+Requests the codec refuses itself (protocol errors, a declared body over the limit, CONNECT) go to the
+listener's `refuse`, which stamps the request id and answers; its own timers and body errors stop a
+running handler through `RequestStream.cancel`. Must not know routes, clusters or policy, or make request
+ids (the request path's edge does).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import random
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Protocol, cast
@@ -22,11 +23,9 @@ from typing import Protocol, cast
 import httptools
 
 from proxy.http.headers import (
-    X_REQUEST_ID,
     chunk,
     content_length_line,
     last_chunk,
-    new_request_id,
     serialize_response,
     trailer_fields,
 )
@@ -34,7 +33,18 @@ from proxy.http.request_head import BadRequest, accept_head
 from proxy.http.settings import ServerSettings
 from proxy.local_reply import Cause, LocalReply, local_reply
 from proxy.message import Headers, RequestHead, ResponseHead
-from proxy.stream import BodySink, ReadControl, RequestBody, RequestStream, TunnelEnd, TunnelPeer
+from proxy.stream import (
+    BODY_ERROR,
+    CLIENT_GONE,
+    STREAM_IDLE,
+    BodySink,
+    CancelReason,
+    ReadControl,
+    RequestBody,
+    RequestStream,
+    TunnelEnd,
+    TunnelPeer,
+)
 
 log = logging.getLogger("proxy.http.server")
 
@@ -56,12 +66,13 @@ class Listener(Protocol):
 
     settings: ServerSettings
     in_flight: int
-    rng: random.Random  # request ids: a seeded generator, not a syscall per request
 
     def handle(self, exchange: Exchange) -> Awaitable[None]: ...
+    def refuse(self, exchange: Exchange, reply: LocalReply | None) -> None:
+        """Answer a request no handler runs for: `reply` (a malformed or refused request), or, with None,
+        the cancellation that stopped its handler before its first step (`answer_cancelled`)."""
     def connection_opened(self, conn: ServerConnection) -> None: ...
     def connection_closed(self, conn: ServerConnection) -> None: ...
-    def local_reply_sent(self, exchange: Exchange, reply: LocalReply) -> None: ...
 
 
 class Http1RequestBody(RequestBody):
@@ -185,17 +196,19 @@ class Exchange(RequestStream):
         "head_only",
         "http_minor",
         "last_activity",
+        "local",
     )
 
     def __init__(self, conn: ServerConnection, head: RequestHead, body: Http1RequestBody | None,
-                 request_id: bytes, started_at: float, keep_alive: bool = True, http_minor: int = 1) -> None:
-        super().__init__(head, body, request_id, conn.peer_ip, started_at)
+                 started_at: float, keep_alive: bool = True, http_minor: int = 1) -> None:
+        super().__init__(head, body, conn.peer_ip, started_at)
         # The same body as `body`, typed as the codec's own (which it feeds and ends).
         self.h1_body = body
         self.conn = conn
         self.head_only = head.method == b"HEAD"
-        # `local` (RequestStream) is also a reply decided by the codec that is sent in turn instead of running
-        # the handler (413 on a declared length, 405 CONNECT).
+        # A reply decided by the codec, sent in turn instead of running the handler (a malformed request,
+        # 413 on a declared length, 405 CONNECT), through the listener's `refuse`.
+        self.local: LocalReply | None = None
         # The last time a byte moved for this request (body in, response out): the stream idle timer's base.
         # The connection sets it when the handler starts.
         self.last_activity = started_at
@@ -227,7 +240,6 @@ class Exchange(RequestStream):
             return
         if reply.close:
             self.close_after = True
-        self.conn.listener.local_reply_sent(self, reply)
         # A closing reply's head already says `connection: close` (local_reply writes it).
         self._write_head(reply.head, b"", b"" if self.head_only else reply.body, reply.close)
         self._finish()
@@ -274,6 +286,8 @@ class Exchange(RequestStream):
             # Parsing stopped at the handshake (what follows was to be tunnel bytes): without the
             # upgrade, the stream position is unknown, so this answer is the connection's last.
             self.close_after = True
+        if first:
+            self.bytes_out += len(first)
         extra += b"x-request-id: " + self.request_id + b"\r\n"
         if self.close_after or self.conn.draining:
             self.close_after = True
@@ -285,6 +299,7 @@ class Exchange(RequestStream):
 
     def write_body(self, data: bytes) -> None:
         self.last_activity = self.conn.now()
+        self.bytes_out += len(data)
         if self._chunked_out:
             if data:
                 self.conn.write(chunk(data))
@@ -305,6 +320,7 @@ class Exchange(RequestStream):
     def abort(self) -> None:
         """Reset the client connection: the response cannot be completed (the client sees it broken)."""
         self.response_done = True
+        self.aborted = True
         self.conn.abort()
 
     def start_tunnel(self, peer: TunnelPeer) -> None:
@@ -559,7 +575,7 @@ class ServerConnection(asyncio.Protocol):
                 if active.handler_started:
                     log.info("client %s %s before the response to request %s ended: request cancelled",
                              self.peer_ip.decode("latin-1"), how, active.request_id.decode("latin-1"))
-                self._task.cancel()
+                self._cancel(active, CLIENT_GONE)
         self._queue.clear()
         self._pending = b""
 
@@ -701,13 +717,11 @@ class ServerConnection(asyncio.Protocol):
         accepted = accept_head(parser.get_method(), self._url, self._headers, parser.get_http_version(),
                                parser.should_keep_alive(), parser.should_upgrade(), listener.settings)
         head = accepted.head
-        request_id = _request_id(head, listener.rng)
         body: Http1RequestBody | None = None
         content_length = accepted.content_length
         if accepted.chunked or (content_length is not None and content_length > 0):
             body = Http1RequestBody(self, content_length, accepted.chunked)
-        exchange = Exchange(self, head, body, request_id, self._head_start, accepted.keep_alive,
-                            accepted.http_minor)
+        exchange = Exchange(self, head, body, self._head_start, accepted.keep_alive, accepted.http_minor)
         exchange.expect_continue = accepted.expect_continue
         exchange.websocket = accepted.websocket
         local = accepted.local
@@ -761,7 +775,7 @@ class ServerConnection(asyncio.Protocol):
                 self._unblock(_BLOCK_QUEUE)
             self.active = exchange
             if exchange.local is not None:
-                exchange.send_local(exchange.local)
+                self.listener.refuse(exchange, exchange.local)
                 continue
             if start:
                 self._start_handler(exchange)
@@ -784,14 +798,9 @@ class ServerConnection(asyncio.Protocol):
         try:
             await self.listener.handle(exchange)
         except asyncio.CancelledError:
-            # The client went away (response_done is set), or the codec cancelled the handler: a body
-            # framing error or the stream idle timeout, whose reply waits in `local` (sent only if no
-            # response has started; a started one can only be broken off).
-            if not exchange.response_done:
-                if exchange.local is not None and not exchange.response_started:
-                    exchange.send_local(exchange.local)
-                else:
-                    exchange.abort()
+            # A listener whose handler does not answer its own cancellations (the request path does): the
+            # same one function answers (the reason's reply, or a reset).
+            exchange.answer_cancelled()
         except Exception:
             # A bug must never show a client a traceback: log it, and answer or reset.
             log.exception("request handler failed (request id %s)", exchange.request_id.decode("latin-1"))
@@ -886,24 +895,20 @@ class ServerConnection(asyncio.Protocol):
         if exchange.h1_body is not None:
             exchange.h1_body.failed = True
         exchange.close_after = True
-        exchange.local = reply
         if exchange is not self.active:
+            exchange.local = reply
             return  # queued behind another: answered in its turn, never handed over
-        task = self._task
-        if task is None:
-            exchange.send_local(reply)  # same read as its head: the handler never started
-        elif exchange.response_started:
-            exchange.abort()
-            task.cancel()
+        if self._task is None:
+            self.listener.refuse(exchange, reply)  # same read as its head: the handler never started
         else:
-            self._cancel_handler(exchange)
+            self._cancel(exchange, BODY_ERROR, reply)
 
     def _protocol_error(self, reply: LocalReply) -> None:
         """Answer a request that could not be parsed (in its turn), then close; nothing reaches upstream."""
         self._stop_parsing()
         self._in_head = False
         head = RequestHead(method=b"", path="", query=b"", authority="", host_header=b"", headers=[])
-        exchange = Exchange(self, head, None, new_request_id(self.listener.rng), self._loop.time(), False)
+        exchange = Exchange(self, head, None, self._loop.time(), False)
         exchange.local = reply
         exchange.close_after = True
         self._enqueue(exchange)
@@ -977,7 +982,7 @@ class ServerConnection(asyncio.Protocol):
                 return
             deadline = min(deadline, head_deadline)
         if active is not None:
-            if settings.stream_idle_timeout and self._task is not None and not active.timed_out:
+            if settings.stream_idle_timeout and self._task is not None and active.cancel_reason is None:
                 stream_deadline = active.last_activity + settings.stream_idle_timeout
                 if now >= stream_deadline:
                     self._stream_idle(active)
@@ -1002,58 +1007,22 @@ class ServerConnection(asyncio.Protocol):
         self._arm_at(deadline)
 
     def _stream_idle(self, exchange: Exchange) -> None:
-        """No byte moved for stream_idle_timeout: cancel the handler; _run answers 504 or resets."""
-        exchange.timed_out = True
-        if not exchange.response_started:
-            exchange.local = local_reply(Cause.TIMEOUT, "stream idle timeout")
-        self._cancel_handler(exchange)
+        """No byte moved for stream_idle_timeout: the handler answers 504, or resets a started response."""
+        self._cancel(exchange, STREAM_IDLE, local_reply(Cause.TIMEOUT, "stream idle timeout"))
 
-    def _cancel_handler(self, exchange: Exchange) -> None:
-        """Stop the active request's handler so that `exchange.local` is answered (or the client reset).
+    def _cancel(self, exchange: Exchange, reason: CancelReason, reply: LocalReply | None = None) -> None:
+        """Stop the active request's handler for `reason` (`RequestStream.cancel`).
 
-        A handler that has run cancels itself out: _run answers as it unwinds. One whose first step is still
-        pending (its head and the fault arrived in consecutive reads, one loop turn apart) never gets to run:
-        it is dropped, nothing of it reached the upstream, and the codec answers here, as for a handler that
-        never started.
+        A handler that has run answers as it unwinds. One whose first step is still pending (its head and
+        the fault arrived in consecutive reads, one loop turn apart) never gets to run: a Task cancelled
+        before its first step throws into a coroutine that has not begun, so none of it executes. It is
+        dropped, nothing of it reached the upstream, and the listener answers it as a refused request.
         """
-        task = self._task
-        if task is None:
+        exchange.cancel(reason, reply)
+        if self._task is None or exchange.handler_started:
             return
-        task.cancel()
-        if exchange.handler_started:
-            return
-        # A Task cancelled before its first step throws CancelledError into a coroutine that has not begun:
-        # none of _run executes, so the answer is the codec's.
         self._task = exchange.task = None
-        if exchange.local is not None and not exchange.response_started:
-            exchange.send_local(exchange.local)
-        elif not exchange.response_done:
-            exchange.abort()
-
-
-def _request_id(head: RequestHead, rng: random.Random) -> bytes:
-    """The request's id; leaves exactly one `x-request-id` in `head` to go upstream.
-
-    The client's when it sent exactly one, non-empty; of several, the first non-empty one; else a new one.
-    A replaced or new one is appended (after any `te: trailers`). One that Connection names is already gone
-    from `head` (accept_head), so it gets a new one.
-    """
-    headers = head.headers
-    request_id = b""
-    count = 0
-    for name, value in headers:
-        if name == X_REQUEST_ID:
-            count += 1
-            if not request_id:
-                request_id = value  # the first non-empty one
-    if count == 1 and request_id:
-        return request_id
-    if count:
-        headers = head.headers = [(n, v) for n, v in headers if n != X_REQUEST_ID]
-    if not request_id:
-        request_id = new_request_id(rng)
-    headers.append((X_REQUEST_ID, request_id))
-    return request_id
+        self.listener.refuse(exchange, None)
 
 
 def create_protocol_factory(listener: Listener) -> Callable[[], ServerConnection]:

@@ -4,7 +4,7 @@ Owns the draw: for each request, independently, a delay of `delay.fixed` seconds
 `delay.percent` / 100 and an abort with `abort.status` with probability `abort.percent` / 100. When both
 hit, the caller waits the delay first, then aborts (Envoy's fault filter order). The caller answers an
 abort with the `proxy_internal_response` local reply (details: fault injected), and must neither retry
-faulted requests nor report them to breakers or outlier detection (CONTRACT.md).
+faulted requests nor report them to breakers or outlier detection (the user contract).
 
 Must not: sleep, build replies, or own randomness (the `random.Random` is injected: the worker's `Clock.random`
 in production, a seeded one in tests). Decisions are four shared immutable values made at compile time, so

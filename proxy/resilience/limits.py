@@ -11,7 +11,7 @@ waiter, so a newcomer's `try_acquire()` cannot overtake the queue, and `in_fligh
 `max_requests`. A waiter cancelled after it was handed a slot passes that slot on, so cancellations
 never leak a slot.
 
-Must not: know endpoints, routes or metrics; use `asyncio.wait_for` (a Task per call, see DESIGN.md
+Must not: know endpoints, routes or metrics; use `asyncio.wait_for` (a Task per call, see the design
 hot-path rules); hold per-request objects beyond one future and one timer handle per *waiting* request.
 
 Time: the wait deadline is a timer of the injected `Clock` (the real clock's timers are the event loop's,

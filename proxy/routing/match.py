@@ -1,6 +1,6 @@
 """Compiled route matchers: a `RouteMatchConfig` from the config becomes a `RouteMatcher` once, at table build.
 
-Owns the meaning of every match condition (CONTRACT.md, "Semantics users rely on"):
+Owns the meaning of every match condition (the user contract, "Semantics users rely on"):
 - path `exact` / `prefix` / `regex` see the path as the listener normalized it (`http.path_normalization`;
   the codec did it, see proxy.http.path), without the query; `regex` must match the whole path;
 - every `regex` is RE2 (proxy.routing.regex): linear time, so no pattern can stall a worker;

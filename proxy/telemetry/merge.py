@@ -12,8 +12,8 @@ Must not: do I/O, know where the texts come from, or hold state between scrapes.
 `Metric` families out (rendered by `exposition.render_metrics` through `MergedMetrics`).
 
 Why not prometheus_client's multiprocess mode: it merges mmap files of every pid that ever lived on
-each scrape, growing slower with every restart, and cannot label gauges per worker index
-(reference/python-ecosystem.md section 6). Each worker keeps its own registry instead.
+each scrape, growing slower with every restart, and cannot label gauges per worker index. Each worker
+keeps its own registry instead.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """Every metric family the sidecar exposes, on a registry the caller passes in.
 
 Owns: the names, labels, help texts and histogram buckets of the `sidecar_*` families that
-CONTRACT.md ("Metrics") promises, and small *bound* handles the request path uses so that it never
-calls `.labels(...)` per request (DESIGN.md "Hot-path rules").
+the user contract ("Metrics") promises, and small *bound* handles the request path uses so that it never
+calls `.labels(...)` per request (the design "Hot-path rules").
 
 Must not: create module-level metrics or touch prometheus_client's default REGISTRY (each worker
 builds its own `Metrics` on its own registry and the admin endpoint gathers them); import the
@@ -31,6 +31,7 @@ from typing import Final
 from prometheus_client import CollectorRegistry, Counter, Gauge, disable_created_metrics
 
 from proxy.telemetry.cells import CounterCell, CounterFamily, GaugeCell, GaugeFamily, HistogramCell, HistogramFamily
+from proxy.telemetry.record import RecordSink, RequestRecord
 
 # Request latency of a proxy spans sub-millisecond local replies to long upstream calls; 30 s is the
 # top finite bucket because longer requests are streams whose exact duration nobody alerts on.
@@ -46,7 +47,7 @@ BREAKER_STATES: Final = ("closed", "open", "half_open")
 ENDPOINT_STATES: Final = ("healthy", "ejected", "breaker_open")
 RELOAD_RESULTS: Final = ("success", "failure")
 
-# Gauge values of sidecar_circuit_breaker_state (CONTRACT.md: 0 closed, 1 open, 2 half-open).
+# Gauge values of sidecar_circuit_breaker_state (the user contract: 0 closed, 1 open, 2 half-open).
 BREAKER_STATE_VALUE: Final[dict[str, float]] = {"closed": 0.0, "open": 1.0, "half_open": 2.0}
 
 
@@ -84,6 +85,17 @@ class RouteMetrics:
         cell = self._requests.labels(self._listener, self._route, self._cluster, str(code))
         self._codes[code] = cell
         return cell
+
+
+class MetricsSink(RecordSink):
+    """The metrics sink of the request record: one finished request, counted in the child it names."""
+
+    __slots__ = ()
+
+    def record(self, request: RequestRecord) -> None:
+        counted_in = request.counted_in
+        if counted_in is not None:
+            counted_in.record(request.status, request.duration)
 
 
 class AttemptMetrics:

@@ -3,12 +3,12 @@
 Owns the meaning of a cluster's `outlier_detection` (anchors 2.3): which endpoints are ejected, for how
 long, and how many at once. Requests report each attempt's verdict with `record()` (O(1): a counter);
 the owner calls `evaluate(now)` every `interval` on a timer, and only `evaluate` ejects or re-admits
-(CONTRACT.md: "counts on the request path and decides ejections on its timer"; Envoy ejects consecutive-5xx
+(the user contract: "counts on the request path and decides ejections on its timer"; Envoy ejects consecutive-5xx
 hosts inline instead, which would put the ejection bookkeeping on the request path).
 
 Semantics, and where they follow or depart from Envoy:
 - Failure: whatever the caller's one classifier calls a failure for outlier purposes (a 5xx response, a
-  connect failure, a reset or a timeout; CONTRACT.md), as Envoy maps local-origin errors to 5xx when
+  connect failure, a reset or a timeout; the user contract), as Envoy maps local-origin errors to 5xx when
   `split_external_local_origin_errors` is false. A success resets the endpoint's consecutive count.
   Injected faults and clients that go away must not be recorded at all.
 - Ejection: at an evaluation, an endpoint with `consecutive_5xx` or more consecutive failures is ejected

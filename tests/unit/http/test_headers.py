@@ -1,5 +1,6 @@
-"""proxy/http/headers.py: request ids are canonical UUID4s; Connection tokens are parsed the same on the
-cached common values as in general; a request head serializes to the bytes an upstream expects."""
+"""proxy/http/headers.py: request ids are canonical UUID4s and exactly one is stamped; forwarding headers;
+Connection tokens are parsed the same on the cached common values as in general; a request head
+serializes to the bytes an upstream expects."""
 
 from __future__ import annotations
 
@@ -11,11 +12,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from proxy.http.headers import (
+    append_forwarded,
     connection_tokens,
     content_length_line,
     new_request_id,
     request_id_from_bits,
     serialize_request,
+    stamp_request_id,
 )
 from proxy.message import RequestHead
 
@@ -67,3 +70,31 @@ def test_serialize_request_writes_line_host_headers_framing_and_blank_line() -> 
 @pytest.mark.parametrize("length", [0, 33, 1023, 1024, 10**12])
 def test_content_length_line_renders_any_length(length: int) -> None:
     assert content_length_line(length) == f"content-length: {length}\r\n".encode()
+
+
+@pytest.mark.parametrize(("headers", "kept"), [
+    ([(b"x-request-id", b"mine"), (b"accept", b"*/*")], b"mine"),  # one, non-empty: kept in place
+    ([(b"x-request-id", b"")], None),  # empty: replaced by a new one
+    ([(b"x-request-id", b""), (b"x-request-id", b"second"), (b"x-request-id", b"third")], b"second"),
+    ([(b"accept", b"*/*")], None),  # absent: a new one, appended
+])
+def test_exactly_one_request_id_is_left_and_returned(headers: list[tuple[bytes, bytes]], kept: bytes | None) -> None:
+    before = list(headers)
+    request_id = stamp_request_id(headers, random.Random(3))
+    ids = [value for name, value in headers if name == b"x-request-id"]
+    assert ids == [request_id]
+    if kept is None:
+        assert len(request_id) == 36 and headers[-1] == (b"x-request-id", request_id)
+    else:
+        assert request_id == kept
+    if kept is not None and len([n for n, _ in before if n == b"x-request-id"]) == 1:
+        assert headers == before  # nothing moved
+
+
+def test_forwarding_headers_append_the_peer_and_keep_a_given_proto() -> None:
+    headers = [(b"x-forwarded-for", b"1.1.1.1"), (b"x-forwarded-proto", b"https")]
+    append_forwarded(headers, b"10.0.0.1", b"http")
+    assert headers == [(b"x-forwarded-for", b"1.1.1.1, 10.0.0.1"), (b"x-forwarded-proto", b"https")]
+    bare: list[tuple[bytes, bytes]] = []
+    append_forwarded(bare, b"10.0.0.1", b"http")
+    assert bare == [(b"x-forwarded-for", b"10.0.0.1"), (b"x-forwarded-proto", b"http")]

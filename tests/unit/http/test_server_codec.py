@@ -20,6 +20,7 @@ import pytest
 from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 
+from proxy.http.headers import new_request_id, stamp_request_id
 from proxy.http.path import BASE, normalize_path
 from proxy.http.server import HTTP2_PREFACE, PARSE_SLICE, Exchange, ServerConnection
 from proxy.http.settings import ServerSettings
@@ -78,6 +79,8 @@ class FakeListener:
         self.local_replies: list[int] = []
 
     async def handle(self, exchange: Exchange) -> None:
+        # As the request path's edge does: the request id is the listener's, the codec writes it back.
+        exchange.request_id = stamp_request_id(exchange.head.headers, self.rng)
         self.heads.append(head_key(exchange))
         body = b""
         if exchange.body is not None:
@@ -95,8 +98,14 @@ class FakeListener:
     def connection_closed(self, conn: ServerConnection) -> None:
         self.closed += 1
 
-    def local_reply_sent(self, exchange: Exchange, reply: LocalReply) -> None:
-        self.local_replies.append(reply.head.status)
+    def refuse(self, exchange: Exchange, reply: LocalReply | None) -> None:
+        """The request path's contract: answer what the codec refused (or the cancellation)."""
+        exchange.request_id = new_request_id(self.rng)
+        if reply is None:
+            self.local_replies.append(exchange.answer_cancelled())
+        else:
+            self.local_replies.append(reply.head.status)
+            exchange.send_local(reply)
 
 
 # -- parsing what the codec wrote ---------------------------------------------------------------------

@@ -1,0 +1,49 @@
+"""The edge stage: what every request gets before routing, on every listener.
+
+Owns, in this order: the listener's cap on requests in flight (a 503 before any work); the request id
+(the client's one `x-request-id`, else a new one: every answer, local ones included, carries it); the
+trace context (extracted once, so local replies can be traced too); and the forwarding headers
+(`x-forwarded-for` gets the peer, `x-forwarded-proto` the listener's scheme unless present), added
+before the route's hooks and header rules as Envoy's connection manager does, so those see what the
+upstream will. Must not route or answer for anything but the cap.
+"""
+
+from __future__ import annotations
+
+import random
+
+from proxy.filters.trace import TracePropagator
+from proxy.http.headers import append_forwarded, stamp_request_id
+from proxy.stages.context import RequestContext
+
+
+class Edge:
+    """A listener's edge: its in-flight cap, request ids, trace extraction and forwarding headers."""
+
+    __slots__ = ("forwarded_proto", "max_in_flight", "rng", "trace")
+
+    def __init__(self, max_in_flight: int, forwarded_proto: bytes, trace: TracePropagator,
+                 rng: random.Random) -> None:
+        self.max_in_flight = max_in_flight  # 0: no cap
+        self.forwarded_proto = forwarded_proto
+        self.trace = trace
+        self.rng = rng
+
+    def over_cap(self, in_flight: int) -> bool:
+        return self.max_in_flight > 0 and in_flight >= self.max_in_flight
+
+    def stamp(self, ctx: RequestContext) -> None:
+        """Give the request its id (also for requests answered without a handler)."""
+        stream = ctx.stream
+        stream.request_id = stamp_request_id(stream.head.headers, self.rng)
+
+    def enter(self, ctx: RequestContext) -> None:
+        """The request id, the trace context and the forwarding headers, once per logical request."""
+        stream = ctx.stream
+        headers = stream.head.headers
+        stream.request_id = stamp_request_id(headers, self.rng)
+        append_forwarded(headers, stream.peer_ip, self.forwarded_proto)
+        trace = self.trace.extract(headers)
+        ctx.trace = trace
+        ctx.tracer = self.trace
+        ctx.trace_id = trace.trace_id

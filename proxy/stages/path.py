@@ -1,0 +1,143 @@
+"""The request path of a listener: runs the stages for each request and hands its record to the sinks.
+
+Owns `RequestPath`, what a listener's codec calls (it implements the codec's `Listener`): for each
+request, the edge (`Edge`), the route table of the current `Router` snapshot (read once per request, so a
+reload applies from the next request and in-flight ones finish on the config they started with), then
+the matched `RouteStage`, which runs the retry loop, cluster stage and endpoint attempt below it. It is
+the one place a request's cancellation is turned into an answer (`RequestStream.answer_cancelled`, for
+every `CancelReason` but a per-try deadline, which the attempt recovers from), and the one place a
+request ends: its record (`RequestContext`) goes to every sink, whether the request was answered, reset
+or refused. Requests the codec refuses without a handler (malformed, 413, 405 CONNECT, cancelled before
+its first step) come in through `refuse` and get a request id and a record too. The same class serves
+every listener. Must not parse bytes (the codec does) or hold policy state (the stages do).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from proxy.clock import Clock
+from proxy.filters.trace import TracePropagator
+from proxy.http.settings import ServerSettings
+from proxy.local_reply import Cause, LocalReply, local_reply
+from proxy.stages.context import RequestContext
+from proxy.stages.edge import Edge
+from proxy.stages.route import Router
+from proxy.stream import CLIENT_CLOSED, DownstreamConnection, RequestStream
+from proxy.telemetry.metrics import Metrics, MetricsSink
+from proxy.telemetry.record import RecordSink
+
+log = logging.getLogger("proxy.stages.path")
+
+
+class RequestPath:
+    """A listener's request handler and state (implements the codec's `Listener` protocol)."""
+
+    __slots__ = ("_clock", "_conn_gauge", "_connections", "edge", "in_flight", "name", "router", "settings", "sinks")
+
+    def __init__(self, name: str, settings: ServerSettings, router: Router, trace: TracePropagator,
+                 metrics: Metrics, clock: Clock) -> None:
+        self.name = name
+        self.in_flight = 0
+        self._clock = clock
+        self._connections: set[DownstreamConnection] = set()
+        self._conn_gauge = metrics.downstream_connections(name)
+        # Metrics first; the access log and spans will join them (issue 18).
+        self.sinks: tuple[RecordSink, ...] = (MetricsSink(),)
+        self.update(settings, router, trace)
+
+    def update(self, settings: ServerSettings, router: Router, trace: TracePropagator) -> None:
+        """Take a new config's settings, routes and tracing, from the next request on (a reload)."""
+        self.settings = settings
+        self.router = router
+        self.edge = Edge(settings.max_requests_in_flight, settings.scheme, trace, self._clock.random)
+
+    # -- Listener protocol -------------------------------------------------------------------------
+
+    def connection_opened(self, conn: DownstreamConnection) -> None:
+        self._connections.add(conn)
+        self._conn_gauge.inc()
+
+    def connection_closed(self, conn: DownstreamConnection) -> None:
+        self._connections.discard(conn)
+        self._conn_gauge.dec()
+
+    @property
+    def connections(self) -> set[DownstreamConnection]:
+        return self._connections
+
+    def drain(self) -> None:
+        for conn in list(self._connections):
+            conn.drain()
+
+    def refuse(self, stream: RequestStream, reply: LocalReply | None) -> None:
+        """A request the codec answers without running a handler: `reply`, or (None) the cancellation that
+        stopped its handler before the first step."""
+        ctx = RequestContext(self.name, stream, self.router.no_route)
+        self.edge.stamp(ctx)
+        if reply is not None:
+            ctx.answer(reply)
+        else:
+            ctx.status = stream.answer_cancelled()
+        self._finish(ctx)
+
+    async def handle(self, stream: RequestStream) -> None:
+        """Serve one request: the edge, the route, and the stages below it; then the record to the sinks."""
+        router = self.router  # one snapshot for the whole request, whatever reloads happen meanwhile
+        ctx = RequestContext(self.name, stream, router.no_route)
+        edge = self.edge
+        if edge.over_cap(self.in_flight):
+            edge.stamp(ctx)
+            ctx.answer(local_reply(Cause.LISTENER_LIMIT, "listener limit"))
+            self._finish(ctx)
+            return
+        self.in_flight += 1
+        try:
+            edge.enter(ctx)
+            head = stream.head
+            route = router.table.find(head)
+            if route is None:
+                ctx.answer(local_reply(Cause.NO_ROUTE, f"no route for {head.authority or '-'}{head.path}"))
+            else:
+                await router.routes[route.index].run(ctx)
+        except asyncio.CancelledError:
+            if not self._answer_cancelled(ctx):
+                raise
+        except Exception:
+            # A bug must never show a client a traceback: log it, and answer 500 or reset.
+            log.exception("request handler failed (request id %s)", stream.request_id.decode("latin-1"))
+            ctx.answer(local_reply(Cause.INTERNAL))
+        finally:
+            self.in_flight -= 1
+            self._finish(ctx)
+
+    def _answer_cancelled(self, ctx: RequestContext) -> bool:
+        """Answer a cancelled request; True when the cancellation was the request path's to handle. With no
+        reason, the task was cancelled from outside (the worker stopping): the client is reset and the
+        cancellation goes on."""
+        stream = ctx.stream
+        reply = stream.cancel_reply
+        if reply is not None and not stream.response_started and not stream.response_done:
+            ctx.cause = reply.cause
+        ctx.status = stream.answer_cancelled()
+        task = stream.task
+        if stream.cancel_reason is None or task is None:
+            return False
+        task.uncancel()
+        return True
+
+    def _finish(self, ctx: RequestContext) -> None:
+        """The request has ended: complete its record and hand it to every sink."""
+        stream = ctx.stream
+        ctx.duration = self._clock.now() - ctx.started_at
+        ctx.request_id = stream.request_id
+        ctx.bytes_out = stream.bytes_out
+        ctx.reset = stream.aborted
+        body = stream.body
+        if body is not None:
+            ctx.bytes_in = body.received
+        if not ctx.status:
+            ctx.status = CLIENT_CLOSED
+        for sink in self.sinks:
+            sink.record(ctx)
