@@ -54,25 +54,37 @@ def unsupported_keys(config: Config) -> list[str]:
     if config.access_log is not None:
         found.append("access_log")
     for i, listener in enumerate(config.listeners):
-        where = f"listeners[{i}]"
-        if listener.tls is not None:
-            found.append(f"{where}.tls")
-        if listener.http.http2 is not None:
-            found.append(f"{where}.http.http2")
-        for j, route in enumerate(listener.routes):
-            if route.authz is not None:
-                found.append(f"{where}.routes[{j}].authz")
+        found.extend(_unsupported_listener_keys(listener, f"listeners[{i}]"))
     for i, cluster in enumerate(config.clusters):
-        where = f"clusters[{i}]"
-        if cluster.discovery is not None:
-            kind = "kubernetes" if cluster.discovery.kubernetes is not None else "dns"
-            found.append(f"{where}.discovery.{kind}")
-        if cluster.load_balancer != "round_robin":
-            found.append(f"{where}.load_balancer")
-        if cluster.tls is not None:
-            found.append(f"{where}.tls")
-        if cluster.protocol != "http1":
-            found.append(f"{where}.protocol")
+        found.extend(_unsupported_cluster_keys(cluster, f"clusters[{i}]"))
+    return found
+
+
+def _unsupported_listener_keys(listener: ListenerConfig, where: str) -> list[str]:
+    """`unsupported_keys` of one listener (and its routes), under its key path `where`."""
+    found: list[str] = []
+    if listener.tls is not None:
+        found.append(f"{where}.tls")
+    if listener.http.http2 is not None:
+        found.append(f"{where}.http.http2")
+    for j, route in enumerate(listener.routes):
+        if route.authz is not None:
+            found.append(f"{where}.routes[{j}].authz")
+    return found
+
+
+def _unsupported_cluster_keys(cluster: ClusterConfig, where: str) -> list[str]:
+    """`unsupported_keys` of one cluster, under its key path `where`."""
+    found: list[str] = []
+    if cluster.discovery is not None:
+        kind = "kubernetes" if cluster.discovery.kubernetes is not None else "dns"
+        found.append(f"{where}.discovery.{kind}")
+    if cluster.load_balancer != "round_robin":
+        found.append(f"{where}.load_balancer")
+    if cluster.tls is not None:
+        found.append(f"{where}.tls")
+    if cluster.protocol != "http1":
+        found.append(f"{where}.protocol")
     return found
 
 
@@ -126,6 +138,24 @@ def with_ports(loaded: LoadedConfig, ports: Mapping[str, int]) -> LoadedConfig:
         for listener in config.listeners
     ]
     return dataclasses.replace(loaded, config=config.model_copy(update={"listeners": listeners}))
+
+
+@dataclasses.dataclass
+class _Staged:
+    """What a reload builds off to the side before its one-step swap (App._apply): the clusters, listeners,
+    sockets and bound addresses of the new config (running ones reused where unchanged), and the undo list
+    if a later step fails: the sockets bound and clusters made for it alone."""
+
+    clusters: dict[str, Cluster] = dataclasses.field(default_factory=dict)
+    fresh_clusters: list[Cluster] = dataclasses.field(default_factory=list)
+    listeners: dict[str, RequestPath] = dataclasses.field(default_factory=dict)
+    servers: dict[str, asyncio.Server] = dataclasses.field(default_factory=dict)
+    bound: dict[str, tuple[str, int]] = dataclasses.field(default_factory=dict)
+    new_servers: list[asyncio.Server] = dataclasses.field(default_factory=list)
+    # Kept listeners (same address) and what the swap gives them.
+    updates: list[tuple[RequestPath, ServerSettings, Router, TracePropagator]] = dataclasses.field(
+        default_factory=list)
+    new_admin: tuple[AdminServer, int] | None = None
 
 
 def _prepare(raw: bytes, path: Path, ports: Mapping[str, int]) -> _Prepared:
@@ -410,85 +440,109 @@ class App:
 
     async def _apply(self, loaded: LoadedConfig, tables: dict[str, RouteTable] | None = None) -> None:
         config = loaded.config
-        old_config = self.loaded.config
         # 1. Build everything new off to the side; nothing running changes until the swap, and whatever
         # fails here (a port taken) undoes what was built, so a reload applies whole or not at all.
-        clusters: dict[str, Cluster] = {}
-        fresh_clusters: list[Cluster] = []
-        listeners: dict[str, RequestPath] = {}
-        servers: dict[str, asyncio.Server] = {}
-        bound: dict[str, tuple[str, int]] = {}
-        new_servers: list[asyncio.Server] = []
-        new_admin: tuple[AdminServer, int] | None = None
-        updates: list[tuple[RequestPath, ServerSettings, Router, TracePropagator]] = []
-        old_by_name = {listener.name: listener for listener in old_config.listeners}
+        staged = _Staged()
         try:
-            for cluster_config in config.clusters:
-                current = self.clusters.get(cluster_config.name)
-                if current is not None and current.config == cluster_config:
-                    clusters[cluster_config.name] = current  # unchanged: keeps its pools, breakers, counters
-                else:
-                    cluster = self._make_cluster(cluster_config)
-                    clusters[cluster_config.name] = cluster
-                    fresh_clusters.append(cluster)
-            trace = self._make_trace(config)
-            for listener_config in config.listeners:
-                router = self._make_router(listener_config, clusters, (tables or {}).get(listener_config.name))
-                settings = server_settings(listener_config)
-                previous = old_by_name.get(listener_config.name)
-                kept = self.listeners.get(listener_config.name)
-                if kept is not None and previous is not None and previous.address == listener_config.address:
-                    # Same address: keep the socket and its connections; the swap below updates it.
-                    listeners[listener_config.name] = kept
-                    servers[listener_config.name] = self.servers[listener_config.name]
-                    bound[listener_config.name] = self.bound[listener_config.name]
-                    updates.append((kept, settings, router, trace))
-                    continue
-                listener = RequestPath(listener_config.name, settings, router, trace, self.metrics, self.clock)
-                try:
-                    server, where = await self._bind(listener, listener_config.address)
-                except OSError as exc:
-                    raise BindError(f"listener {listener_config.name} {listener_config.address}", exc) from None
-                new_servers.append(server)
-                listeners[listener_config.name] = listener
-                servers[listener_config.name] = server
-                bound[listener_config.name] = where
-            # The admin server last: nothing after it can fail, so a moved admin never needs undoing.
-            if config.admin.address != old_config.admin.address and self.admin_unix is None:
-                new_admin = await self._bind_moved_admin(config.admin.address)
+            await self._stage(config, tables or {}, staged)
         except BaseException:
-            for server in new_servers:
-                server.close()
-            for cluster in fresh_clusters:
-                self._retire_cluster(cluster)
+            self._unstage(staged)
             raise
-        # 2. The swap: each kept listener takes its new routes and settings from its next request on.
-        for listener, settings, router, trace_propagator in updates:
-            listener.update(settings, router, trace_propagator)
-        retired_listeners = [(name, listener) for name, listener in self.listeners.items()
-                             if listeners.get(name) is not listener]
-        retired_clusters = [cluster for name, cluster in self.clusters.items() if clusters.get(name) is not cluster]
-        retired_servers = [server for name, server in self.servers.items() if servers.get(name) is not server]
-        self.listeners, self.servers, self.clusters = listeners, servers, clusters
-        self.bound = {**bound, **({"admin": self.bound["admin"]} if "admin" in self.bound else {})}
-        self.loaded = loaded
+        # 2. The swap, in one step (no await until it is done).
+        old_listeners, old_servers, old_clusters = self.listeners, self.servers, self.clusters
+        self._swap(loaded, staged)
         # 3. Drain what the new config no longer uses: old listeners stop accepting and let their
         # connections finish; old clusters close idle connections (in-flight requests keep theirs).
-        for server in retired_servers:
+        self._drain_retired(old_listeners, old_servers, old_clusters)
+        if staged.new_admin is not None:
+            await self._finish_admin_move(config.admin.address.host, staged.new_admin)
+
+    async def _stage(self, config: Config, tables: dict[str, RouteTable], staged: _Staged) -> None:
+        """Step 1 of `_apply`: fill `staged` with the clusters, listeners and sockets `config` needs, reusing
+        what has not changed. Raises `BindError` (or a bug's exception) with `staged` holding what it built."""
+        old_config = self.loaded.config
+        for cluster_config in config.clusters:
+            current = self.clusters.get(cluster_config.name)
+            if current is not None and current.config == cluster_config:
+                staged.clusters[cluster_config.name] = current  # unchanged: keeps its pools, breakers, counters
+            else:
+                cluster = self._make_cluster(cluster_config)
+                staged.clusters[cluster_config.name] = cluster
+                staged.fresh_clusters.append(cluster)
+        trace = self._make_trace(config)
+        old_by_name = {listener.name: listener for listener in old_config.listeners}
+        for listener_config in config.listeners:
+            await self._stage_listener(listener_config, old_by_name.get(listener_config.name),
+                                       tables.get(listener_config.name), trace, staged)
+        # The admin server last: nothing after it can fail, so a moved admin never needs undoing.
+        if config.admin.address != old_config.admin.address and self.admin_unix is None:
+            staged.new_admin = await self._bind_moved_admin(config.admin.address)
+
+    async def _stage_listener(self, listener_config: ListenerConfig, previous: ListenerConfig | None,
+                              table: RouteTable | None, trace: TracePropagator, staged: _Staged) -> None:
+        """One listener of `_stage`: the running one, to be updated at the swap, when its address is the
+        one it had (`previous` is its old config); otherwise a new one, bound now."""
+        name = listener_config.name
+        router = self._make_router(listener_config, staged.clusters, table)
+        settings = server_settings(listener_config)
+        kept = self.listeners.get(name)
+        if kept is not None and previous is not None and previous.address == listener_config.address:
+            # Same address: keep the socket and its connections; the swap updates it.
+            staged.listeners[name] = kept
+            staged.servers[name] = self.servers[name]
+            staged.bound[name] = self.bound[name]
+            staged.updates.append((kept, settings, router, trace))
+            return
+        listener = RequestPath(name, settings, router, trace, self.metrics, self.clock)
+        try:
+            server, where = await self._bind(listener, listener_config.address)
+        except OSError as exc:
+            raise BindError(f"listener {name} {listener_config.address}", exc) from None
+        staged.new_servers.append(server)
+        staged.listeners[name] = listener
+        staged.servers[name] = server
+        staged.bound[name] = where
+
+    def _unstage(self, staged: _Staged) -> None:
+        """A failed `_stage`: close the sockets it bound and retire the clusters it made."""
+        for server in staged.new_servers:
             server.close()
-        self._draining_listeners = {old for old in self._draining_listeners if old.connections}
-        for name, listener in retired_listeners:
-            log.info("listener %s: draining its old address", name)
-            listener.drain()
-            self._draining_listeners.add(listener)
-        for cluster in retired_clusters:
+        for cluster in staged.fresh_clusters:
             self._retire_cluster(cluster)
-        if new_admin is not None:
-            old_admin, (self.admin, admin_port) = self.admin, new_admin
-            self.bound["admin"] = (config.admin.address.host, admin_port)
-            log.info("admin moved to %s", host_port(config.admin.address.host, admin_port))
-            if old_admin is not None:
-                await old_admin.stop()
+
+    def _swap(self, loaded: LoadedConfig, staged: _Staged) -> None:
+        """Step 2 of `_apply`: each kept listener takes its new routes and settings from its next request on,
+        and the staged listeners, sockets and clusters become the running ones."""
+        for listener, settings, router, trace_propagator in staged.updates:
+            listener.update(settings, router, trace_propagator)
+        self.listeners, self.servers, self.clusters = staged.listeners, staged.servers, staged.clusters
+        self.bound = {**staged.bound, **({"admin": self.bound["admin"]} if "admin" in self.bound else {})}
+        self.loaded = loaded
+
+    def _drain_retired(self, old_listeners: dict[str, RequestPath], old_servers: dict[str, asyncio.Server],
+                       old_clusters: dict[str, Cluster]) -> None:
+        """Step 3 of `_apply`: drain the listeners, sockets and clusters of before the swap that the running
+        config no longer holds (the same name may hold a new object: then the old one is retired)."""
+        for name, server in old_servers.items():
+            if self.servers.get(name) is not server:
+                server.close()
+        self._draining_listeners = {old for old in self._draining_listeners if old.connections}
+        for name, listener in old_listeners.items():
+            if self.listeners.get(name) is not listener:
+                log.info("listener %s: draining its old address", name)
+                listener.drain()
+                self._draining_listeners.add(listener)
+        for name, cluster in old_clusters.items():
+            if self.clusters.get(name) is not cluster:
+                self._retire_cluster(cluster)
+
+    async def _finish_admin_move(self, host: str, new_admin: tuple[AdminServer, int]) -> None:
+        """After the swap: the admin server bound on the new `admin.address` replaces the old one."""
+        old_admin, (self.admin, admin_port) = self.admin, new_admin
+        self.bound["admin"] = (host, admin_port)
+        log.info("admin moved to %s", host_port(host, admin_port))
+        if old_admin is not None:
+            await old_admin.stop()
 
     # -- lifecycle ---------------------------------------------------------------------------------
 

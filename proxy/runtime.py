@@ -442,45 +442,55 @@ class Supervisor:
                 log.info("reload: %s is the content already refused; not tried again until the file changes",
                          path)
                 return False
+            return await self._reload_from(raw, digest, path)
+
+    async def _reload_from(self, raw: bytes, digest: str, path: Path) -> bool:
+        """The part of a reload past the hash check: refuse what a worker would refuse for the same reason
+        (invalid, unsupported keys, a listener it cannot bind), else approve it."""
+        try:
+            loaded = await asyncio.to_thread(parse_config, raw, path)
+        except ConfigError as error:
+            for problem in error.problems:
+                log.error("reload refused: %s", problem)
+            return self._refuse(digest, f"{path}: {len(error.problems)} problem(s)")
+        missing = unsupported_keys(loaded.config)
+        if missing:
+            for key in missing:
+                log.error("reload refused: %s: not supported yet: %s", path, key)
+            return self._refuse(digest, f"{path}: {len(missing)} key(s) name features that do not exist yet")
+        unbindable = await asyncio.to_thread(_unbindable_listeners, self.loaded.config, loaded.config)
+        if unbindable:
+            # Workers would refuse it, each on its own, after this had approved it: a worker restarted
+            # later would then start from a config its siblings refused. Refuse it here, once, for all.
+            return self._refuse(digest, f"cannot bind {unbindable}")
+        return await self._approve(loaded, raw, digest, path)
+
+    async def _approve(self, loaded: LoadedConfig, raw: bytes, digest: str, path: Path) -> bool:
+        """Bind a moved admin address and write the snapshot (refusing the reload if either fails), then
+        signal the workers and let the moved admin server replace the old one."""
+        address = loaded.config.admin.address
+        moved: tuple[AdminServer, int] | None = None
+        if address != self.loaded.config.admin.address:
             try:
-                loaded = await asyncio.to_thread(parse_config, raw, path)
-            except ConfigError as error:
-                for problem in error.problems:
-                    log.error("reload refused: %s", problem)
-                return self._refuse(digest, f"{path}: {len(error.problems)} problem(s)")
-            missing = unsupported_keys(loaded.config)
-            if missing:
-                for key in missing:
-                    log.error("reload refused: %s: not supported yet: %s", path, key)
-                return self._refuse(digest, f"{path}: {len(missing)} key(s) name features that do not exist yet")
-            unbindable = await asyncio.to_thread(_unbindable_listeners, self.loaded.config, loaded.config)
-            if unbindable:
-                # Workers would refuse it, each on its own, after this had approved it: a worker restarted
-                # later would then start from a config its siblings refused. Refuse it here, once, for all.
-                return self._refuse(digest, f"cannot bind {unbindable}")
-            address = loaded.config.admin.address
-            moved: tuple[AdminServer, int] | None = None
-            if address != self.loaded.config.admin.address:
-                try:
-                    moved = await bind_moved_admin(SupervisorView(self), address, self.admin, self.admin_port)
-                except BindError as exc:
-                    return self._refuse(digest, f"cannot bind {exc}")
-            try:
-                await asyncio.to_thread(_write_snapshot, self.snapshot, raw)
-            except OSError as exc:
-                if moved is not None:
-                    await moved[0].stop()
-                return self._refuse(digest, f"cannot write {self.snapshot}: {exc.strerror or exc}")
-            self._refused_hash = None
-            self.loaded = loaded
-            self.forward(signal.SIGHUP)
-            log.info("reload approved: %s: version %s; signalled the workers", path, digest[:12])
+                moved = await bind_moved_admin(SupervisorView(self), address, self.admin, self.admin_port)
+            except BindError as exc:
+                return self._refuse(digest, f"cannot bind {exc}")
+        try:
+            await asyncio.to_thread(_write_snapshot, self.snapshot, raw)
+        except OSError as exc:
             if moved is not None:
-                old_admin, (self.admin, self.admin_port) = self.admin, moved
-                log.info("admin moved to %s", host_port(address.host, self.admin_port))
-                if old_admin is not None:
-                    await old_admin.stop()
-            return True
+                await moved[0].stop()
+            return self._refuse(digest, f"cannot write {self.snapshot}: {exc.strerror or exc}")
+        self._refused_hash = None
+        self.loaded = loaded
+        self.forward(signal.SIGHUP)
+        log.info("reload approved: %s: version %s; signalled the workers", path, digest[:12])
+        if moved is not None:
+            old_admin, (self.admin, self.admin_port) = self.admin, moved
+            log.info("admin moved to %s", host_port(address.host, self.admin_port))
+            if old_admin is not None:
+                await old_admin.stop()
+        return True
 
     def _refuse(self, digest: str, why: str) -> bool:
         log.error("reload refused: %s; the running config (version %s) stays", why, self.loaded.version_hash[:12])

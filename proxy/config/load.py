@@ -601,6 +601,11 @@ class _Pruning:
         else:
             drop.add(item)
 
+    def without_keys(self, value: Any, loc: Loc) -> Any:
+        """The list item at `loc` without the keys `item` chose to drop from it (a copy when there are any)."""
+        dropped_keys = self.keys.get(loc, set())
+        return {k: v for k, v in value.items() if k not in dropped_keys} if isinstance(value, dict) else value
+
 
 def _salvage(data: Any, bad: list[Loc]) -> tuple[Config, Callable[[Loc], Loc], frozenset[str], bool] | None:
     """The config without the keys, routes, listeners and clusters that failed the schema, so that
@@ -632,57 +637,79 @@ def _salvage(data: Any, bad: list[Loc]) -> tuple[Config, Callable[[Loc], Loc], f
 
 def _prune(data: dict[str, Any], pruning: _Pruning,
            ) -> tuple[Config, Callable[[Loc], Loc], frozenset[str], bool] | None:
-    def without(value: Any, loc: Loc) -> Any:
-        dropped_keys = pruning.keys.get(loc, set())
-        return {k: v for k, v in value.items() if k not in dropped_keys} if isinstance(value, dict) else value
-
+    """`_salvage`'s result for one `pruning` of the raw data, or None when what is left does not validate."""
     pruned = {key: value for key, value in data.items() if key not in pruning.top}
     listener_map: list[int] = []
     route_maps: list[list[int]] = []
     if isinstance(pruned.get("listeners"), list):
-        kept_listeners = []
-        for index, raw_listener in enumerate(pruned["listeners"]):
-            if index in pruning.listeners:
-                continue
-            listener = without(raw_listener, ("listeners", index))
-            kept_routes: list[int] = []
-            if isinstance(listener, dict) and isinstance(listener.get("routes"), list):
-                routes = listener["routes"]
-                kept_routes = [i for i in range(len(routes)) if (index, i) not in pruning.routes]
-                where = ("listeners", index, "routes")
-                listener["routes"] = [without(routes[i], (*where, i)) for i in kept_routes]
-            kept_listeners.append(listener)
-            listener_map.append(index)
-            route_maps.append(kept_routes)
-        pruned["listeners"] = kept_listeners
+        pruned["listeners"], listener_map, route_maps = _prune_listeners(pruned["listeners"], pruning)
     cluster_map: list[int] = []
     dropped: set[str] = set()
     if isinstance(pruned.get("clusters"), list):
-        kept_clusters = []
-        for index, cluster in enumerate(pruned["clusters"]):
-            if index in pruning.clusters:
-                if isinstance(cluster, dict) and isinstance(cluster.get("name"), str):
-                    dropped.add(cluster["name"])
-                continue
-            kept_clusters.append(without(cluster, ("clusters", index)))
-            cluster_map.append(index)
-        pruned["clusters"] = kept_clusters
+        pruned["clusters"], cluster_map, dropped = _prune_clusters(pruned["clusters"], pruning)
     try:
         partial = Config.model_validate(pruned, strict=True)
     except ValidationError:
         return None
+    remap = _IndexMap(listener_map, route_maps, cluster_map).remap
+    return partial, remap, frozenset(dropped), "admin" not in pruning.top
 
-    def remap(loc: Loc) -> Loc:
+
+def _prune_listeners(listeners: list[Any], pruning: _Pruning) -> tuple[list[Any], list[int], list[list[int]]]:
+    """The listeners (and their routes) `pruning` keeps, with the file index of each kept listener and,
+    per kept listener, the file index of each kept route."""
+    kept_listeners = []
+    listener_map: list[int] = []
+    route_maps: list[list[int]] = []
+    for index, raw_listener in enumerate(listeners):
+        if index in pruning.listeners:
+            continue
+        listener = pruning.without_keys(raw_listener, ("listeners", index))
+        kept_routes: list[int] = []
+        if isinstance(listener, dict) and isinstance(listener.get("routes"), list):
+            routes = listener["routes"]
+            kept_routes = [i for i in range(len(routes)) if (index, i) not in pruning.routes]
+            where = ("listeners", index, "routes")
+            listener["routes"] = [pruning.without_keys(routes[i], (*where, i)) for i in kept_routes]
+        kept_listeners.append(listener)
+        listener_map.append(index)
+        route_maps.append(kept_routes)
+    return kept_listeners, listener_map, route_maps
+
+
+def _prune_clusters(clusters: list[Any], pruning: _Pruning) -> tuple[list[Any], list[int], set[str]]:
+    """The clusters `pruning` keeps, the file index of each, and the names of those it dropped."""
+    kept_clusters = []
+    cluster_map: list[int] = []
+    dropped: set[str] = set()
+    for index, cluster in enumerate(clusters):
+        if index in pruning.clusters:
+            if isinstance(cluster, dict) and isinstance(cluster.get("name"), str):
+                dropped.add(cluster["name"])
+            continue
+        kept_clusters.append(pruning.without_keys(cluster, ("clusters", index)))
+        cluster_map.append(index)
+    return kept_clusters, cluster_map, dropped
+
+
+@dataclass(frozen=True)
+class _IndexMap:
+    """Where the items a pruned config kept sit in the file: dropped list items shift later indices."""
+
+    listeners: list[int]  # pruned listener index -> file index
+    routes: list[list[int]]  # pruned listener index -> (pruned route index -> file index)
+    clusters: list[int]  # pruned cluster index -> file index
+
+    def remap(self, loc: Loc) -> Loc:
+        """A key path in the pruned config -> the same key's path in the file."""
         if len(loc) >= 2 and loc[0] == "listeners" and isinstance(loc[1], int):
             new = loc[1]
             if len(loc) >= 4 and loc[2] == "routes" and isinstance(loc[3], int):
-                return ("listeners", listener_map[new], "routes", route_maps[new][loc[3]], *loc[4:])
-            return ("listeners", listener_map[new], *loc[2:])
+                return ("listeners", self.listeners[new], "routes", self.routes[new][loc[3]], *loc[4:])
+            return ("listeners", self.listeners[new], *loc[2:])
         if len(loc) >= 2 and loc[0] == "clusters" and isinstance(loc[1], int):
-            return ("clusters", cluster_map[loc[1]], *loc[2:])
+            return ("clusters", self.clusters[loc[1]], *loc[2:])
         return loc
-
-    return partial, remap, frozenset(dropped), "admin" not in pruning.top
 
 
 # --- paths ------------------------------------------------------------------------------------------------

@@ -184,6 +184,12 @@ class TracePropagator:
                 return ctx
         # tracestate is dropped from here on: W3C ties it to a valid traceparent, and with none it
         # describes some other trace.
+        return self._from_b3_headers(b3, x_trace, x_span, x_sampled, x_flags)
+
+    def _from_b3_headers(self, b3: bytes | None, x_trace: bytes | None, x_span: bytes | None,
+                         x_sampled: bytes | None, x_flags: bytes | None) -> TraceContext:
+        """`extract` past a missing or unusable traceparent: the single `b3` header, then the multi-headers,
+        else a new trace."""
         if b3 is not None:
             ctx = self._from_b3(b3)
             if ctx is not None:

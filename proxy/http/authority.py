@@ -66,12 +66,8 @@ def route_authority(value: bytes) -> str | None:
             return None  # a byte a reg-name cannot hold: space, `#`, `?`, `/`, `@`, `[`, ...
     if end == 0:
         return None  # a port without a host (`:80`)
-    for index in range(end + 1, size):
-        digit = value[index]
-        if digit < 48 or digit > 57:
-            return None  # a second or a non-numeric port
-    if size - end > 5 and not _port_in_range(value[end + 1:]):
-        return None  # more digits than a port has
+    if end < size and not _port_after(value, end + 1):
+        return None
     name = value[:end] if end < size else value
     if escaped and _ESCAPES.fullmatch(name) is None:
         return None  # a `%` that starts no escape
@@ -79,6 +75,18 @@ def route_authority(value: bytes) -> str | None:
         name = name[:-1]
     text = name.decode("ascii")
     return text.lower() if upper else text
+
+
+def _port_after(value: bytes, start: int) -> bool:
+    """Whether `value` from `start` (just past the name's `:`) on is a port: digits only (an empty port is
+    one), at most 65535."""
+    size = len(value)
+    for index in range(start, size):
+        digit = value[index]
+        if digit < 48 or digit > 57:
+            return False  # a second or a non-numeric port
+    # Four digits or fewer are always in range (at most 9999): only a longer port is read as a number.
+    return size - start <= 4 or _port_in_range(value[start:])
 
 
 def _ip_literal(value: bytes) -> str | None:

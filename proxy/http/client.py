@@ -458,16 +458,7 @@ class ClientConnection(asyncio.Protocol, UpstreamStream):
                 self._chunked = True
             elif name == b"connection":
                 has_connection = True
-        if status == 101:
-            # The upgrade handshake keeps Connection/Upgrade: the tunnel needs them end to end.
-            kept = [(n, v) for n, v in headers if n not in (b"content-length", b"transfer-encoding",
-                                                            b"keep-alive", b"te", b"trailer", X_REQUEST_ID)]
-        elif has_connection:
-            named = connection_tokens(headers)
-            kept = [(n, v) for n, v in headers
-                    if n not in _REFRAMED and not n.startswith(b"proxy-") and n not in named]
-        else:
-            kept = [(n, v) for n, v in headers if n not in _REFRAMED and not n.startswith(b"proxy-")]
+        kept = _relayed_headers(headers, status, has_connection)
         if self._head_request:
             # llhttp does not know this answers a HEAD: without a length it expects a close-delimited
             # body and says "not keep-alive". There is no body; only Connection and the version decide.
@@ -561,6 +552,21 @@ class ClientConnection(asyncio.Protocol, UpstreamStream):
     def tunnel_close(self) -> None:
         self._tunnel = None
         self.close()
+
+
+def _relayed_headers(headers: Headers, status: int, has_connection: bool) -> Headers:
+    """The response head's headers that go downstream: all but the upstream's framing, the hop-by-hop ones
+    and those its `Connection` header names (`has_connection`: the head has one). A 101 keeps Connection
+    and Upgrade."""
+    if status == 101:
+        # The upgrade handshake keeps Connection/Upgrade: the tunnel needs them end to end.
+        return [(n, v) for n, v in headers if n not in (b"content-length", b"transfer-encoding",
+                                                        b"keep-alive", b"te", b"trailer", X_REQUEST_ID)]
+    if has_connection:
+        named = connection_tokens(headers)
+        return [(n, v) for n, v in headers
+                if n not in _REFRAMED and not n.startswith(b"proxy-") and n not in named]
+    return [(n, v) for n, v in headers if n not in _REFRAMED and not n.startswith(b"proxy-")]
 
 
 def _keep_alive(version: str, headers: Headers, has_connection: bool) -> bool:

@@ -223,14 +223,9 @@ class RouteMatcher:
         methods = self._methods
         if methods is not None and head.method not in methods:
             return False
-        host = self._host
-        if host is not None:
-            authority = head.authority
-            if self._wildcard:
-                if not (authority.endswith(host) and len(authority) > len(host)):
-                    return False
-            elif authority != host:
-                return False
+        if self._host is not None and not self.host_matches(head.authority):
+            return False
+        # The path test stays inline: nearly every route has one, so a call for it would cost every route.
         kind = self._path_kind
         if kind:
             if kind == _PATH_PREFIX:
@@ -243,19 +238,23 @@ class RouteMatcher:
                 assert self._path_regex is not None
                 if not self._path_regex.fullmatch(head.path):
                     return False
-        headers = self._headers
-        if headers is not None:
-            for name, matcher in headers:
-                if not matcher.matches(_header_value(head, name)):
-                    return False
-        params = self._query
-        if params is not None:
-            if query is None:
-                query = QueryParams(head.query)
-            for param, matcher in params:
-                if not matcher.matches(query.get(param)):
-                    return False
-        return True
+        if self._headers is not None and not _headers_match(head, self._headers):
+            return False
+        return self._query is None or _query_matches(head, self._query, query)
+
+
+def _headers_match(head: RequestHead, headers: tuple[tuple[bytes, ValueMatcher], ...]) -> bool:
+    """The header conditions of `RouteMatcher.matches`."""
+    # mypyc compiles all() over a generator expression to a plain loop: no generator object per call.
+    return all(matcher.matches(_header_value(head, name)) for name, matcher in headers)
+
+
+def _query_matches(head: RequestHead, params: tuple[tuple[str, ValueMatcher], ...], query: QueryParams | None) -> bool:
+    """The query conditions of `RouteMatcher.matches`, read through the request's shared `query` view (made
+    here when there is none)."""
+    if query is None:
+        query = QueryParams(head.query)
+    return all(matcher.matches(query.get(param)) for param, matcher in params)
 
 
 def _header_value(head: RequestHead, name: bytes) -> str | None:
