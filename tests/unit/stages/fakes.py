@@ -304,3 +304,31 @@ class Harness:
     @property
     def last(self) -> dict[str, object]:
         return self.records.seen[-1]
+
+
+def one_route(route: str = "", cluster: str = "", endpoints: str = '["10.0.0.1:80"]', prefix: str = "/",
+              listener: str = "") -> str:
+    """A config of one listener `out` (plus the `listener` keys, indented) with one route `api` (plus the
+    `route` keys) to one cluster `backend` (plus the `cluster` keys)."""
+    return f"""
+admin: {{address: "127.0.0.1:0"}}
+listeners:
+  - name: out
+    address: "127.0.0.1:0"
+{listener}
+    routes:
+      - name: api
+        match: {{prefix: {prefix}}}
+        cluster: backend
+{route}
+clusters:
+  - name: backend
+    endpoints: {endpoints}
+{cluster}
+"""
+
+
+def counter(harness: Harness, name: str, **labels: str) -> float:
+    """The sum of a metric's samples with these labels, as /metrics would show it."""
+    return sum(sample.value for family in harness.metrics.registry.collect() for sample in family.samples
+               if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()))

@@ -8,29 +8,16 @@ from proxy.errors import FailureKind
 from proxy.local_reply import Cause
 from proxy.message import ResponseHead
 from proxy.stream import ResponseReady
-from tests.unit.stages.fakes import COMPILED, FakeUpstream, Harness, failing, ok
+from tests.unit.stages.fakes import COMPILED, FakeUpstream, Harness, counter, failing, ok, one_route
 
 pytestmark = pytest.mark.skipif(COMPILED, reason="fake streams subclass native classes (interpreted pass only)")
 
-CONFIG = """
-admin: {address: "127.0.0.1:0"}
-listeners:
-  - name: out
-    address: "127.0.0.1:0"
-    routes:
-      - name: api
-        match: {prefix: /}
-        cluster: backend
-clusters:
-  - name: backend
-    endpoints: ["10.0.0.1:80"]
-    circuit_breaker: {min_requests: 2, failure_ratio: 1.0, interval: 10s, open_timeout: 30s, half_open_requests: 1}
-"""
+BREAKER = "{min_requests: 2, failure_ratio: 1.0, interval: 10s, open_timeout: 30s, half_open_requests: 1}"
+CONFIG = one_route(cluster=f"    circuit_breaker: {BREAKER}")
 
 
 def attempts(harness: Harness, outcome: str) -> float:
-    return sum(sample.value for family in harness.metrics.registry.collect() for sample in family.samples
-               if sample.name == "sidecar_upstream_attempts_total" and sample.labels["outcome"] == outcome)
+    return counter(harness, "sidecar_upstream_attempts_total", outcome=outcome)
 
 
 async def test_failures_open_the_breaker_and_then_nothing_reaches_the_endpoint() -> None:

@@ -8,30 +8,13 @@ import pytest
 
 from proxy.local_reply import Cause
 from proxy.stream import CLIENT_GONE
-from tests.unit.stages.fakes import COMPILED, Harness, ok, stalled
+from tests.unit.stages.fakes import COMPILED, Harness, ok, one_route, stalled
 
 pytestmark = pytest.mark.skipif(COMPILED, reason="fake streams subclass native classes (interpreted pass only)")
 
 
-def config(cluster_extra: str, endpoints: str = '["10.0.0.1:80"]') -> str:
-    return f"""
-admin: {{address: "127.0.0.1:0"}}
-listeners:
-  - name: out
-    address: "127.0.0.1:0"
-    routes:
-      - name: api
-        match: {{prefix: /}}
-        cluster: backend
-clusters:
-  - name: backend
-    endpoints: {endpoints}
-{cluster_extra}
-"""
-
-
 async def test_a_full_bulkhead_refuses_at_once_beyond_max_pending() -> None:
-    harness = Harness(config("    limits: {max_requests: 1, max_pending: 0, pending_timeout: 1s}"))
+    harness = Harness(one_route(cluster="    limits: {max_requests: 1, max_pending: 0, pending_timeout: 1s}"))
     harness.seed("backend", stalled())
     busy = harness.start()
     await asyncio.sleep(0)
@@ -44,7 +27,7 @@ async def test_a_full_bulkhead_refuses_at_once_beyond_max_pending() -> None:
 
 
 async def test_a_pending_request_gives_up_after_the_pending_timeout() -> None:
-    harness = Harness(config("    limits: {max_requests: 1, max_pending: 1, pending_timeout: 1s}"))
+    harness = Harness(one_route(cluster="    limits: {max_requests: 1, max_pending: 1, pending_timeout: 1s}"))
     harness.seed("backend", stalled())
     busy = harness.start()
     await asyncio.sleep(0)
@@ -60,7 +43,7 @@ async def test_a_pending_request_gives_up_after_the_pending_timeout() -> None:
 
 
 async def test_a_pending_request_runs_when_a_slot_frees() -> None:
-    harness = Harness(config("    limits: {max_requests: 1, max_pending: 1, pending_timeout: 5s}"))
+    harness = Harness(one_route(cluster="    limits: {max_requests: 1, max_pending: 1, pending_timeout: 5s}"))
     harness.seed("backend", ok(), stalled())
     busy = harness.start()
     await asyncio.sleep(0)
@@ -73,7 +56,7 @@ async def test_a_pending_request_runs_when_a_slot_frees() -> None:
 
 
 async def test_no_endpoint_is_a_503_unavailable() -> None:
-    harness = Harness(config("", endpoints="[]"))
+    harness = Harness(one_route(endpoints="[]"))
     request = await harness.serve()
     assert request.reply is not None and request.reply.head.status == 503
     assert harness.last["cause"] is Cause.UNAVAILABLE and harness.last["attempts"] == 1

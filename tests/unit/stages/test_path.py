@@ -8,24 +8,11 @@ import pytest
 
 from proxy.local_reply import Cause, local_reply
 from proxy.stream import BODY_ERROR, CLIENT_GONE, STREAM_IDLE
-from tests.unit.stages.fakes import COMPILED, Harness, ok, stalled
+from tests.unit.stages.fakes import COMPILED, Harness, counter, ok, one_route, stalled
 
 pytestmark = pytest.mark.skipif(COMPILED, reason="fake streams subclass native classes (interpreted pass only)")
 
-CONFIG = """
-admin: {address: "127.0.0.1:0"}
-listeners:
-  - name: out
-    address: "127.0.0.1:0"
-    http: {max_requests_in_flight: 2}
-    routes:
-      - name: api
-        match: {prefix: /api}
-        cluster: backend
-clusters:
-  - name: backend
-    endpoints: ["10.0.0.1:80"]
-"""
+CONFIG = one_route(prefix="/api", listener="    http: {max_requests_in_flight: 2}")
 
 
 async def test_a_proxied_request_ends_with_one_record_naming_what_served_it() -> None:
@@ -65,9 +52,8 @@ async def test_no_route_is_a_404_counted_for_the_listener() -> None:
     assert request.reply is not None and request.reply.head.status == 404
     assert harness.last["status"] == 404 and harness.last["cause"] is Cause.NO_ROUTE
     assert harness.last["route"] == "" and request.request_id  # local replies carry a request id too
-    samples = {(s.labels["route"], s.labels["code"]): s.value
-               for s in harness.metrics.registry.collect() for s in s.samples if s.name == "sidecar_requests_total"}
-    assert samples == {("", "404"): 1.0}
+    assert counter(harness, "sidecar_requests_total") == 1
+    assert counter(harness, "sidecar_requests_total", route="", code="404") == 1
 
 
 async def test_the_listener_cap_answers_503_before_any_work() -> None:
@@ -97,6 +83,7 @@ async def test_a_client_that_leaves_cancels_the_attempt_and_counts_499() -> None
     assert harness.last["status"] == 499
     # Nobody's failure: the breaker and the attempt metrics do not count it.
     assert harness.clusters["backend"].endpoints[0].in_flight == 0
+    assert counter(harness, "sidecar_upstream_attempts_total") == 0
 
 
 async def test_stream_idle_answers_504_and_counts_as_the_upstreams_timeout() -> None:
@@ -108,9 +95,7 @@ async def test_stream_idle_answers_504_and_counts_as_the_upstreams_timeout() -> 
     await request.task  # type: ignore[misc]
     assert request.reply is not None and request.reply.head.status == 504
     assert harness.last["status"] == 504 and harness.last["cause"] is Cause.TIMEOUT
-    timeouts = [s.value for m in harness.metrics.registry.collect() for s in m.samples
-                if s.name == "sidecar_upstream_attempts_total" and s.labels["outcome"] == "timeout"]
-    assert timeouts == [1.0]
+    assert counter(harness, "sidecar_upstream_attempts_total", outcome="timeout") == 1
 
 
 async def test_a_stronger_reason_replaces_a_pending_one_and_a_weaker_one_is_ignored() -> None:

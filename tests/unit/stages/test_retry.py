@@ -5,32 +5,9 @@ from __future__ import annotations
 import pytest
 
 from proxy.errors import FailureKind
-from tests.unit.stages.fakes import COMPILED, Harness, failing, ok, stalled
+from tests.unit.stages.fakes import COMPILED, Harness, counter, failing, ok, one_route, stalled
 
 pytestmark = pytest.mark.skipif(COMPILED, reason="fake streams subclass native classes (interpreted pass only)")
-
-
-def config(retries: str, endpoints: str = '["10.0.0.1:80"]', cluster_extra: str = "") -> str:
-    return f"""
-admin: {{address: "127.0.0.1:0"}}
-listeners:
-  - name: out
-    address: "127.0.0.1:0"
-    routes:
-      - name: api
-        match: {{prefix: /}}
-        cluster: backend
-        retries: {retries}
-clusters:
-  - name: backend
-    endpoints: {endpoints}
-{cluster_extra}
-"""
-
-
-def counter(harness: Harness, name: str, **labels: str) -> float:
-    return sum(sample.value for family in harness.metrics.registry.collect() for sample in family.samples
-               if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()))
 
 
 RETRY_503 = '{attempts: 2, on: ["503"], backoff: {schedule: [1s]}}'
@@ -101,9 +78,13 @@ async def test_a_post_is_retried_only_when_it_never_reached_the_upstream() -> No
 async def test_no_retry_when_every_breaker_is_open() -> None:
     breaker = ("    circuit_breaker: {min_requests: 1, failure_ratio: 0.5, interval: 10s, open_timeout: 30s,"
                " half_open_requests: 1}")
-    harness = Harness(config('{attempts: 2, on: ["503"], backoff: {schedule: [0s]}}', cluster_extra=breaker))
+    harness = Harness(config('{attempts: 2, on: ["503"], backoff: {schedule: [0s]}}', cluster=breaker))
     harness.seed("backend", ok(200), ok(503))
     request = await harness.serve()
     # The 503 opened the only endpoint's breaker: a retry could only be a local 503, so the upstream's stays.
     assert request.response is not None and request.response.status == 503
     assert harness.last["attempts"] == 1
+
+
+def config(retries: str, cluster: str = "") -> str:
+    return one_route(route=f"        retries: {retries}", cluster=cluster)

@@ -7,35 +7,13 @@ import asyncio
 import pytest
 
 from proxy.local_reply import Cause
-from tests.unit.stages.fakes import COMPILED, Harness, ok, stalled
+from tests.unit.stages.fakes import COMPILED, Harness, counter, ok, one_route, stalled
 
 pytestmark = pytest.mark.skipif(COMPILED, reason="fake streams subclass native classes (interpreted pass only)")
 
 
-def config(route_extra: str) -> str:
-    return f"""
-admin: {{address: "127.0.0.1:0"}}
-listeners:
-  - name: out
-    address: "127.0.0.1:0"
-    routes:
-      - name: api
-        match: {{prefix: /}}
-        cluster: backend
-{route_extra}
-clusters:
-  - name: backend
-    endpoints: ["10.0.0.1:80"]
-"""
-
-
-def counter(harness: Harness, name: str, **labels: str) -> float:
-    return sum(sample.value for family in harness.metrics.registry.collect() for sample in family.samples
-               if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()))
-
-
 async def test_rate_limited_requests_get_429_and_never_reach_the_cluster() -> None:
-    harness = Harness(config("        rate_limit: {requests_per_second: 1, burst: 1}"))
+    harness = Harness(one_route("        rate_limit: {requests_per_second: 1, burst: 1}"))
     harness.seed("backend", ok())
     first = await harness.serve()
     second = await harness.serve()
@@ -48,14 +26,14 @@ async def test_rate_limited_requests_get_429_and_never_reach_the_cluster() -> No
 
 
 async def test_a_fault_abort_answers_its_status_without_an_attempt() -> None:
-    harness = Harness(config("        fault: {abort: {status: 418, percent: 100}}"))
+    harness = Harness(one_route("        fault: {abort: {status: 418, percent: 100}}"))
     request = await harness.serve()
     assert request.reply is not None and request.reply.head.status == 418
     assert harness.last["cause"] is Cause.FAULT_ABORT and harness.last["attempts"] == 0
 
 
 async def test_the_route_deadline_answers_504_and_the_breaker_sees_a_timeout() -> None:
-    harness = Harness(config("        timeout: 2s"))
+    harness = Harness(one_route("        timeout: 2s"))
     upstream = stalled()
     harness.seed("backend", upstream)
     request = harness.start()
@@ -74,7 +52,7 @@ async def test_the_route_deadline_answers_504_and_the_breaker_sees_a_timeout() -
 
 
 async def test_a_fault_delay_is_outside_the_route_deadline() -> None:
-    harness = Harness(config("        timeout: 1s\n        fault: {delay: {fixed: 5s, percent: 100}}"))
+    harness = Harness(one_route("        timeout: 1s\n        fault: {delay: {fixed: 5s, percent: 100}}"))
     harness.seed("backend", ok())
     request = harness.start()
     await harness.clock.elapse(5.5)
@@ -89,7 +67,7 @@ async def test_header_rules_and_rewrite_apply_to_what_is_sent_and_answered() -> 
              "        headers:\n"
              "          request: {set: {x-env: prod}}\n"
              "          response: {remove: [server]}")
-    harness = Harness(config(rules).replace("prefix: /}", "prefix: /v1/}"))
+    harness = Harness(one_route(rules, prefix="/v1/"))
     upstream = ok(headers=[(b"server", b"upstream"), (b"x-kept", b"1")])
     harness.seed("backend", upstream)
     request = await harness.serve("/v1/items")
