@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import random
 from binascii import hexlify
+from typing import Final
 
 from proxy.message import HOP_BY_HOP, REASON_PHRASES, Headers, RequestHead, ResponseHead
 
@@ -27,8 +28,9 @@ X_FORWARDED_FOR = b"x-forwarded-for"
 X_FORWARDED_PROTO = b"x-forwarded-proto"
 
 
-_UUID_CLEAR = ~((0xF << 76) | (0x3 << 62))
-_UUID_SET = (0x4 << 76) | (0x2 << 62)
+# Final: compiled, a Final constant is a static read, a plain global a dict lookup per use.
+_UUID_CLEAR: Final = ~((0xF << 76) | (0x3 << 62))
+_UUID_SET: Final = (0x4 << 76) | (0x2 << 62)
 
 
 def request_id_from_bits(bits: int) -> bytes:
@@ -51,11 +53,44 @@ def stamp_request_id(headers: Headers, rng: random.Random | None = None) -> byte
     sent one non-empty value; among repeats, the first non-empty one (the others removed); else a new one."""
     found = b""
     count = 0
-    for name, value in headers:
+    for index in range(len(headers)):
+        if headers[index][0] == X_REQUEST_ID:
+            count += 1
+            if not found:
+                found = headers[index][1]
+    return _one_request_id(headers, found, count, rng)
+
+
+def stamp_edge_headers(headers: Headers, peer_ip: bytes, proto: bytes, rng: random.Random | None = None) -> bytes:
+    """The edge's one pass over a request's headers: `x-forwarded-for` gets the peer appended,
+    `x-forwarded-proto` is kept or set to the listener's scheme, and exactly one `x-request-id` is left
+    (as `stamp_request_id`), whose value is returned."""
+    forwarded_for = -1
+    has_proto = False
+    found = b""
+    count = 0
+    # Indexing, not enumerate(): compiled, enumerate builds an (index, item) tuple per header.
+    for index in range(len(headers)):
+        name = headers[index][0]
         if name == X_REQUEST_ID:
             count += 1
             if not found:
-                found = value
+                found = headers[index][1]
+        elif name == X_FORWARDED_FOR:
+            forwarded_for = index
+        elif name == X_FORWARDED_PROTO:
+            has_proto = True
+    if forwarded_for >= 0:
+        headers[forwarded_for] = (X_FORWARDED_FOR, headers[forwarded_for][1] + b", " + peer_ip)
+    elif peer_ip:
+        headers.append((X_FORWARDED_FOR, peer_ip))
+    if not has_proto:
+        headers.append((X_FORWARDED_PROTO, proto))
+    return _one_request_id(headers, found, count, rng)
+
+
+def _one_request_id(headers: Headers, found: bytes, count: int, rng: random.Random | None) -> bytes:
+    """Given what a scan saw (the first non-empty id, how many `x-request-id` lines), leave exactly one."""
     if count == 1 and found:
         return found
     if count:
@@ -64,24 +99,6 @@ def stamp_request_id(headers: Headers, rng: random.Random | None = None) -> byte
         found = new_request_id(rng)
     headers.append((X_REQUEST_ID, found))
     return found
-
-
-def append_forwarded(headers: Headers, peer_ip: bytes, proto: bytes) -> None:
-    """x-forwarded-for gets the peer appended; x-forwarded-proto is kept, or set to the listener's scheme."""
-    forwarded_for = -1
-    has_proto = False
-    for index, (name, _) in enumerate(headers):
-        if name == X_FORWARDED_FOR:
-            forwarded_for = index
-        elif name == X_FORWARDED_PROTO:
-            has_proto = True
-    if forwarded_for >= 0:
-        name, value = headers[forwarded_for]
-        headers[forwarded_for] = (name, value + b", " + peer_ip)
-    elif peer_ip:
-        headers.append((X_FORWARDED_FOR, peer_ip))
-    if not has_proto:
-        headers.append((X_FORWARDED_PROTO, proto))
 
 
 # The Connection values nearly every message carries, parsed once (an upstream's keep-alive answer).

@@ -13,7 +13,7 @@ from __future__ import annotations
 import random
 
 from proxy.filters.trace import TracePropagator
-from proxy.http.headers import append_forwarded, stamp_request_id
+from proxy.http.headers import stamp_edge_headers, stamp_request_id
 from proxy.stages.context import RequestContext
 
 
@@ -41,8 +41,7 @@ class Edge:
         """The request id, the trace context and the forwarding headers, once per logical request."""
         stream = ctx.stream
         headers = stream.head.headers
-        stream.request_id = stamp_request_id(headers, self.rng)
-        append_forwarded(headers, stream.peer_ip, self.forwarded_proto)
+        stream.request_id = stamp_edge_headers(headers, stream.peer_ip, self.forwarded_proto, self.rng)
         trace = self.trace.extract(headers)
         ctx.trace = trace
         ctx.tracer = self.trace

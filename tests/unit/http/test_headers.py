@@ -12,12 +12,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from proxy.http.headers import (
-    append_forwarded,
     connection_tokens,
     content_length_line,
     new_request_id,
     request_id_from_bits,
     serialize_request,
+    stamp_edge_headers,
     stamp_request_id,
 )
 from proxy.message import RequestHead
@@ -78,9 +78,16 @@ def test_content_length_line_renders_any_length(length: int) -> None:
     ([(b"x-request-id", b""), (b"x-request-id", b"second"), (b"x-request-id", b"third")], b"second"),
     ([(b"accept", b"*/*")], None),  # absent: a new one, appended
 ])
-def test_exactly_one_request_id_is_left_and_returned(headers: list[tuple[bytes, bytes]], kept: bytes | None) -> None:
+@pytest.mark.parametrize("edge", [False, True])
+def test_exactly_one_request_id_is_left_and_returned(headers: list[tuple[bytes, bytes]], kept: bytes | None,
+                                                     edge: bool) -> None:
+    headers = list(headers)
     before = list(headers)
-    request_id = stamp_request_id(headers, random.Random(3))
+    if edge:
+        request_id = stamp_edge_headers(headers, b"", b"http", random.Random(3))
+        headers.remove((b"x-forwarded-proto", b"http"))  # what the edge adds besides the id (no peer here)
+    else:
+        request_id = stamp_request_id(headers, random.Random(3))
     ids = [value for name, value in headers if name == b"x-request-id"]
     assert ids == [request_id]
     if kept is None:
@@ -91,10 +98,11 @@ def test_exactly_one_request_id_is_left_and_returned(headers: list[tuple[bytes, 
         assert headers == before  # nothing moved
 
 
-def test_forwarding_headers_append_the_peer_and_keep_a_given_proto() -> None:
-    headers = [(b"x-forwarded-for", b"1.1.1.1"), (b"x-forwarded-proto", b"https")]
-    append_forwarded(headers, b"10.0.0.1", b"http")
-    assert headers == [(b"x-forwarded-for", b"1.1.1.1, 10.0.0.1"), (b"x-forwarded-proto", b"https")]
-    bare: list[tuple[bytes, bytes]] = []
-    append_forwarded(bare, b"10.0.0.1", b"http")
-    assert bare == [(b"x-forwarded-for", b"10.0.0.1"), (b"x-forwarded-proto", b"http")]
+def test_the_edge_pass_appends_the_peer_keeps_a_given_proto_and_stamps_one_id() -> None:
+    headers = [(b"x-forwarded-for", b"1.1.1.1"), (b"x-request-id", b"r1"), (b"x-forwarded-proto", b"https")]
+    assert stamp_edge_headers(headers, b"10.0.0.1", b"http", random.Random(1)) == b"r1"
+    assert headers == [(b"x-forwarded-for", b"1.1.1.1, 10.0.0.1"), (b"x-request-id", b"r1"),
+                       (b"x-forwarded-proto", b"https")]
+    bare: list[tuple[bytes, bytes]] = [(b"x-request-id", b""), (b"x-request-id", b"r2")]
+    assert stamp_edge_headers(bare, b"10.0.0.1", b"http", random.Random(1)) == b"r2"
+    assert bare == [(b"x-forwarded-for", b"10.0.0.1"), (b"x-forwarded-proto", b"http"), (b"x-request-id", b"r2")]
