@@ -134,6 +134,7 @@ class RequestPath:
         ctx.request_id = stream.request_id
         ctx.bytes_out = stream.bytes_out
         ctx.reset = stream.aborted
+        ctx.peer_identity = stream.peer_identity
         body = stream.body
         if body is not None:
             ctx.bytes_in = body.received
