@@ -29,6 +29,7 @@ COMPILED_MODULES = [
     "proxy/stages/retry.py",
     "proxy/stages/route.py",
     "proxy/stream.py",
+    "proxy/filters/check.py",
     "proxy/filters/headers.py",
     "proxy/filters/ratelimit.py",
     "proxy/filters/trace.py",

@@ -162,10 +162,10 @@ class RequestBody:
 class RequestStream:
     """One downstream request and the response written back for it; the codec's exchange implements it.
 
-    The request path reads `head`, `body`, `peer_ip`, `peer_identity` and `started_at`, and stamps `request_id` (the edge
-    does); `response_started`, `response_done`, `response_status`, `aborted` and `bytes_out` say how far
-    the answer got. `task` is the handler task; `cancel_reason` and `cancel_reply` are the pending
-    cancellation (see `cancel`).
+    The request path reads `head`, `body`, `peer_ip`, `peer_identity` and `started_at`, and stamps
+    `request_id` (the edge does); `response_started`, `response_done`, `response_status`, `aborted` and
+    `bytes_out` say how far the answer got. `task` is the handler task; `cancel_reason` and `cancel_reply`
+    are the pending cancellation (see `cancel`).
     """
 
     __slots__ = ("aborted", "body", "bytes_out", "cancel_reason", "cancel_reply", "expect_continue", "head",

@@ -4,7 +4,8 @@ Owns `RouteStage`, one per route, compiled when a config is loaded (a hook the r
 None and costs nothing), and `Router`, the immutable snapshot of a listener's route table and stages
 (swapped whole on reload: a request reads it once, so it finishes on the config it started with). The
 order, and why:
-- authorization first (the slot mTLS fills), so a refused caller costs nothing else;
+- authorization first (a `RequestCheck`, proxy/filters/check.py: the route's `authz` identity rules, then
+  its `api_key`), so a refused caller costs nothing else;
 - rate limit, then fault injection, before any upstream work: a limited or faulted request costs the
   upstream nothing. Fault delays sit outside the route deadline (Istio: no timeouts or retries apply to
   injected faults), so the deadline starts after them;
@@ -22,6 +23,7 @@ import random
 from collections.abc import Sequence
 
 from proxy.clock import Clock
+from proxy.filters.check import RequestCheck
 from proxy.filters.headers import HeaderRewriter
 from proxy.filters.ratelimit import RateLimiter, retry_after
 from proxy.filters.rewrite import Rewriter
@@ -36,14 +38,6 @@ from proxy.stages.retry import RetryLoop
 from proxy.stream import ROUTE_DEADLINE, CancelReason
 from proxy.telemetry.cells import CounterCell
 from proxy.telemetry.metrics import RouteMetrics
-
-
-class RequestCheck:
-    """A check of a request before any upstream work: None lets it on, a reply refuses it. The route's
-    authorization slot takes one (peer identity rules, with mTLS)."""
-
-    def check(self, ctx: RequestContext) -> LocalReply | None:
-        raise NotImplementedError
 
 
 class RouteStage:
@@ -134,7 +128,7 @@ class RouteStage:
     def _refusal(self, ctx: RequestContext) -> LocalReply | None:
         """The route's own refusals, in order: authorization, then the rate limit."""
         if self.authorization is not None:
-            reply = self.authorization.check(ctx)
+            reply = self.authorization.check(ctx.stream, ctx)
             if reply is not None:
                 return reply
         if self.rate_limiter is not None:
