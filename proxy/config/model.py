@@ -363,7 +363,26 @@ class RewriteConfig(_Model):
 
 
 class AuthzConfig(_Model):
+    """SPIFFE IDs that may call a route (`*` stands for one whole path segment); `deny_identities` wins.
+    The entries' syntax is checked by their owner (proxy.filters.authz), through `validate.py`."""
+
     allow_identities: list[str]
+    deny_identities: list[str] = Field(default_factory=list)
+
+
+class ApiKeyConfig(_Model):
+    """A route that requires an API key in `header`; `keys_file` is a YAML map of the SHA-256 hex digest of
+    each allowed key to the name of the service it belongs to (read and checked by proxy.filters.keysfile)."""
+
+    header: Annotated[str, AfterValidator(_header_name)]
+    keys_file: str
+
+    @field_validator("keys_file")
+    @classmethod
+    def _file(cls, value: str) -> str:
+        if not value:
+            raise ValueError("keys_file must name a file")
+        return value
 
 
 class RouteConfig(_Model):
@@ -378,6 +397,7 @@ class RouteConfig(_Model):
     headers: HeaderRulesConfig | None = None
     rewrite: RewriteConfig | None = None
     authz: AuthzConfig | None = None
+    api_key: ApiKeyConfig | None = None
 
     @model_validator(mode="after")
     def _one_target(self) -> RouteConfig:

@@ -42,7 +42,7 @@ _HEADERS, _QUERY = (*_ROUTE, "match", "headers", "*"), (*_ROUTE, "match", "query
 SECRET_POSITIONS: Final[tuple[tuple[tuple[str, ...], Kind], ...]] = (
     (("listeners", "[]", "tls", "key"), "file"),
     (("clusters", "[]", "tls", "key"), "file"),
-    ((*_ROUTE, "api_key", "keys_file"), "file"),  # the contract's api_key, once the schema has it
+    ((*_ROUTE, "api_key", "keys_file"), "file"),
     ((*_REQUEST, "set", "*"), "header"),
     ((*_REQUEST, "add", "*"), "header"),
     ((*_RESPONSE, "set", "*"), "header"),
