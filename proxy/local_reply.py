@@ -22,6 +22,7 @@ class Cause(enum.Enum):
     NO_ROUTE = (404, "destination_not_found", "no route matched")
     RATE_LIMITED = (429, "http_request_denied", "rate limited")
     AUTHZ_DENIED = (403, "http_request_denied", "peer identity not allowed")
+    API_KEY = (401, "http_request_denied", "api key")
     CLUSTER_LIMIT = (503, "connection_limit_reached", "cluster limits full")
     PENDING_TIMEOUT = (503, "connection_limit_reached", "pending timeout")
     LISTENER_LIMIT = (503, "connection_limit_reached", "listener limit")
@@ -88,8 +89,10 @@ def local_reply(
     status: int | None = None,
     retry_after: int | None = None,
     close: bool | None = None,
+    challenge: bytes | None = None,
 ) -> LocalReply:
-    """Build the reply for `cause`; `status` overrides (fault aborts), `retry_after` adds the header."""
+    """Build the reply for `cause`; `status` overrides (fault aborts), `retry_after` adds the header, and
+    `challenge` a `WWW-Authenticate` (RFC 9110: a 401 carries one)."""
     code = status if status is not None else cause.status
     text = details if details is not None else cause.value[2]
     proxy_status = b'%s; error=%s; details="%s"' % (
@@ -102,6 +105,8 @@ def local_reply(
     ]
     if retry_after is not None:
         headers.append((b"retry-after", str(retry_after).encode()))
+    if challenge is not None:
+        headers.append((b"www-authenticate", challenge))
     # Protocol-level errors close the connection: the stream position can no longer be trusted.
     must_close = close if close is not None else cause in _CLOSING
     if must_close:

@@ -3,7 +3,8 @@
 Owns what every request leaves behind: which listener, route, cluster and endpoint served it, how many
 attempts it took, the status the client got (or that it was reset), the cause of a local reply, bytes in
 and out, the total time, the time spent waiting on upstreams and the sidecar's own share of it, the trace
-and span ids, and the peer's identity (empty until mTLS). A request that was answered, reset or refused
+and span ids, the peer's verified identity (empty without mTLS) and the API client's service name (empty
+unless the route's `api_key` recognised the caller's key). A request that was answered, reset or refused
 ends with exactly one record: metrics are one sink of it (`proxy.telemetry.metrics.MetricsSink`); the
 access log and spans will be others, with no change to the request path.
 
@@ -29,9 +30,9 @@ class RequestRecord:
     that decided the answer.
     """
 
-    __slots__ = ("attempts", "bytes_in", "bytes_out", "cause", "cluster", "counted_in", "duration", "endpoint",
-                 "listener", "peer_identity", "request_id", "reset", "route", "span_id", "started_at", "status",
-                 "trace_id", "upstream_time")
+    __slots__ = ("api_client", "attempts", "bytes_in", "bytes_out", "cause", "cluster", "counted_in", "duration",
+                 "endpoint", "listener", "peer_identity", "request_id", "reset", "route", "span_id", "started_at",
+                 "status", "trace_id", "upstream_time")
 
     def __init__(self, listener: str, started_at: float, counted_in: RouteMetrics | None) -> None:
         self.listener = listener
@@ -51,6 +52,8 @@ class RequestRecord:
         self.trace_id = b""
         self.span_id = b""
         self.peer_identity = ""
+        # The service a route's `api_key` check recognised the caller's key as ("" without one).
+        self.api_client = ""
         self.counted_in = counted_in
 
     @property
