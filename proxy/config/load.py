@@ -728,6 +728,14 @@ def _resolve_paths(config: Config, base_dir: Path) -> Config:
                     "ca": absolute(listener.tls.ca)})})
         for listener in config.listeners
     ]
+    listeners = [
+        listener.model_copy(update={"routes": [
+            route if route.api_key is None else route.model_copy(update={"api_key": route.api_key.model_copy(
+                update={"keys_file": absolute(route.api_key.keys_file)})})
+            for route in listener.routes]})
+        if any(route.api_key is not None for route in listener.routes) else listener
+        for listener in listeners
+    ]
     clusters = [
         cluster if cluster.tls is None else cluster.model_copy(update={"tls": cluster.tls.model_copy(
             update={"cert": absolute(cluster.tls.cert), "key": absolute(cluster.tls.key),

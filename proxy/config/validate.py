@@ -2,11 +2,13 @@
 
 Owns: routes and splits naming existing clusters, unique listener / route / cluster names, listener and
 admin addresses that do not collide, readable TLS files, per-try timeouts that fit in the route timeout,
-header rules and rewrites that their owners (proxy.filters) can compile.
+header rules, rewrites and `authz` identity entries that their owners (proxy.filters) can compile, and
+`api_key` keys files that exist and are well formed.
 Each finding is an `Issue` located by key path; `load.py` turns the path into a file line.
 
-Must not: parse YAML, know line numbers, repeat per-field checks (those live in `model.py`), or open
-anything but the TLS files it checks for readability.
+Must not: parse YAML (a keys file is its owner's to parse), know line numbers, repeat per-field checks
+(those live in `model.py`), or open anything but the TLS files it checks for readability and the keys
+files it checks.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from collections.abc import Collection, Iterator
 from pathlib import Path
 from typing import NamedTuple
 
-from proxy.config.model import Address, Config
+from proxy.config.model import Address, ApiKeyConfig, AuthzConfig, Config
 
 __all__ = ["Issue", "Loc", "cross_check"]
 
@@ -48,6 +50,7 @@ def cross_check(config: Config, base_dir: str | Path, *, assume_clusters: Collec
     issues += _tls_files(config, base)
     issues += _timeouts(config)
     issues += _route_rules(config)
+    issues += _access_rules(config)
     return issues
 
 
@@ -71,6 +74,43 @@ def _route_rules(config: Config) -> Iterator[Issue]:
                 Rewriter.from_config(route.rewrite, route.match)
             except ValueError as exc:
                 yield Issue((*where, "rewrite"), str(exc))
+
+
+def _access_rules(config: Config) -> Iterator[Issue]:
+    # Identity entries and keys files are compiled and read by their owners (proxy.filters.authz and
+    # .keysfile); doing it here too means `validate` refuses what `run` would, at the entry's line, and a
+    # keys file that is missing, unreadable or malformed refuses the config.
+    for index, listener in enumerate(config.listeners):
+        for route_index, route in enumerate(listener.routes):
+            where: Loc = ("listeners", index, "routes", route_index)
+            if route.authz is not None:
+                yield from _identity_entries(route.authz, (*where, "authz"))
+            if route.api_key is not None:
+                yield from _api_key(route.api_key, (*where, "api_key"))
+
+
+def _identity_entries(authz: AuthzConfig, where: Loc) -> Iterator[Issue]:
+    from proxy.filters.authz import parse_identity_pattern
+
+    for kind, entries in (("allow_identities", authz.allow_identities), ("deny_identities", authz.deny_identities)):
+        for entry_index, entry in enumerate(entries):
+            try:
+                parse_identity_pattern(entry)
+            except ValueError as exc:
+                yield Issue((*where, kind, entry_index), str(exc))
+
+
+def _api_key(api_key: ApiKeyConfig, where: Loc) -> Iterator[Issue]:
+    from proxy.filters.keysfile import KeysFileError, read_keys_file
+    from proxy.message import HOP_BY_HOP
+
+    name = api_key.header
+    if name.encode("latin-1") in HOP_BY_HOP or name.startswith("proxy-") or name == "host":
+        yield Issue((*where, "header"), f"{name!r} cannot carry an API key (a hop-by-hop or routing header)")
+    try:
+        read_keys_file(api_key.keys_file)
+    except KeysFileError as exc:
+        yield Issue((*where, "keys_file"), str(exc))
 
 
 def _unique_names(config: Config) -> Iterator[Issue]:

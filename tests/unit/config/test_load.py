@@ -160,6 +160,26 @@ def test_relative_tls_paths_resolve_against_the_config_dir(tmp_path: Path,
     assert config.clusters[0].tls.ca == str(tmp_path / "tls/ca.pem")
 
 
+def test_a_relative_keys_file_resolves_against_the_config_dir(tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "secrets").mkdir()
+    (tmp_path / "secrets" / "api-keys.yaml").write_text("{}\n")
+    path = write(tmp_path, """
+        listeners:
+          - name: in
+            address: 127.0.0.1:0
+            routes:
+              - {name: r, cluster: up, api_key: {header: X-Api-Key, keys_file: secrets/api-keys.yaml}}
+        clusters:
+          - name: up
+            endpoints: ["10.0.0.1:80"]
+        """)
+    monkeypatch.chdir("/")
+    api_key = load_config(path).config.listeners[0].routes[0].api_key
+    assert api_key is not None and api_key.keys_file == str(tmp_path / "secrets/api-keys.yaml")
+    assert api_key.header == "x-api-key"
+
+
 # --- YAML 1.2 -----------------------------------------------------------------------------------------
 
 

@@ -189,6 +189,91 @@ def test_tls_paths_resolve_against_base_dir(tmp_path: Path, monkeypatch: pytest.
     assert [issue.loc[-1] for issue in cross_check(cfg, tmp_path / "elsewhere")] == ["cert", "key"]
 
 
+# --- authz and api_key ---------------------------------------------------------------------------------
+
+
+def test_bad_identity_entries_are_reported_at_their_line(tmp_path: Path) -> None:
+    path = write(tmp_path, """
+        listeners:
+          - name: in
+            address: 127.0.0.1:0
+            routes:
+              - name: r
+                cluster: up
+                authz:
+                  allow_identities:
+                    - spiffe://cluster.local/ns/default/sa/*
+                    - spiffe://cluster.local/ns/default/sa/web-*
+                  deny_identities: [cluster.local/ns/default/sa/legacy]
+        clusters:
+          - name: up
+            endpoints: ["127.0.0.1:8080"]
+        """)
+    assert problems(path) == [
+        f"{path}:10: listeners[0].routes[0].authz.allow_identities[1]: 'spiffe://cluster.local/ns/default/sa/web-*':"
+        " bad path segment 'web-*' (`*` must be a whole segment)",
+        f"{path}:11: listeners[0].routes[0].authz.deny_identities[0]: 'cluster.local/ns/default/sa/legacy' is not"
+        " a SPIFFE ID: it must start with spiffe://",
+    ]
+
+
+def test_deny_identities_is_optional_and_a_good_authz_is_clean(tmp_path: Path) -> None:
+    cfg = config([listener(routes=[route(authz={"allow_identities": ["spiffe://cluster.local/ns/default/sa/*"]})])])
+    authz = cfg.listeners[0].routes[0].authz
+    assert authz is not None and authz.deny_identities == []
+    assert cross_check(cfg, tmp_path) == []
+
+
+def test_keys_files_must_exist_and_be_well_formed(tmp_path: Path) -> None:
+    digest = "ab" * 32
+    (tmp_path / "good.yaml").write_text(f"{digest}: campaign\n")
+    (tmp_path / "bad.yaml").write_text(f"{digest}: campaign\nmy-plain-key: billing\n")
+    path = write(tmp_path, """
+        listeners:
+          - name: in
+            address: 127.0.0.1:0
+            routes:
+              - {name: a, cluster: up, api_key: {header: x-api-key, keys_file: good.yaml}}
+              - {name: b, cluster: up, api_key: {header: x-api-key, keys_file: missing.yaml}}
+              - name: c
+                cluster: up
+                api_key:
+                  header: Connection
+                  keys_file: bad.yaml
+        clusters:
+          - name: up
+            endpoints: ["127.0.0.1:8080"]
+        """)
+    assert problems(path) == [
+        f"{path}:6: listeners[0].routes[1].api_key.keys_file: keys file {tmp_path / 'missing.yaml'}: cannot read"
+        " it: No such file or directory",
+        f"{path}:10: listeners[0].routes[2].api_key.header: 'connection' cannot carry an API key (a hop-by-hop or"
+        " routing header)",
+        f"{path}:11: listeners[0].routes[2].api_key.keys_file: keys file {tmp_path / 'bad.yaml'}:2: a key must be"
+        " the SHA-256 digest of an API key, 64 hex digits (`printf %s KEY | sha256sum`), never the key itself",
+    ]
+    assert "my-plain-key" not in "".join(problems(path))
+
+
+def test_api_key_needs_both_keys(tmp_path: Path) -> None:
+    path = write(tmp_path, """
+        listeners:
+          - name: in
+            address: 127.0.0.1:0
+            routes:
+              - {name: a, cluster: up, api_key: {header: "x api key", keys_file: ""}}
+              - {name: b, cluster: up, api_key: {keys_file: k.yaml}}
+        clusters:
+          - name: up
+            endpoints: ["127.0.0.1:8080"]
+        """)
+    found = problems(path)
+    assert f"{path}:5: listeners[0].routes[0].api_key.header: bad header name 'x api key': a name only, like" \
+           " 'x-version'" in found
+    assert f"{path}:5: listeners[0].routes[0].api_key.keys_file: keys_file must name a file" in found
+    assert f"{path}:6: listeners[0].routes[1].api_key.header: required key missing" in found
+
+
 # --- timeouts -----------------------------------------------------------------------------------------
 
 
