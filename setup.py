@@ -29,6 +29,8 @@ COMPILED_MODULES = [
     "proxy/stages/retry.py",
     "proxy/stages/route.py",
     "proxy/stream.py",
+    "proxy/filters/apikey.py",
+    "proxy/filters/authz.py",
     "proxy/filters/check.py",
     "proxy/filters/headers.py",
     "proxy/filters/ratelimit.py",

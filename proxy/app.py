@@ -30,6 +30,7 @@ from proxy.config.load import ConfigError, ConfigUnreadable, LoadedConfig, parse
 from proxy.config.model import Address, ClusterConfig, Config, ListenerConfig, host_port
 from proxy.config.watch import ConfigWatcher
 from proxy.discovery.static import static_endpoints
+from proxy.filters.keysfile import KeyStores
 from proxy.filters.trace import TracePropagator
 from proxy.http.client import ClientConnection
 from proxy.http.path import MODES as PATH_MODES
@@ -67,9 +68,6 @@ def _unsupported_listener_keys(listener: ListenerConfig, where: str) -> list[str
         found.append(f"{where}.tls")
     if listener.http.http2 is not None:
         found.append(f"{where}.http.http2")
-    for j, route in enumerate(listener.routes):
-        if route.authz is not None:
-            found.append(f"{where}.routes[{j}].authz")
     return found
 
 
@@ -240,6 +238,8 @@ class App:
         self.registry = CollectorRegistry()
         self.metrics = Metrics(self.registry)
         self.clusters: dict[str, Cluster] = {}
+        # The API keys files routes name, each read once and watched while a route names it.
+        self.key_stores = KeyStores()
         self.listeners: dict[str, RequestPath] = {}
         self.servers: dict[str, asyncio.Server] = {}
         self.bound: dict[str, tuple[str, int]] = {}
@@ -290,7 +290,7 @@ class App:
                      table: RouteTable | None = None) -> Router:
         if table is None:
             table = RouteTable.from_config(listener_config.routes)
-        return build_router(listener_config.name, table, clusters, self.metrics, self.clock)
+        return build_router(listener_config.name, table, clusters, self.metrics, self.clock, self.key_stores)
 
     async def _bind(self, listener: RequestPath, address: Address) -> tuple[asyncio.Server, tuple[str, int]]:
         loop = asyncio.get_running_loop()
@@ -316,7 +316,13 @@ class App:
             self.listeners[listener_config.name] = listener
             self.servers[listener_config.name] = server
             self.bound[listener_config.name] = bound
+        self._watch_keys()
         await self._start_admin(config)
+
+    def _watch_keys(self) -> None:
+        """Re-read the API keys files when they change on disk (each worker process watches its own)."""
+        task = asyncio.create_task(self.key_stores.watch(), name="api keys watch")
+        self._tasks.add(task)
 
     async def _start_admin(self, config: Config) -> None:
         if self.admin_unix is not None:
@@ -518,6 +524,8 @@ class App:
         self.listeners, self.servers, self.clusters = staged.listeners, staged.servers, staged.clusters
         self.bound = {**staged.bound, **({"admin": self.bound["admin"]} if "admin" in self.bound else {})}
         self.loaded = loaded
+        self.key_stores.retain({route.api_key.keys_file for listener in loaded.config.listeners
+                                for route in listener.routes if route.api_key is not None})
 
     def _drain_retired(self, old_listeners: dict[str, RequestPath], old_servers: dict[str, asyncio.Server],
                        old_clusters: dict[str, Cluster]) -> None:
