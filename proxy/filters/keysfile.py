@@ -3,7 +3,7 @@
 Owns the format of a route's `api_key.keys_file`, a YAML mapping of the SHA-256 digest of each allowed key
 (64 hex digits, as `printf %s KEY | sha256sum` prints it) to the name of the service the key belongs to:
 
-    9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08: campaign-service
+    afc782480cb4361d459757bd8381e9d88b8dcb579c9d276ee5c5a2672ae59311: campaign-service
 
 `{}` is a file that allows no key; an empty file is refused (it is what a half-done write looks like).
 Problems name the keys file and the line (`keys file /etc/keys.yaml:3: ...`) and never quote a key or a
