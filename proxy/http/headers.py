@@ -24,11 +24,13 @@ TE_TRAILERS = b"trailers"
 # dropped from forwarded trailers, both ways.
 NOT_IN_TRAILERS: frozenset[bytes] = HOP_BY_HOP | {b"content-length", b"host", b"trailer", b"expect"}
 
-X_REQUEST_ID = b"x-request-id"
-X_FORWARDED_FOR = b"x-forwarded-for"
-X_FORWARDED_PROTO = b"x-forwarded-proto"
+# Final: the edge's pass compares every header with these; compiled, a plain global is a dict lookup per
+# comparison (about 130 instructions), a Final one a static read.
+X_REQUEST_ID: Final = b"x-request-id"
+X_FORWARDED_FOR: Final = b"x-forwarded-for"
+X_FORWARDED_PROTO: Final = b"x-forwarded-proto"
 # The caller's verified identity, as an mTLS listener vouches for it (Envoy's XFCC): never taken from a client.
-X_FORWARDED_CLIENT_CERT = b"x-forwarded-client-cert"
+X_FORWARDED_CLIENT_CERT: Final = b"x-forwarded-client-cert"
 
 
 # Final: compiled, a Final constant is a static read, a plain global a dict lookup per use.

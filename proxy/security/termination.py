@@ -8,8 +8,8 @@ do it, so that it controls a failed handshake: it is counted in `sidecar_tls_han
 notices; a handshake that does not finish within the listener's `header_read_timeout` (a client that
 connects and sends nothing) fails as `handshake_timeout`. On success it reads the peer's SPIFFE ID once,
 hands it (and the connection's XFCC value) to the HTTP protocol, and only then calls its
-`connection_made` with the TLS transport: the codec above sees a connection like any other, with
-`peer_identity` set.
+`connection_made` with the TLS transport: the codec above sees a connection like any other, told who the
+peer is (`identify`).
 
 Must not: parse HTTP (the codec does), import the codec (it gets a factory of `IdentifiedProtocol`s), or do
 anything per request.
@@ -35,10 +35,9 @@ log = logging.getLogger("proxy.security.termination")
 
 class Identified(Protocol):
     """What the HTTP protocol a terminated connection is handed to has: it is told who the peer is (the
-    codec's `ServerConnection` copies both onto every request of the connection)."""
+    codec's `ServerConnection` gives both to every request of the connection)."""
 
-    peer_identity: str
-    forwarded_client_cert: bytes
+    def identify(self, identity: str, client_cert: bytes) -> None: ...
 
 
 class TlsTermination:
@@ -161,9 +160,7 @@ class TlsAcceptor(asyncio.Protocol):
         protocol = self._protocol
         ssl_object: ssl.SSLObject | None = secured.get_extra_info("ssl_object")
         identity = peer_identity(ssl_object)
-        identified = cast(Identified, protocol)
-        identified.peer_identity = identity
-        identified.forwarded_client_cert = termination.client_cert_header(identity, ssl_object)
+        cast(Identified, protocol).identify(identity, termination.client_cert_header(identity, ssl_object))
         if termination.draining:
             secured.close()
             return
