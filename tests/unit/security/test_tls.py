@@ -110,6 +110,7 @@ def test_contexts_allow_tls12_and_13_with_aead_ciphers_only(pki: Path) -> None:
         names = {c["name"] for c in context.get_ciphers() if c["protocol"] == "TLSv1.2"}
         assert names and all(n.startswith("ECDHE-") and ("GCM" in n or "CHACHA20" in n) for n in names)
     assert server.verify_mode == ssl.CERT_REQUIRED
+    assert server.num_tickets == 0
     assert client.verify_mode == ssl.CERT_REQUIRED
     assert not client.check_hostname
 
