@@ -2,8 +2,9 @@
 
 Owns: routes and splits naming existing clusters, unique listener / route / cluster names, listener and
 admin addresses that do not collide, readable TLS files, per-try timeouts that fit in the route timeout,
-header rules, rewrites and `authz` identity entries that their owners (proxy.filters) can compile, and
-`api_key` keys files that exist and are well formed.
+header rules, rewrites and `authz` identity entries that their owners (proxy.filters) can compile,
+`api_key` keys files that exist and are well formed, and caller identities used only where a listener
+can have them (`match.peer_identity`, `rate_limit.key: peer_identity`).
 Each finding is an `Issue` located by key path; `load.py` turns the path into a file line.
 
 Must not: parse YAML (a keys file is its owner's to parse), know line numbers, repeat per-field checks
@@ -17,7 +18,7 @@ from collections.abc import Collection, Iterator
 from pathlib import Path
 from typing import NamedTuple
 
-from proxy.config.model import Address, ApiKeyConfig, AuthzConfig, Config
+from proxy.config.model import PEER_IDENTITY_KEY, Address, ApiKeyConfig, AuthzConfig, Config
 
 __all__ = ["Issue", "Loc", "cross_check"]
 
@@ -51,7 +52,23 @@ def cross_check(config: Config, base_dir: str | Path, *, assume_clusters: Collec
     issues += _timeouts(config)
     issues += _route_rules(config)
     issues += _access_rules(config)
+    issues += _peer_identity_uses(config)
     return issues
+
+
+def _peer_identity_uses(config: Config) -> Iterator[Issue]:
+    # A caller has an identity only on a TLS listener that verifies client certificates (`tls.ca`): elsewhere
+    # a `match.peer_identity` never holds and a `rate_limit.key: peer_identity` puts everyone in one bucket.
+    for index, listener in enumerate(config.listeners):
+        if listener.tls is not None and listener.tls.ca is not None:
+            continue
+        for route_index, route in enumerate(listener.routes):
+            where: Loc = ("listeners", index, "routes", route_index)
+            why = "this listener verifies no client certificates (it needs tls with ca), so callers have no identity"
+            if route.match.peer_identity is not None:
+                yield Issue((*where, "match", "peer_identity"), why)
+            if route.rate_limit is not None and route.rate_limit.key == PEER_IDENTITY_KEY:
+                yield Issue((*where, "rate_limit", "key"), why)
 
 
 def _route_rules(config: Config) -> Iterator[Issue]:

@@ -201,7 +201,8 @@ class Exchange(RequestStream):
 
     def __init__(self, conn: ServerConnection, head: RequestHead, body: Http1RequestBody | None,
                  started_at: float, keep_alive: bool = True, http_minor: int = 1) -> None:
-        super().__init__(head, body, conn.peer_ip, started_at)
+        peer = conn.peer  # one attribute read of the (non-native) connection; the rest are struct fields
+        super().__init__(head, body, peer.ip, started_at, peer.identity, peer.client_cert)
         # The same body as `body`, typed as the codec's own (which it feeds and ends).
         self.h1_body = body
         self.conn = conn
@@ -351,6 +352,19 @@ _BLOCK_STOPPED = 8
 _BLOCK_WRITE = 16
 
 
+class ConnectionPeer:
+    """The other end of a downstream connection, as each of its requests is told (a native class: the codec
+    reads its fields per request as struct fields, where the connection's own attributes are dict-free but
+    generic lookups)."""
+
+    __slots__ = ("client_cert", "identity", "ip")
+
+    def __init__(self) -> None:
+        self.ip = b""
+        self.identity = ""
+        self.client_cert = b""
+
+
 class ServerConnection(asyncio.Protocol):
     """One client connection: parse, queue, hand each request to the listener's handler in order."""
 
@@ -366,6 +380,7 @@ class ServerConnection(asyncio.Protocol):
         "_headers",
         "_in_head",
         "_in_trailers",
+        "_keep_half_open",
         "_loop",
         "_paused_at",
         "_pending",
@@ -387,7 +402,7 @@ class ServerConnection(asyncio.Protocol):
         "listener",
         "now",
         "parser",
-        "peer_ip",
+        "peer",
         "transport",
         "write_paused",
     )
@@ -399,7 +414,13 @@ class ServerConnection(asyncio.Protocol):
         self.now = loop.time
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpRequestParser(self)
-        self.peer_ip = b""
+        # Who is at the other end, for every request of the connection (its address; with TLS, the identity
+        # the acceptor read from its certificate: see `identify`).
+        self.peer = ConnectionPeer()
+        # What eof_received answers when this protocol closes the connection itself: True (keep the socket
+        # open until we close it) on TCP; None under TLS, where a close_notify ends the connection whatever the
+        # answer (uvloop warns about a True there). connection_made decides.
+        self._keep_half_open: bool | None = True
         self._url = b""
         self._headers: Headers = []
         self._head_bytes = 0
@@ -436,14 +457,22 @@ class ServerConnection(asyncio.Protocol):
         self.write_paused = False
         self.idle_since = loop.time()
 
+    def identify(self, identity: str, client_cert: bytes) -> None:
+        """A TLS listener's acceptor, before connection_made: the peer's SPIFFE ID ("" without one) and the
+        `x-forwarded-client-cert` value (b"" for none), read once per connection, given to every request."""
+        self.peer.identity = identity
+        self.peer.client_cert = client_cert
+
     # -- transport events --------------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
         self.transport = cast(asyncio.Transport, transport)
+        if transport.get_extra_info("sslcontext") is not None:
+            self._keep_half_open = None
         peer = transport.get_extra_info("peername")
         if peer:
-            self.peer_ip = str(peer[0]).encode()
+            self.peer.ip = str(peer[0]).encode()
         self.listener.connection_opened(self)
         self._arm_at(self._loop.time() + self.listener.settings.idle_timeout)
 
@@ -548,7 +577,7 @@ class ServerConnection(asyncio.Protocol):
         if self._tunnel is not None:
             # Half-close travels through the tunnel; the connection ends when the upstream side closes.
             self._tunnel.tunnel_eof()
-            return True
+            return self._keep_half_open
         active = self.active
         if (active is not None and not active.response_done) or self._queue:
             # TCP cannot tell a half-close from a close, and a client that closed must not hold an upstream
@@ -562,7 +591,7 @@ class ServerConnection(asyncio.Protocol):
         # Nothing pending: close after flushing what was already written (close() resets the socket if the
         # flush does not finish within the stream idle timeout).
         self.close()
-        return True
+        return self._keep_half_open
 
     def _client_gone(self, how: str) -> None:
         """The client left: cancel the running handler (its upstream request with it), drop queued ones."""
@@ -574,7 +603,7 @@ class ServerConnection(asyncio.Protocol):
             if self._task is not None:
                 if active.handler_started:
                     log.info("client %s %s before the response to request %s ended: request cancelled",
-                             self.peer_ip.decode("latin-1"), how, active.request_id.decode("latin-1"))
+                             self.peer.ip.decode("latin-1"), how, active.request_id.decode("latin-1"))
                 self._cancel(active, CLIENT_GONE)
         self._queue.clear()
         self._pending = b""

@@ -179,6 +179,7 @@ class Metrics:
         "requests",
         "retries_family",
         "tls_handshake_errors_family",
+        "tls_reloads_family",
         "upstream_attempts",
     )
 
@@ -269,6 +270,12 @@ class Metrics:
             ("result",),
             registry=registry,
         )
+        self.tls_reloads_family = Counter(
+            "sidecar_tls_reloads",
+            "Reloads of TLS certificate, key and CA files changed on disk, by result (failure = the old stayed).",
+            ("result",),
+            registry=registry,
+        )
 
     # -- request path handles (bind once, keep) -------------------------------------------------
 
@@ -305,6 +312,12 @@ class Metrics:
         if result not in RELOAD_RESULTS:
             raise ValueError(f"config reload result must be one of {RELOAD_RESULTS}, not {result!r}")
         return self.config_reloads_family.labels(result)
+
+    def tls_reloads(self, result: str) -> Counter:
+        """Counter child of `sidecar_tls_reloads_total` for `result` ("success" or "failure")."""
+        if result not in RELOAD_RESULTS:
+            raise ValueError(f"tls reload result must be one of {RELOAD_RESULTS}, not {result!r}")
+        return self.tls_reloads_family.labels(result)
 
     def breaker_transitions(self, cluster: str) -> BreakerTransitionMetrics:
         return BreakerTransitionMetrics(self.breaker_transitions_family, cluster)

@@ -107,3 +107,12 @@ def test_micro_benchmark_runs(module: str) -> None:
                           text=True, timeout=60, check=False)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "ns/op" in done.stdout
+
+
+@pytest.mark.timeout(60)
+def test_the_handshake_benchmark_runs() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.handshakes", "--seconds", "0.5", "--clients", "1"],
+        cwd=REPO, capture_output=True, text=True, timeout=50, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "new TLSv1_3 mTLS connections" in done.stdout and "(0 failed)" in done.stdout, done.stdout

@@ -28,6 +28,7 @@ CONTRACT_FAMILIES = {
     "sidecar_tls_handshake_errors": ("counter", {"listener", "reason"}),
     "sidecar_cert_expiry_timestamp_seconds": ("gauge", {"listener_or_cluster"}),
     "sidecar_config_reloads": ("counter", {"result"}),
+    "sidecar_tls_reloads": ("counter", {"result"}),
 }
 
 
@@ -60,6 +61,7 @@ def populate(m: Metrics) -> None:
     m.tls_handshake_errors("inbound", "unknown_ca").inc()
     m.cert_expiry_of("inbound").set(1_900_000_000)
     m.config_reloads("success").inc()
+    m.tls_reloads("success").inc()
 
 
 def test_record_counts_code_and_observes_duration(registry: CollectorRegistry, metrics: Metrics) -> None:

@@ -1,0 +1,79 @@
+"""A throwaway PKI for TLS tests: a development CA (`proxy.security.certs`, what `sidecar certs` runs) and the
+certificates tests need, including the ones `sidecar certs issue` refuses to make (expired, from another CA)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from proxy.security.certs import init_ca, issue
+
+TRUST_DOMAIN = "cluster.local"
+
+
+def spiffe(service_account: str, namespace: str = "shop") -> str:
+    return f"spiffe://{TRUST_DOMAIN}/ns/{namespace}/sa/{service_account}"
+
+
+class Pki:
+    """A CA in `root/ca` and leaves issued by it as `root/<name>.pem` + `root/<name>-key.pem`."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        init_ca(root / "ca", TRUST_DOMAIN)
+
+    @property
+    def ca(self) -> str:
+        return str(self.root / "ca" / "ca.pem")
+
+    def leaf(self, name: str, spiffe_id: str, dns_names: list[str] | None = None) -> tuple[str, str]:
+        """Issue (or re-issue, replacing the files by rename) `name`'s certificate and key."""
+        files = issue(self.root / "ca", spiffe_id, self.root / name, dns_names=dns_names)
+        return str(files.cert), str(files.key)
+
+    def foreign(self, name: str, spiffe_id: str) -> tuple[str, str]:
+        """A certificate for `spiffe_id` from another CA (same trust domain name, different key)."""
+        other = self.root / "other-ca"
+        if not (other / "ca.pem").exists():
+            init_ca(other, TRUST_DOMAIN)
+        files = issue(other, spiffe_id, self.root / name)
+        return str(files.cert), str(files.key)
+
+    def expired(self, name: str, spiffe_id: str) -> tuple[str, str]:
+        """A certificate from this CA that expired yesterday."""
+        ca_cert = x509.load_pem_x509_certificate((self.root / "ca" / "ca.pem").read_bytes())
+        ca_key = serialization.load_pem_private_key((self.root / "ca" / "ca-key.pem").read_bytes(), None)
+        assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
+        key = ec.generate_private_key(ec.SECP256R1())
+        now = dt.datetime.now(dt.UTC)
+        cert = (x509.CertificateBuilder().subject_name(x509.Name([])).issuer_name(ca_cert.subject)
+                .public_key(key.public_key()).serial_number(x509.random_serial_number())
+                .not_valid_before(now - dt.timedelta(days=10)).not_valid_after(now - dt.timedelta(days=1))
+                .add_extension(x509.SubjectAlternativeName([x509.UniformResourceIdentifier(spiffe_id)]),
+                               critical=False)
+                .sign(ca_key, hashes.SHA256()))
+        cert_path, key_path = self.root / f"{name}.pem", self.root / f"{name}-key.pem"
+        cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                               serialization.NoEncryption()))
+        return str(cert_path), str(key_path)
+
+    def mounted(self, mount: Path, name: str, version: str) -> tuple[str, str]:
+        """Put `name`'s files in a Kubernetes Secret volume layout (`mount/tls.crt -> ..data/tls.crt`,
+        `..data -> ..<version>`), swapping `..data` atomically when the mount already exists, as the kubelet
+        does. Returns the stable paths."""
+        target = mount / f"..{version}"
+        target.mkdir(parents=True)
+        (target / "tls.crt").write_bytes((self.root / f"{name}.pem").read_bytes())
+        (target / "tls.key").write_bytes((self.root / f"{name}-key.pem").read_bytes())
+        for link in ("tls.crt", "tls.key"):
+            if not (mount / link).is_symlink():
+                (mount / link).symlink_to(Path("..data") / link)
+        (mount / "..data_tmp").symlink_to(target.name)
+        os.replace(mount / "..data_tmp", mount / "..data")
+        return str(mount / "tls.crt"), str(mount / "tls.key")
