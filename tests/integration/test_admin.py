@@ -12,6 +12,7 @@ import aiohttp
 import pytest
 
 from tests.integration.upstreams import start_upstream
+from tests.pki import make_pki
 
 
 def config(upstream: str) -> str:
@@ -108,8 +109,9 @@ async def test_admin_refuses_dns_names_and_state_changes_from_browsers(sidecar) 
 
 
 async def test_config_dump_redacts_header_values_and_key_files(sidecar, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    for name in ("c.pem", "k.pem", "ca.pem"):
-        (tmp_path / name).write_text("dummy PEM\n")  # validation wants readable files; TLS is not built yet
+    pki = make_pki(tmp_path / "pki")  # the cluster's TLS loads its files
+    for name, source in (("c.pem", pki.cert("client")), ("k.pem", pki.key("client")), ("ca.pem", pki.ca)):
+        shutil.copy(source, tmp_path / name)
     running = await sidecar("""
     admin: {address: "127.0.0.1:0", config_dump: {public_headers: [X-Version]}}
     listeners:
