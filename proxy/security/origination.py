@@ -17,11 +17,12 @@ Resumption: asyncio's `create_connection` (uvloop's too) has no parameter for a 
 the connection's `SSLObject` with `context.wrap_bio(...)`, called as a Python attribute of the context, in
 the context (contextvars) of the task that connects. So each client context in force gets a `wrap_bio` of
 its own on the instance, which offers the session of the endpoint that `EndpointOrigin.handshake()` marks
-in a context variable for the duration of the connect. The session kept per endpoint is the newest one
-that can resume (TLS 1.3 tickets arrive after the handshake, so it is read from the endpoint's last admitted
-connection when the next one starts), and only with the context that made it: a rotated context starts
-with full handshakes. A resumed session carries the upstream's certificate, verified when the session was
-made, so the identity check reads it the same way.
+in a context variable for the duration of the connect. The session an endpoint offers is taken from its
+last fully handshaken connection when the next one starts (TLS 1.3 tickets arrive after the handshake), and
+is offered until it fails to resume or expires (one ticket serves many connections: fine between
+sidecars, which do not use 0-RTT; the privacy advice against it is about tracking browsers), and only with
+the context that made it: a rotated context starts with a full handshake. A resumed session carries the
+upstream's certificate, verified when the session was made, so the identity check reads it the same way.
 
 Must not: do socket I/O (the pool connects), load files (the `ClientTls` holder does), or run per request:
 everything here runs per new connection.
@@ -30,6 +31,7 @@ everything here runs per new connection.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import ssl
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -76,7 +78,8 @@ class ClusterOrigin:
         return cls(name, material, config.expect_identity, config.server_name)
 
     def for_endpoint(self, host: str, port: int) -> EndpointOrigin:
-        return EndpointOrigin(self, self.server_name or host)
+        # An IP literal is never sent as SNI (RFC 6066); "" says so up front (and spares its IDNA encoding).
+        return EndpointOrigin(self, self.server_name or ("" if _is_ip(host) else host))
 
     def context(self) -> ssl.SSLContext:
         """The client context for a new connection: the one in force (rotation applies from here on)."""
@@ -119,7 +122,7 @@ class EndpointOrigin:
         self.server_name = server_name
         # The newest admitted connection (its session may not have its TLS 1.3 ticket yet) ...
         self._last: ssl.SSLObject | None = None
-        # ... and the newest session that can resume, with the context that made it.
+        # ... and the session new handshakes offer, with the context that made it.
         self._session: ssl.SSLSession | None = None
         self._session_context: ssl.SSLContext | None = None
         self.full_handshakes = 0
@@ -137,37 +140,52 @@ class EndpointOrigin:
             _DIALING.reset(token)
 
     def admit(self, ssl_object: ssl.SSLObject) -> str | None:
-        """After a handshake: None when the upstream is accepted (its session is kept for the next one)."""
+        """After a handshake: None when the upstream is accepted (its session may serve the next one)."""
         refusal = self.cluster.check(ssl_object)
         if refusal is not None:
             return refusal
         if ssl_object.session_reused:
             self.resumed_handshakes += 1
         else:
+            # A full handshake: nothing was offered, or the upstream declined it (its ticket key changed, the
+            # session expired there): the next connection takes this one's session instead.
             self.full_handshakes += 1
+            self._session = self._session_context = None
         self._last = ssl_object
         return None
 
     def session_for(self, context: ssl.SSLContext) -> ssl.SSLSession | None:
-        """The session a new handshake with `context` may offer, or None (then it is a full handshake)."""
-        last = self._last
-        if last is not None and last.context is context:
+        """The session a new handshake with `context` may offer, or None (then it is a full handshake).
+
+        One session serves until it fails to resume or expires: reading a connection's session costs about
+        200 us (CPython copies it), more than half of what resuming saves."""
+        session = self._session
+        if session is not None and (self._session_context is not context
+                                    or session.time + session.timeout <= time.time()):
+            session = self._session = self._session_context = None  # rotated away, or expired
+        if session is None:
+            last = self._last
+            if last is None or last.context is not context:
+                return None
             fresh = last.session
             # A TLS 1.3 session resumes only with a ticket (sent after the handshake); TLS 1.2 by its id too.
-            if fresh is not None and (fresh.has_ticket or (fresh.id and last.version() == "TLSv1.2")):
-                self._session, self._session_context = fresh, context
-                if fresh.has_ticket:
-                    self._last = None  # the newest resumable session is kept; nothing more to read from it
-        session = self._session
-        if session is None or self._session_context is not context:
-            return None
-        if session.time + session.timeout <= time.time():
-            self._session = self._session_context = None  # expired: the upstream would refuse it anyway
-            return None
+            if fresh is None or not (fresh.has_ticket or (fresh.id and last.version() == "TLSv1.2")):
+                return None
+            session = self._session = fresh
+            self._session_context = context
+            self._last = None
         return session
 
     def snapshot(self) -> dict[str, object]:
         return {"full_handshakes": self.full_handshakes, "resumed_handshakes": self.resumed_handshakes}
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def _offer_sessions(context: ssl.SSLContext) -> None:

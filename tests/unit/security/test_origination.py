@@ -48,6 +48,7 @@ class TlsUpstream:
     port: int
     seen: list[Seen] = field(default_factory=list)
     names: list[str | None] = field(default_factory=list)
+    server: asyncio.Server | None = None
 
 
 @pytest.fixture
@@ -55,9 +56,9 @@ async def serve(pki: Pki) -> AsyncIterator[Any]:
     servers: list[asyncio.Server] = []
     writers: list[asyncio.StreamWriter] = []
 
-    async def start(name: str = "upstream", *, require_client_cert: bool = True) -> TlsUpstream:
+    async def start(name: str = "upstream", *, require_client_cert: bool = True, port: int = 0) -> TlsUpstream:
         context = upstream_context(pki, name, require_client_cert=require_client_cert)
-        upstream = TlsUpstream(0)
+        upstream = TlsUpstream(port)
 
         def on_sni(_obj: ssl.SSLObject, server_name: str | None, _ctx: ssl.SSLContext) -> None:
             upstream.names.append(server_name)
@@ -71,8 +72,9 @@ async def serve(pki: Pki) -> AsyncIterator[Any]:
                                       obj.selected_alpn_protocol(), upstream.names[-1] if upstream.names else None))
             writers.append(writer)
 
-        server = await asyncio.start_server(accept, "127.0.0.1", 0, ssl=context)
+        server = await asyncio.start_server(accept, "127.0.0.1", port, ssl=context)
         servers.append(server)
+        upstream.server = server
         upstream.port = server.sockets[0].getsockname()[1]
         return upstream
 
@@ -126,6 +128,24 @@ async def test_a_second_connection_resumes_the_endpoints_session(pki: Pki, serve
     assert [s.identity for s in upstream.seen] == [CLIENT_ID] * 3
     assert target.tls_snapshot() == {"full_handshakes": 1, "resumed_handshakes": 2}
     for conn in (first, second, third):
+        conn.close()
+
+
+async def test_a_session_the_upstream_declines_is_replaced_by_the_next_full_handshakes(pki: Pki,
+                                                                                    serve: Any) -> None:
+    first = await serve()
+    target = pool(first.port, origin(pki))
+    conns = [await connect(target), await connect(target)]
+    assert [s.resumed for s in first.seen] == [False, True]
+    for conn in conns:
+        conn.close()
+    assert first.server is not None
+    first.server.close()  # and another process takes the port: other ticket keys, so the ticket is no good
+    restarted = await serve(port=first.port)
+    conns = [await connect(target), await connect(target), await connect(target)]
+    assert [s.resumed for s in restarted.seen] == [False, True, True]
+    assert target.tls_snapshot() == {"full_handshakes": 2, "resumed_handshakes": 3}
+    for conn in conns:
         conn.close()
 
 
