@@ -27,6 +27,8 @@ from tests.integration.raw import RawHandler, RawUpstream, outbound_config
 from tests.pki import CLIENT_ID, OTHER_ID, UPSTREAM_ID, Pki, make_pki, upstream_context
 
 CLIENT_TIMEOUT = aiohttp.ClientTimeout(total=5)
+# On asyncio's loop and on uvloop, which the sidecar runs on (tests/conftest.py).
+LOOPS = ("asyncio", "uvloop")
 
 
 class TlsUpstream(RawUpstream):
