@@ -38,7 +38,8 @@ from proxy.http.settings import ServerSettings
 from proxy.outbound import build_router
 from proxy.routing.table import RouteTable
 from proxy.security.origination import ClusterOrigin
-from proxy.security.tls import TlsError
+from proxy.security.termination import TlsTermination, acceptor_factory
+from proxy.security.tls import ServerTls, TlsError
 from proxy.stages.path import RequestPath
 from proxy.stages.route import Router
 from proxy.telemetry.exposition import render_metrics
@@ -65,8 +66,6 @@ def unsupported_keys(config: Config) -> list[str]:
 def _unsupported_listener_keys(listener: ListenerConfig, where: str) -> list[str]:
     """`unsupported_keys` of one listener (and its routes), under its key path `where`."""
     found: list[str] = []
-    if listener.tls is not None:
-        found.append(f"{where}.tls")
     if listener.http.http2 is not None:
         found.append(f"{where}.http.http2")
     for j, route in enumerate(listener.routes):
@@ -156,6 +155,9 @@ class _Staged:
     updates: list[tuple[RequestPath, ServerSettings, Router, TracePropagator]] = dataclasses.field(
         default_factory=list)
     new_admin: tuple[AdminServer, int] | None = None
+    # Each TLS listener's termination (running ones kept where their `tls:` is unchanged), and the new ones.
+    tls: dict[str, TlsTermination] = dataclasses.field(default_factory=dict)
+    fresh_tls: list[TlsTermination] = dataclasses.field(default_factory=list)
 
 
 def _prepare(raw: bytes, path: Path, ports: Mapping[str, int]) -> _Prepared:
@@ -241,6 +243,12 @@ class App:
         self.metrics = Metrics(self.registry)
         self.clusters: dict[str, Cluster] = {}
         self.listeners: dict[str, RequestPath] = {}
+        # TLS listeners' terminations by listener name; each listener socket's protocol factory reads it per
+        # connection, so a reload can change a listener's TLS without rebinding it.
+        self.tls: dict[str, TlsTermination] = {}
+        self._tls_watches: dict[TlsTermination, asyncio.Task[None]] = {}
+        # How often TLS files are looked at for a rotation (tests shorten it).
+        self.tls_poll_interval = 1.0
         self.servers: dict[str, asyncio.Server] = {}
         self.bound: dict[str, tuple[str, int]] = {}
         self.admin: AdminServer | None = None
@@ -275,7 +283,8 @@ class App:
         if cluster.outlier is not None:
             tasks.append(asyncio.create_task(self._outlier_timer(cluster), name=f"outlier {cluster.name}"))
         if origin is not None:
-            tasks.append(asyncio.create_task(origin.material.watch(), name=f"tls files {cluster.name}"))
+            tasks.append(asyncio.create_task(origin.material.watch(self.tls_poll_interval),
+                                             name=f"tls watch cluster {cluster.name}"))
         if tasks:
             self._tasks.update(tasks)
             self._cluster_tasks[cluster] = tasks
@@ -298,7 +307,7 @@ class App:
         not_after = origin.material.not_after if isinstance(origin, ClusterOrigin) else None
         if not_after is not None:
             self.metrics.cert_expiry_of(name).set(not_after)
-        else:
+        elif name not in self.tls:  # the label names listeners too: a TLS listener of that name keeps its series
             with contextlib.suppress(KeyError):
                 self.metrics.cert_expiry.remove(name)
 
@@ -312,10 +321,36 @@ class App:
             table = RouteTable.from_config(listener_config.routes)
         return build_router(listener_config.name, table, clusters, self.metrics, self.clock)
 
+    def _make_tls(self, listener_config: ListenerConfig) -> TlsTermination | None:
+        """A TLS listener's termination, its files loaded and watched for rotation; raises TlsError."""
+        tls = listener_config.tls
+        if tls is None:
+            return None
+        name = listener_config.name
+        material = ServerTls(name, tls.cert, tls.key, tls.ca, tls.require_client_cert, self.metrics)
+        termination = TlsTermination(name, material, self.metrics)
+        task = asyncio.create_task(material.watch(self.tls_poll_interval), name=f"tls watch {name}")
+        self._tasks.add(task)
+        self._tls_watches[termination] = task
+        return termination
+
+    def _retire_tls(self, termination: TlsTermination, *, close: bool) -> None:
+        """A termination no longer in force: its watch stops; with `close`, its handshakes under way too."""
+        task = self._tls_watches.pop(termination, None)
+        if task is not None:
+            task.cancel()
+            self._tasks.discard(task)
+        if close:
+            termination.close()
+
     async def _bind(self, listener: RequestPath, address: Address) -> tuple[asyncio.Server, tuple[str, int]]:
         loop = asyncio.get_running_loop()
+        name = listener.name
+        # Per connection: straight to the HTTP codec, or through the listener's TLS handshake first.
+        factory = acceptor_factory(lambda: self.tls.get(name), create_protocol_factory(listener),
+                                   lambda: listener.settings.header_read_timeout)
         server = await loop.create_server(
-            create_protocol_factory(listener), address.host, address.port,
+            factory, address.host, address.port,
             reuse_address=True, reuse_port=self.reuse_port or None, backlog=1024)
         sock = server.sockets[0]
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -329,6 +364,9 @@ class App:
             self.clusters[cluster_config.name] = self._make_cluster(cluster_config)
         trace = self._make_trace(config)
         for listener_config in config.listeners:
+            termination = self._make_tls(listener_config)
+            if termination is not None:
+                self.tls[listener_config.name] = termination
             router = self._make_router(listener_config, self.clusters)
             listener = RequestPath(listener_config.name, server_settings(listener_config), router, trace,
                                         self.metrics, self.clock)
@@ -442,7 +480,7 @@ class App:
         except BindError as exc:
             self._refuse(digest, f"cannot bind {exc}")
             return False
-        except TlsError as exc:  # a changed cluster whose cert, key or CA cannot make a context
+        except TlsError as exc:  # a listener's or changed cluster's cert, key or CA files cannot be loaded
             self._refuse(digest, str(exc))
             return False
         except Exception:  # a bug building the new objects: _apply undid what it built, so refuse it
@@ -506,6 +544,14 @@ class App:
         """One listener of `_stage`: the running one, to be updated at the swap, when its address is the
         one it had (`previous` is its old config); otherwise a new one, bound now."""
         name = listener_config.name
+        running_tls = self.tls.get(name)
+        if running_tls is not None and previous is not None and previous.tls == listener_config.tls:
+            staged.tls[name] = running_tls  # the same files: the running material (and its watch) stays
+        else:
+            termination = self._make_tls(listener_config)
+            if termination is not None:
+                staged.tls[name] = termination
+                staged.fresh_tls.append(termination)
         router = self._make_router(listener_config, staged.clusters, table)
         settings = server_settings(listener_config)
         kept = self.listeners.get(name)
@@ -532,6 +578,8 @@ class App:
             server.close()
         for cluster in staged.fresh_clusters:
             self._retire_cluster(cluster)
+        for termination in staged.fresh_tls:
+            self._retire_tls(termination, close=True)
 
     def _swap(self, loaded: LoadedConfig, staged: _Staged) -> None:
         """Step 2 of `_apply`: each kept listener takes its new routes and settings from its next request on,
@@ -539,6 +587,11 @@ class App:
         for listener, settings, router, trace_propagator in staged.updates:
             listener.update(settings, router, trace_propagator)
         self.listeners, self.servers, self.clusters = staged.listeners, staged.servers, staged.clusters
+        old_tls, self.tls = self.tls, staged.tls
+        for name, termination in old_tls.items():
+            if staged.tls.get(name) is not termination:
+                # Replaced or removed: handshakes under way finish on it, new ones use the new config.
+                self._retire_tls(termination, close=name not in staged.listeners)
         self.bound = {**staged.bound, **({"admin": self.bound["admin"]} if "admin" in self.bound else {})}
         self.loaded = loaded
 
@@ -599,6 +652,8 @@ class App:
             await asyncio.sleep(config.drain_delay)
         for server in self.servers.values():
             server.close()
+        for termination in self.tls.values():
+            termination.close()
         every = [*self.listeners.values(), *self._draining_listeners]
         for listener in every:
             listener.drain()

@@ -162,24 +162,28 @@ class RequestBody:
 class RequestStream:
     """One downstream request and the response written back for it; the codec's exchange implements it.
 
-    The request path reads `head`, `body`, `peer_ip`, `peer_identity` and `started_at`, and stamps `request_id` (the edge
-    does); `response_started`, `response_done`, `response_status`, `aborted` and `bytes_out` say how far
-    the answer got. `task` is the handler task; `cancel_reason` and `cancel_reply` are the pending
-    cancellation (see `cancel`).
+    The request path reads `head`, `body`, `peer_ip`, `peer_identity`, `forwarded_client_cert` and `started_at`,
+    and stamps `request_id` (the edge does); `response_started`, `response_done`, `response_status`, `aborted`
+    and `bytes_out` say how far the answer got. `task` is the handler task; `cancel_reason` and `cancel_reply`
+    are the pending cancellation (see `cancel`).
     """
 
-    __slots__ = ("aborted", "body", "bytes_out", "cancel_reason", "cancel_reply", "expect_continue", "head",
-                 "peer_identity", "peer_ip", "request_id", "response_done", "response_started", "response_status",
-                 "started_at", "task", "upstream_reader", "websocket")
+    __slots__ = ("aborted", "body", "bytes_out", "cancel_reason", "cancel_reply", "expect_continue",
+                 "forwarded_client_cert", "head", "peer_identity", "peer_ip", "request_id", "response_done",
+                 "response_started", "response_status", "started_at", "task", "upstream_reader", "websocket")
 
-    def __init__(self, head: RequestHead, body: RequestBody | None, peer_ip: bytes, started_at: float) -> None:
+    def __init__(self, head: RequestHead, body: RequestBody | None, peer_ip: bytes, started_at: float,
+                 peer_identity: str = "", forwarded_client_cert: bytes = b"") -> None:
         self.head = head
         self.body = body
         self.request_id = b""
         self.peer_ip = peer_ip
         # The caller's verified identity (a SPIFFE ID from its client certificate, read once per connection by
         # a TLS listener; "" without one), for routing, authorization, rate-limit keys and the record.
-        self.peer_identity = ""
+        self.peer_identity = peer_identity
+        # The `x-forwarded-client-cert` value the edge gives this request (made once per connection by an
+        # mTLS listener; b"": none, and any copy the client sent is removed all the same).
+        self.forwarded_client_cert = forwarded_client_cert
         self.started_at = started_at
         # Capabilities of HTTP/1 requests: the client waits for `100 Continue`; a WebSocket handshake.
         self.expect_continue = False

@@ -1,11 +1,13 @@
-"""Test certificates from the dev CA tooling (proxy.security.certs), and TLS servers' contexts, for the tests
-of mTLS origination (unit and integration alike)."""
+"""A throwaway PKI for TLS tests: a development CA (`proxy.security.certs`, what `sidecar certs` runs) and the
+certificates tests need, including the ones `sidecar certs issue` refuses to make (expired, from another CA,
+without a SPIFFE ID); and the set and server context the mTLS origination tests use (`make_pki`,
+`upstream_context`)."""
 
 from __future__ import annotations
 
 import datetime as dt
+import os
 import ssl
-from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
@@ -15,16 +17,19 @@ from cryptography.x509.oid import NameOID
 
 from proxy.security.certs import init_ca, issue
 
-UPSTREAM_ID = "spiffe://cluster.local/ns/shop/sa/checkout"
-CLIENT_ID = "spiffe://cluster.local/ns/shop/sa/frontend"
-OTHER_ID = "spiffe://cluster.local/ns/shop/sa/impostor"
+TRUST_DOMAIN = "cluster.local"
 
 
-@dataclass(frozen=True)
+def spiffe(service_account: str, namespace: str = "shop") -> str:
+    return f"spiffe://{TRUST_DOMAIN}/ns/{namespace}/sa/{service_account}"
+
+
 class Pki:
-    """A dev CA and workload certificates in a tmp dir (paths as strings, as configs name them)."""
+    """A CA in `root/ca` and leaves issued by it as `root/<name>.pem` + `root/<name>-key.pem`."""
 
-    root: Path
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        init_ca(root / "ca", TRUST_DOMAIN)
 
     @property
     def ca(self) -> str:
@@ -36,47 +41,97 @@ class Pki:
     def key(self, name: str) -> str:
         return str(self.root / f"{name}-key.pem")
 
+    def leaf(self, name: str, spiffe_id: str, dns_names: list[str] | None = None) -> tuple[str, str]:
+        """Issue (or re-issue, replacing the files by rename) `name`'s certificate and key."""
+        files = issue(self.root / "ca", spiffe_id, self.root / name, dns_names=dns_names)
+        return str(files.cert), str(files.key)
+
+    def foreign(self, name: str, spiffe_id: str) -> tuple[str, str]:
+        """A certificate for `spiffe_id` from another CA (same trust domain name, different key)."""
+        other = self.root / "other-ca"
+        if not (other / "ca.pem").exists():
+            init_ca(other, TRUST_DOMAIN)
+        files = issue(other, spiffe_id, self.root / name)
+        return str(files.cert), str(files.key)
+
+    def expired(self, name: str, spiffe_id: str) -> tuple[str, str]:
+        """A certificate from this CA that expired yesterday."""
+        ca_cert = x509.load_pem_x509_certificate((self.root / "ca" / "ca.pem").read_bytes())
+        ca_key = serialization.load_pem_private_key((self.root / "ca" / "ca-key.pem").read_bytes(), None)
+        assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
+        key = ec.generate_private_key(ec.SECP256R1())
+        now = dt.datetime.now(dt.UTC)
+        cert = (x509.CertificateBuilder().subject_name(x509.Name([])).issuer_name(ca_cert.subject)
+                .public_key(key.public_key()).serial_number(x509.random_serial_number())
+                .not_valid_before(now - dt.timedelta(days=10)).not_valid_after(now - dt.timedelta(days=1))
+                .add_extension(x509.SubjectAlternativeName([x509.UniformResourceIdentifier(spiffe_id)]),
+                               critical=False)
+                .sign(ca_key, hashes.SHA256()))
+        cert_path, key_path = self.root / f"{name}.pem", self.root / f"{name}-key.pem"
+        cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                               serialization.NoEncryption()))
+        return str(cert_path), str(key_path)
+
+    def nameless(self, name: str) -> tuple[str, str]:
+        """A certificate from this CA with a DNS name and no SPIFFE ID (no URI SAN)."""
+        ca_cert = x509.load_pem_x509_certificate((self.root / "ca" / "ca.pem").read_bytes())
+        ca_key = serialization.load_pem_private_key((self.root / "ca" / "ca-key.pem").read_bytes(), None)
+        assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
+        key = ec.generate_private_key(ec.SECP256R1())
+        now = dt.datetime.now(dt.UTC)
+        cert = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+                .issuer_name(ca_cert.subject).public_key(key.public_key())
+                .serial_number(x509.random_serial_number())
+                .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=1))
+                .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+                .add_extension(x509.SubjectAlternativeName([x509.DNSName(f"{name}.shop")]), critical=False)
+                .sign(ca_key, hashes.SHA256()))
+        cert_path, key_path = self.root / f"{name}.pem", self.root / f"{name}-key.pem"
+        cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                               serialization.NoEncryption()))
+        return str(cert_path), str(key_path)
+
+    def mounted(self, mount: Path, name: str, version: str) -> tuple[str, str]:
+        """Put `name`'s files in a Kubernetes Secret volume layout (`mount/tls.crt -> ..data/tls.crt`,
+        `..data -> ..<version>`), swapping `..data` atomically when the mount already exists, as the kubelet
+        does. Returns the stable paths."""
+        target = mount / f"..{version}"
+        target.mkdir(parents=True)
+        (target / "tls.crt").write_bytes((self.root / f"{name}.pem").read_bytes())
+        (target / "tls.key").write_bytes((self.root / f"{name}-key.pem").read_bytes())
+        for link in ("tls.crt", "tls.key"):
+            if not (mount / link).is_symlink():
+                (mount / link).symlink_to(Path("..data") / link)
+        (mount / "..data_tmp").symlink_to(target.name)
+        os.replace(mount / "..data_tmp", mount / "..data")
+        return str(mount / "tls.crt"), str(mount / "tls.key")
+
+
+# -- mTLS origination ------------------------------------------------------------------------------------------
+
+UPSTREAM_ID = spiffe("checkout")
+CLIENT_ID = spiffe("frontend")
+OTHER_ID = spiffe("impostor")
+
 
 def make_pki(root: Path) -> Pki:
     """CA `ca/`; `upstream` (UPSTREAM_ID), `client` (CLIENT_ID), `impostor` (OTHER_ID, same CA); `foreign`
-    (UPSTREAM_ID, signed by another CA, `other-ca/`); `nameless` (same CA, a DNS SAN and no SPIFFE ID)."""
-    init_ca(root / "ca")
-    issue(root / "ca", UPSTREAM_ID, root / "upstream", dns_names=["checkout.shop"])
-    issue(root / "ca", CLIENT_ID, root / "client")
-    issue(root / "ca", OTHER_ID, root / "impostor")
-    init_ca(root / "other-ca")
-    issue(root / "other-ca", UPSTREAM_ID, root / "foreign")
-    _issue_without_spiffe_id(root / "ca", root / "nameless")
-    return Pki(root)
-
-
-def _issue_without_spiffe_id(ca_dir: Path, prefix: Path) -> None:
-    ca_cert = x509.load_pem_x509_certificate((ca_dir / "ca.pem").read_bytes())
-    ca_key = serialization.load_pem_private_key((ca_dir / "ca-key.pem").read_bytes(), password=None)
-    assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "nameless")]))
-        .issuer_name(ca_cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName("nameless.shop")]), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    prefix.with_name(prefix.name + ".pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    prefix.with_name(prefix.name + "-key.pem").write_bytes(key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    (UPSTREAM_ID, signed by another CA); `nameless` (same CA, a DNS SAN and no SPIFFE ID)."""
+    pki = Pki(root)
+    pki.leaf("upstream", UPSTREAM_ID, dns_names=["checkout.shop"])
+    pki.leaf("client", CLIENT_ID)
+    pki.leaf("impostor", OTHER_ID)
+    pki.foreign("foreign", UPSTREAM_ID)
+    pki.nameless("nameless")
+    return pki
 
 
 def upstream_context(pki: Pki, name: str = "upstream", *, require_client_cert: bool = True,
                      alpn: tuple[str, ...] = ("h2", "http/1.1")) -> ssl.SSLContext:
     """A TLS server's context serving `name`'s certificate, requiring (or not) a client certificate from the
-    dev CA. It offers `h2` first: a client that gets `http/1.1` did not offer `h2`."""
+    CA. It offers `h2` first: a client that gets `http/1.1` did not offer `h2`."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(pki.cert(name), pki.key(name))
     context.load_verify_locations(pki.ca)

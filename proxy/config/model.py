@@ -13,7 +13,17 @@ import re
 from typing import Annotated, Any, Literal
 
 import re2
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    field_validator,
+    model_validator,
+)
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)\s*$")
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
@@ -228,6 +238,8 @@ class RouteMatchConfig(_Model):
     headers: dict[str, StringMatcherConfig] = Field(default_factory=dict)
     query: dict[str, StringMatcherConfig] = Field(default_factory=dict)
     methods: list[str] | None = None
+    # The caller's SPIFFE ID (verified client certificate on a TLS listener; absent without one).
+    peer_identity: StringMatcherConfig | None = None
 
     @model_validator(mode="after")
     def _one_path_kind(self) -> RouteMatchConfig:
@@ -324,10 +336,27 @@ class RateLimitKeyConfig(_Model):
     header: str
 
 
+# `rate_limit.key: peer_identity`: one bucket per caller SPIFFE ID.
+PEER_IDENTITY_KEY = "peer_identity"
+
+
+def _rate_limit_key_kind(value: Any) -> str:
+    # Which form the user meant, so that only its errors are reported (a typo in `peer_identity` is not
+    # also "must be a mapping", nor is a bad mapping also "must be 'peer_identity'").
+    return "name" if isinstance(value, str) else "header"
+
+
+RateLimitKey = Annotated[
+    Annotated[RateLimitKeyConfig, Tag("header")] | Annotated[Literal["peer_identity"], Tag("name")],
+    Discriminator(_rate_limit_key_kind),
+]
+
+
 class RateLimitConfig(_Model):
     requests_per_second: float = Field(gt=0)
     burst: int = Field(gt=0)
-    key: RateLimitKeyConfig | None = None
+    # {header: name}: one bucket per value of that header; `peer_identity`: one per caller SPIFFE ID.
+    key: RateLimitKey | None = None
     max_keys: int = Field(default=10000, ge=1)
 
 

@@ -2,7 +2,8 @@
 
 Owns: routes and splits naming existing clusters, unique listener / route / cluster names, listener and
 admin addresses that do not collide, readable TLS files, per-try timeouts that fit in the route timeout,
-header rules and rewrites that their owners (proxy.filters) can compile.
+header rules and rewrites that their owners (proxy.filters) can compile, and caller identities used only
+where a listener can have them (`match.peer_identity`, `rate_limit.key: peer_identity`).
 Each finding is an `Issue` located by key path; `load.py` turns the path into a file line.
 
 Must not: parse YAML, know line numbers, repeat per-field checks (those live in `model.py`), or open
@@ -15,7 +16,7 @@ from collections.abc import Collection, Iterator
 from pathlib import Path
 from typing import NamedTuple
 
-from proxy.config.model import Address, Config
+from proxy.config.model import PEER_IDENTITY_KEY, Address, Config
 
 __all__ = ["Issue", "Loc", "cross_check"]
 
@@ -48,7 +49,23 @@ def cross_check(config: Config, base_dir: str | Path, *, assume_clusters: Collec
     issues += _tls_files(config, base)
     issues += _timeouts(config)
     issues += _route_rules(config)
+    issues += _peer_identity_uses(config)
     return issues
+
+
+def _peer_identity_uses(config: Config) -> Iterator[Issue]:
+    # A caller has an identity only on a TLS listener that verifies client certificates (`tls.ca`): elsewhere
+    # a `match.peer_identity` never holds and a `rate_limit.key: peer_identity` puts everyone in one bucket.
+    for index, listener in enumerate(config.listeners):
+        if listener.tls is not None and listener.tls.ca is not None:
+            continue
+        for route_index, route in enumerate(listener.routes):
+            where: Loc = ("listeners", index, "routes", route_index)
+            why = "this listener verifies no client certificates (it needs tls with ca), so callers have no identity"
+            if route.match.peer_identity is not None:
+                yield Issue((*where, "match", "peer_identity"), why)
+            if route.rate_limit is not None and route.rate_limit.key == PEER_IDENTITY_KEY:
+                yield Issue((*where, "rate_limit", "key"), why)
 
 
 def _route_rules(config: Config) -> Iterator[Issue]:

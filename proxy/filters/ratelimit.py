@@ -3,7 +3,8 @@
 Owns the meaning of a route's `rate_limit`: a bucket of `burst` tokens that starts full and refills at
 `requests_per_second`; each request takes one token; an empty bucket answers with the seconds until the
 next token, which the caller turns into 429 + `Retry-After` (see `retry_after`). With `key: {header: h}`,
-each distinct value of header `h` gets its own bucket, kept in an LRU bounded by `max_keys`.
+each distinct value of header `h` gets its own bucket, kept in an LRU bounded by `max_keys`; with
+`key: peer_identity`, each caller SPIFFE ID (from its verified client certificate) does.
 
 Refill is continuous and lazy (computed from elapsed time when a request arrives), not Envoy's discrete
 `fill_interval` ticks: the same long-run rate and burst, without a timer, and with an exact wait for
@@ -22,7 +23,7 @@ import math
 from collections import OrderedDict
 
 from proxy.clock import Clock
-from proxy.config.model import RateLimitConfig
+from proxy.config.model import PEER_IDENTITY_KEY, RateLimitConfig
 
 # Continuous refill accumulates float error: after exactly 1/rate seconds an empty bucket may hold
 # 0.9999999999 tokens. Admitting within this tolerance keeps "one token per 1/rate seconds" exact.
@@ -78,19 +79,20 @@ class TokenBucket:
 
 
 class RateLimiter:
-    """A route's rate limit: one shared bucket, or one bucket per value of a header (LRU-bounded).
+    """A route's rate limit: one shared bucket, or one bucket per value of a header or per caller identity
+    (LRU-bounded).
 
-    Keyed mode: requests *without* the header share one bucket of their own (never evicted), so leaving
-    the header out neither escapes the limit nor lets anonymous callers spend named callers' buckets. A
-    header that appears more than once is keyed by its first value. A bucket dropped from the LRU comes
-    back full; a bucket idle for `burst / rate` seconds is full anyway, so `max_keys` above the number of
-    clients active within that time loses nothing.
+    Keyed mode: requests *without* the header (or without an identity) share one bucket of their own (never
+    evicted), so leaving the header out neither escapes the limit nor lets anonymous callers spend named
+    callers' buckets. A header that appears more than once is keyed by its first value. A bucket dropped
+    from the LRU comes back full; a bucket idle for `burst / rate` seconds is full anyway, so `max_keys`
+    above the number of clients active within that time loses nothing.
     """
 
-    __slots__ = ("_buckets", "_burst", "_clock", "_header", "_max_keys", "_rate", "_shared")
+    __slots__ = ("_buckets", "_burst", "_by_identity", "_clock", "_header", "_max_keys", "_rate", "_shared")
 
     def __init__(self, rate_per_second: float, burst: int, clock: Clock, header: bytes | None = None,
-                 max_keys: int = 10000) -> None:
+                 max_keys: int = 10000, by_identity: bool = False) -> None:
         if max_keys < 1:
             raise ValueError(f"max_keys must be at least 1 (got {max_keys})")
         self._rate = rate_per_second
@@ -98,14 +100,21 @@ class RateLimiter:
         self._clock = clock
         # Header names arrive lower-cased from the codec; compare bytes without decoding.
         self._header = header.lower() if header is not None else None
+        if by_identity and header is not None:
+            raise ValueError("a rate limit is keyed by a header or by the peer identity, not both")
+        self._by_identity = by_identity
         self._max_keys = max_keys
-        # Unkeyed: the route's bucket. Keyed: the bucket of requests without the header.
+        # Unkeyed: the route's bucket. Keyed: the bucket of requests without the header (or identity).
         self._shared = TokenBucket(rate_per_second, burst, clock)
-        self._buckets: OrderedDict[bytes, TokenBucket] = OrderedDict()
+        # Keys are header values (bytes) or caller identities (str): one limiter has only one kind.
+        self._buckets: OrderedDict[bytes | str, TokenBucket] = OrderedDict()
 
     @classmethod
     def from_config(cls, config: RateLimitConfig, clock: Clock) -> RateLimiter:
-        header = config.key.header.lower().encode("latin-1") if config.key is not None else None
+        key = config.key
+        if key == PEER_IDENTITY_KEY:
+            return cls(config.requests_per_second, config.burst, clock, None, config.max_keys, by_identity=True)
+        header = key.header.lower().encode("latin-1") if key is not None and not isinstance(key, str) else None
         return cls(config.requests_per_second, config.burst, clock, header, config.max_keys)
 
     @property
@@ -114,21 +123,29 @@ class RateLimiter:
         return self._header
 
     @property
+    def keyed_by_identity(self) -> bool:
+        """Whether each caller identity has its own bucket."""
+        return self._by_identity
+
+    @property
     def key_count(self) -> int:
-        """Distinct header values holding a bucket (the no-header bucket not included)."""
+        """Distinct header values (or identities) holding a bucket (the shared bucket not included)."""
         return len(self._buckets)
 
-    def check(self, headers: list[tuple[bytes, bytes]]) -> float:
-        """One request: 0.0 when admitted, else seconds until its bucket has a token (see `retry_after`)."""
+    def check(self, headers: list[tuple[bytes, bytes]], peer_identity: str = "") -> float:
+        """One request (with these headers, from a caller with this SPIFFE ID, "" for none): 0.0 when
+        admitted, else seconds until its bucket has a token (see `retry_after`)."""
         name = self._header
         if name is None:
+            if self._by_identity and peer_identity:
+                return self._take_keyed(peer_identity)
             return self._shared.try_take()
         for header, value in headers:
             if header == name:
                 return self._take_keyed(value)
         return self._shared.try_take()
 
-    def _take_keyed(self, value: bytes) -> float:
+    def _take_keyed(self, value: bytes | str) -> float:
         buckets = self._buckets
         bucket = buckets.get(value)
         if bucket is None:
@@ -147,6 +164,7 @@ class RateLimiter:
             "requests_per_second": self._rate,
             "burst": self._burst,
             "key_header": self._header.decode("latin-1") if self._header is not None else None,
+            "key_peer_identity": self._by_identity,
             "keys": len(self._buckets),
             "max_keys": self._max_keys,
         }

@@ -4,8 +4,9 @@ and the wire bytes of heads and chunked framing.
 Owns what a proxy must not forward (RFC 9110 section 7.6.1, as the user contract lists it: Connection and the
 headers it names, Keep-Alive, TE other than `te: trailers`, Transfer-Encoding, Upgrade, Proxy-*; the
 `Trailer` header that announces trailer fields is forwarded with them), which fields a trailer section
-may carry, `x-forwarded-for` / `x-forwarded-proto`, `x-request-id`, and the byte layout of request and
-response heads and of chunks (the one place chunked framing is written). Must not know routes or policy.
+may carry, `x-forwarded-for` / `x-forwarded-proto`, `x-forwarded-client-cert`, `x-request-id`, and the byte
+layout of request and response heads and of chunks (the one place chunked framing is written). Must not know
+routes or policy.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ NOT_IN_TRAILERS: frozenset[bytes] = HOP_BY_HOP | {b"content-length", b"host", b"
 X_REQUEST_ID = b"x-request-id"
 X_FORWARDED_FOR = b"x-forwarded-for"
 X_FORWARDED_PROTO = b"x-forwarded-proto"
+# The caller's verified identity, as an mTLS listener vouches for it (Envoy's XFCC): never taken from a client.
+X_FORWARDED_CLIENT_CERT = b"x-forwarded-client-cert"
 
 
 # Final: compiled, a Final constant is a static read, a plain global a dict lookup per use.
@@ -61,12 +64,15 @@ def stamp_request_id(headers: Headers, rng: random.Random | None = None) -> byte
     return _one_request_id(headers, found, count, rng)
 
 
-def stamp_edge_headers(headers: Headers, peer_ip: bytes, proto: bytes, rng: random.Random | None = None) -> bytes:
+def stamp_edge_headers(headers: Headers, peer_ip: bytes, proto: bytes, rng: random.Random | None = None,
+                       client_cert: bytes = b"") -> bytes:
     """The edge's one pass over a request's headers: `x-forwarded-for` gets the peer appended,
-    `x-forwarded-proto` is kept or set to the listener's scheme, and exactly one `x-request-id` is left
-    (as `stamp_request_id`), whose value is returned."""
+    `x-forwarded-proto` is kept or set to the listener's scheme, every `x-forwarded-client-cert` the client
+    sent is removed and `client_cert` (the connection's own, b"" for none) added, and exactly one
+    `x-request-id` is left (as `stamp_request_id`), whose value is returned."""
     forwarded_for = -1
     has_proto = False
+    client_certs = False
     found = b""
     count = 0
     # Indexing, not enumerate(): compiled, enumerate builds an (index, item) tuple per header.
@@ -80,12 +86,19 @@ def stamp_edge_headers(headers: Headers, peer_ip: bytes, proto: bytes, rng: rand
             forwarded_for = index
         elif name == X_FORWARDED_PROTO:
             has_proto = True
+        elif name == X_FORWARDED_CLIENT_CERT:
+            client_certs = True
     if forwarded_for >= 0:
         headers[forwarded_for] = (X_FORWARDED_FOR, headers[forwarded_for][1] + b", " + peer_ip)
     elif peer_ip:
         headers.append((X_FORWARDED_FOR, peer_ip))
     if not has_proto:
         headers.append((X_FORWARDED_PROTO, proto))
+    if client_certs:
+        # A client's claim to an identity: never forwarded (CONTRACT: every listener removes it).
+        headers[:] = [field for field in headers if field[0] != X_FORWARDED_CLIENT_CERT]
+    if client_cert:
+        headers.append((X_FORWARDED_CLIENT_CERT, client_cert))
     return _one_request_id(headers, found, count, rng)
 
 

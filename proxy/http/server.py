@@ -201,7 +201,7 @@ class Exchange(RequestStream):
 
     def __init__(self, conn: ServerConnection, head: RequestHead, body: Http1RequestBody | None,
                  started_at: float, keep_alive: bool = True, http_minor: int = 1) -> None:
-        super().__init__(head, body, conn.peer_ip, started_at)
+        super().__init__(head, body, conn.peer_ip, started_at, conn.peer_identity, conn.forwarded_client_cert)
         # The same body as `body`, typed as the codec's own (which it feeds and ends).
         self.h1_body = body
         self.conn = conn
@@ -366,6 +366,7 @@ class ServerConnection(asyncio.Protocol):
         "_headers",
         "_in_head",
         "_in_trailers",
+        "_keep_half_open",
         "_loop",
         "_paused_at",
         "_pending",
@@ -383,10 +384,12 @@ class ServerConnection(asyncio.Protocol):
         "_url",
         "active",
         "draining",
+        "forwarded_client_cert",
         "idle_since",
         "listener",
         "now",
         "parser",
+        "peer_identity",
         "peer_ip",
         "transport",
         "write_paused",
@@ -400,6 +403,14 @@ class ServerConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpRequestParser(self)
         self.peer_ip = b""
+        # Set by a TLS listener's acceptor before connection_made (proxy.security.termination): the peer's
+        # SPIFFE ID and the `x-forwarded-client-cert` value, read once per connection, given to every request.
+        self.peer_identity = ""
+        self.forwarded_client_cert = b""
+        # What eof_received answers when this protocol closes the connection itself: True (keep the socket
+        # open until we close it) on TCP; None under TLS, where a close_notify ends the connection whatever the
+        # answer (uvloop warns about a True there). connection_made decides.
+        self._keep_half_open: bool | None = True
         self._url = b""
         self._headers: Headers = []
         self._head_bytes = 0
@@ -441,6 +452,8 @@ class ServerConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
         self.transport = cast(asyncio.Transport, transport)
+        if transport.get_extra_info("sslcontext") is not None:
+            self._keep_half_open = None
         peer = transport.get_extra_info("peername")
         if peer:
             self.peer_ip = str(peer[0]).encode()
@@ -548,7 +561,7 @@ class ServerConnection(asyncio.Protocol):
         if self._tunnel is not None:
             # Half-close travels through the tunnel; the connection ends when the upstream side closes.
             self._tunnel.tunnel_eof()
-            return True
+            return self._keep_half_open
         active = self.active
         if (active is not None and not active.response_done) or self._queue:
             # TCP cannot tell a half-close from a close, and a client that closed must not hold an upstream
@@ -562,7 +575,7 @@ class ServerConnection(asyncio.Protocol):
         # Nothing pending: close after flushing what was already written (close() resets the socket if the
         # flush does not finish within the stream idle timeout).
         self.close()
-        return True
+        return self._keep_half_open
 
     def _client_gone(self, how: str) -> None:
         """The client left: cancel the running handler (its upstream request with it), drop queued ones."""

@@ -10,6 +10,8 @@ Owns the meaning of every match condition (the user contract, "Semantics users r
 - `methods` lists the methods that match (HTTP methods are case-sensitive; the config upper-cases them);
 - `headers` / `query` map a name to a value matcher; `{present: false}` means absent; repeated headers are
   joined with "," before matching (as Envoy does); for query parameters the first value wins;
+- `peer_identity` is a value matcher on the caller's SPIFFE ID, which a TLS listener read from the client
+  certificate once per connection (absent, for `{present: false}`, when the caller has none);
 - all conditions of one match must hold.
 
 Must not: allocate per request beyond what a condition needs (no query parsing unless a route has query
@@ -138,6 +140,7 @@ class RouteMatcher:
         "_path",
         "_path_kind",
         "_path_regex",
+        "_peer",
         "_query",
         "_wildcard",
     )
@@ -162,6 +165,8 @@ class RouteMatcher:
         # Empty tuples become None so the hot path tests one attribute for "nothing to check".
         self._headers = headers or None
         self._query = query or None
+        # The caller identity condition (set by from_config; None: any caller, with an identity or without).
+        self._peer: ValueMatcher | None = None
 
     @classmethod
     def from_config(cls, match: RouteMatchConfig, *, check_host: bool = True) -> RouteMatcher:
@@ -191,7 +196,7 @@ class RouteMatcher:
             (name.lower().encode("latin-1"), ValueMatcher.from_config(m)) for name, m in match.headers.items()
         )
         query = tuple((name, ValueMatcher.from_config(m)) for name, m in match.query.items())
-        return cls(
+        matcher = cls(
             host=host,
             wildcard=wildcard,
             path_kind=path_kind,
@@ -200,6 +205,9 @@ class RouteMatcher:
             headers=headers,
             query=query,
         )
+        if match.peer_identity is not None:
+            matcher._peer = ValueMatcher.from_config(match.peer_identity)
+        return matcher
 
     @property
     def needs_query(self) -> bool:
@@ -216,9 +224,10 @@ class RouteMatcher:
             return authority.endswith(host) and len(authority) > len(host)
         return authority == host
 
-    def matches(self, head: RequestHead, query: QueryParams | None = None) -> bool:
+    def matches(self, head: RequestHead, query: QueryParams | None = None, peer_identity: str = "") -> bool:
         """True when every condition holds. `query` is the request's shared lazy query view; when None and
-        this route has query matchers, one is made here (correct, but parses again for each such route)."""
+        this route has query matchers, one is made here (correct, but parses again for each such route).
+        `peer_identity` is the caller's SPIFFE ID ("" without one)."""
         # Cheapest and most selective checks first; each is skipped by one attribute test when absent.
         methods = self._methods
         if methods is not None and head.method not in methods:
@@ -239,6 +248,8 @@ class RouteMatcher:
                 if not self._path_regex.fullmatch(head.path):
                     return False
         if self._headers is not None and not _headers_match(head, self._headers):
+            return False
+        if self._peer is not None and not self._peer.matches(peer_identity or None):
             return False
         return self._query is None or _query_matches(head, self._query, query)
 

@@ -20,7 +20,7 @@ from proxy.message import RequestHead
 from proxy.routing.match import QueryParams, RouteMatcher, host_name
 from proxy.routing.split import Split
 
-_MatchFn = Callable[[RequestHead, QueryParams | None], bool]
+_MatchFn = Callable[[RequestHead, QueryParams | None, str], bool]
 # (needs a shared QueryParams, ((bound matches, route), ...)): one tuple so `find` does a single dict lookup.
 _Candidates = tuple[bool, tuple[tuple[_MatchFn, "CompiledRoute"], ...]]
 
@@ -80,13 +80,14 @@ class RouteTable:
     def from_config(cls, routes: Sequence[RouteConfig]) -> RouteTable:
         return cls([CompiledRoute(route, index) for index, route in enumerate(routes)])
 
-    def find(self, head: RequestHead) -> CompiledRoute | None:
-        """The first route, in config order, whose match holds for `head`; None means "no route" (404)."""
+    def find(self, head: RequestHead, peer_identity: str = "") -> CompiledRoute | None:
+        """The first route, in config order, whose match holds for `head` from a caller with `peer_identity`
+        (its SPIFFE ID, "" without one); None means "no route" (404)."""
         needs_query, entries = self._by_host.get(head.authority, self._fallback)
         # One lazy view per request, shared by all candidates, so the query is parsed at most once.
         query = QueryParams(head.query) if needs_query else None
         for matches, route in entries:
-            if matches(head, query):
+            if matches(head, query, peer_identity):
                 return route
         return None
 

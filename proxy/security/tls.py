@@ -108,8 +108,11 @@ _REASONS: Final = {
 }
 
 
-class TlsError(Exception):
-    """Cert, key or CA files that cannot make a context; `str()` names the files and what is wrong."""
+class TlsError(OSError):
+    """Cert, key or CA files that cannot make a context; `str()` names the files and what is wrong.
+
+    An OSError, as a socket that cannot be bound is: whoever starts listeners and clusters reports either
+    as "cannot start: ..." in one line."""
 
 
 def _policy(protocol: int) -> ssl.SSLContext:

@@ -3,9 +3,11 @@
 Owns, in this order: the listener's cap on requests in flight (a 503 before any work); the request id
 (the client's one `x-request-id`, else a new one: every answer, local ones included, carries it); the
 trace context (extracted once, so local replies can be traced too); and the forwarding headers
-(`x-forwarded-for` gets the peer, `x-forwarded-proto` the listener's scheme unless present), added
-before the route's hooks and header rules as Envoy's connection manager does, so those see what the
-upstream will. Must not route or answer for anything but the cap.
+(`x-forwarded-for` gets the peer, `x-forwarded-proto` the listener's scheme unless present, and
+`x-forwarded-client-cert` is removed from what the client sent and, on an mTLS listener, set to the value
+the connection's handshake produced: the caller's identity as this sidecar verified it, made once per
+connection, not per request), added before the route's hooks and header rules as Envoy's connection
+manager does, so those see what the upstream will. Must not route or answer for anything but the cap.
 """
 
 from __future__ import annotations
@@ -41,7 +43,8 @@ class Edge:
         """The request id, the trace context and the forwarding headers, once per logical request."""
         stream = ctx.stream
         headers = stream.head.headers
-        stream.request_id = stamp_edge_headers(headers, stream.peer_ip, self.forwarded_proto, self.rng)
+        stream.request_id = stamp_edge_headers(headers, stream.peer_ip, self.forwarded_proto, self.rng,
+                                               stream.forwarded_client_cert)
         trace = self.trace.extract(headers)
         ctx.trace = trace
         ctx.tracer = self.trace

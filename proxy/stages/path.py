@@ -96,7 +96,7 @@ class RequestPath:
         try:
             edge.enter(ctx)
             head = stream.head
-            route = router.table.find(head)
+            route = router.table.find(head, stream.peer_identity)
             if route is None:
                 ctx.answer(local_reply(Cause.NO_ROUTE, f"no route for {head.authority or '-'}{head.path}"))
             else:

@@ -138,7 +138,8 @@ class RouteStage:
             if reply is not None:
                 return reply
         if self.rate_limiter is not None:
-            wait = self.rate_limiter.check(ctx.stream.head.headers)
+            stream = ctx.stream
+            wait = self.rate_limiter.check(stream.head.headers, stream.peer_identity)
             if wait:
                 if self.rate_limited is not None:
                     self.rate_limited.inc()

@@ -12,7 +12,7 @@ import aiohttp
 import pytest
 
 from tests.integration.upstreams import start_upstream
-from tests.pki import make_pki
+from tests.pki import Pki, spiffe
 
 
 def config(upstream: str) -> str:
@@ -109,9 +109,10 @@ async def test_admin_refuses_dns_names_and_state_changes_from_browsers(sidecar) 
 
 
 async def test_config_dump_redacts_header_values_and_key_files(sidecar, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    pki = make_pki(tmp_path / "pki")  # the cluster's TLS loads its files
-    for name, source in (("c.pem", pki.cert("client")), ("k.pem", pki.key("client")), ("ca.pem", pki.ca)):
-        shutil.copy(source, tmp_path / name)
+    pki = Pki(tmp_path / "pki")  # the listener's TLS is built: real material, under the names the config uses
+    pki.leaf("c", spiffe("api"))
+    for name, source in (("c.pem", "c.pem"), ("k.pem", "c-key.pem"), ("ca.pem", "ca/ca.pem")):
+        (tmp_path / name).write_bytes((pki.root / source).read_bytes())
     running = await sidecar("""
     admin: {address: "127.0.0.1:0", config_dump: {public_headers: [X-Version]}}
     listeners:

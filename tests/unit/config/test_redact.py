@@ -146,6 +146,9 @@ SHOWN = {
     "listeners[].name", "listeners[].address", "listeners[].tls.cert", "listeners[].tls.ca",
     "listeners[].routes[].name", "listeners[].routes[].match.host", "listeners[].routes[].match.exact",
     "listeners[].routes[].match.prefix", "listeners[].routes[].match.regex", "listeners[].routes[].match.methods[]",
+    # SPIFFE IDs name workloads; they are not credentials (the certificate and its key are).
+    "listeners[].routes[].match.peer_identity.exact", "listeners[].routes[].match.peer_identity.prefix",
+    "listeners[].routes[].match.peer_identity.regex",
     "listeners[].routes[].cluster", "listeners[].routes[].split[].cluster", "listeners[].routes[].retries.on[]",
     "listeners[].routes[].rate_limit.key.header", "listeners[].routes[].headers.request.remove[]",
     "listeners[].routes[].headers.response.remove[]", "listeners[].routes[].rewrite.prefix",

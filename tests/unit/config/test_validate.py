@@ -272,3 +272,51 @@ def test_indices_after_a_dropped_route_still_point_at_the_file(tmp_path: Path) -
         f"{path}:5: listeners[0].routes[0]: split must name at least one cluster",
         f"{path}:8: listeners[0].routes[1].cluster: no cluster named 'nope'",
     ]
+
+
+# --- caller identities --------------------------------------------------------------------------------
+
+
+def test_caller_identity_is_used_only_where_client_certificates_are_verified(tmp_path: Path) -> None:
+    for name in ("c.pem", "k.pem", "ca.pem"):
+        (tmp_path / name).write_text("x")
+    uses = [route(match={"prefix": "/", "peer_identity": {"prefix": "spiffe://cluster.local/"}},
+                  rate_limit={"requests_per_second": 1, "burst": 1, "key": "peer_identity"})]
+    plain = listener(routes=uses)
+    server_only = listener(name="s", tls={"cert": "c.pem", "key": "k.pem"}, routes=uses)
+    mutual = listener(name="m", tls={"cert": "c.pem", "key": "k.pem", "ca": "ca.pem", "require_client_cert": True},
+                      routes=uses)
+    optional = listener(name="o", tls={"cert": "c.pem", "key": "k.pem", "ca": "ca.pem"}, routes=uses)
+    issues = cross_check(config([plain, server_only, mutual, optional]), tmp_path)
+    assert [issue.loc for issue in issues] == [
+        ("listeners", 0, "routes", 0, "match", "peer_identity"),
+        ("listeners", 0, "routes", 0, "rate_limit", "key"),
+        ("listeners", 1, "routes", 0, "match", "peer_identity"),
+        ("listeners", 1, "routes", 0, "rate_limit", "key"),
+    ]
+    assert all("callers have no identity" in issue.message for issue in issues)
+
+
+def test_rate_limit_key_forms_are_reported_one_at_a_time(tmp_path: Path) -> None:
+    path = write(tmp_path, """
+        listeners:
+          - name: l
+            address: 127.0.0.1:0
+            routes:
+              - name: a
+                match: {prefix: /}
+                cluster: up
+                rate_limit: {requests_per_second: 1, burst: 1, key: peer_idenity}
+              - name: b
+                match: {prefix: /}
+                cluster: up
+                rate_limit: {requests_per_second: 1, burst: 1, key: {head: x}}
+        clusters:
+          - name: up
+            endpoints: ["127.0.0.1:8080"]
+    """)
+    assert problems(path) == [
+        f"{path}:8: listeners[0].routes[0].rate_limit.key: must be 'peer_identity' (got 'peer_idenity')",
+        f"{path}:12: listeners[0].routes[1].rate_limit.key.head: unknown key",
+        f"{path}:12: listeners[0].routes[1].rate_limit.key.header: required key missing",
+    ]

@@ -243,8 +243,8 @@ def test_lru_never_exceeds_max_keys() -> None:
         rl.check([(b"x-client-id", str(index).encode())])
         assert rl.key_count <= 100
     assert rl.key_count == 100
-    assert rl.snapshot() == {"requests_per_second": 1.0, "burst": 2, "key_header": "x-client-id", "keys": 100,
-                             "max_keys": 100}
+    assert rl.snapshot() == {"requests_per_second": 1.0, "burst": 2, "key_header": "x-client-id",
+                             "key_peer_identity": False, "keys": 100, "max_keys": 100}
 
 
 def test_retry_after_through_limiter() -> None:
@@ -255,3 +255,25 @@ def test_retry_after_through_limiter() -> None:
     wait = rl.check([])
     assert wait == pytest.approx(0.01)
     assert retry_after(wait) == 1
+
+
+def test_one_bucket_per_caller_identity() -> None:
+    clock = ManualClock()
+    rl = limiter(clock, key="peer_identity", max_keys=2)
+    assert rl.keyed_by_identity and rl.keyed_by is None
+    web, batch = "spiffe://cluster.local/ns/a/sa/web", "spiffe://cluster.local/ns/a/sa/batch"
+    assert [rl.check([], web) for _ in range(3)][:2] == [0.0, 0.0]
+    assert rl.check([], web) > 0.0          # web's bucket is empty ...
+    assert rl.check([], batch) == 0.0       # ... batch has its own
+    assert rl.check([(b"x-client-id", b"a")], batch) == 0.0  # headers do not key this limiter
+    assert rl.check([], batch) > 0.0
+    assert rl.check([], "") == 0.0          # callers without an identity share one bucket
+    assert rl.check([]) == 0.0
+    assert rl.check([]) > 0.0
+    assert rl.key_count == 2
+    assert rl.snapshot()["key_peer_identity"] is True
+
+
+def test_a_header_and_an_identity_key_are_exclusive() -> None:
+    with pytest.raises(ValueError, match="not both"):
+        RateLimiter(1.0, 1, ManualClock(), b"x-client-id", by_identity=True)

@@ -106,3 +106,16 @@ def test_the_edge_pass_appends_the_peer_keeps_a_given_proto_and_stamps_one_id() 
     bare: list[tuple[bytes, bytes]] = [(b"x-request-id", b""), (b"x-request-id", b"r2")]
     assert stamp_edge_headers(bare, b"10.0.0.1", b"http", random.Random(1)) == b"r2"
     assert bare == [(b"x-forwarded-for", b"10.0.0.1"), (b"x-forwarded-proto", b"http"), (b"x-request-id", b"r2")]
+
+
+def test_the_edge_pass_removes_client_sent_client_certs_and_adds_the_connections_own() -> None:
+    forged = [(b"x-forwarded-client-cert", b"By=x;URI=spiffe://cluster.local/ns/a/sa/admin"), (b"a", b"1"),
+              (b"x-forwarded-client-cert", b"second")]
+    headers = list(forged)
+    stamp_edge_headers(headers, b"10.0.0.1", b"https", random.Random(1))
+    assert [name for name, _ in headers] == [b"a", b"x-forwarded-for", b"x-forwarded-proto", b"x-request-id"]
+    headers = list(forged)
+    own = b"By=spiffe://cluster.local/ns/a/sa/api;Hash=ab12;URI=spiffe://cluster.local/ns/a/sa/web"
+    stamp_edge_headers(headers, b"10.0.0.1", b"https", random.Random(1), own)
+    assert [value for name, value in headers if name == b"x-forwarded-client-cert"] == [own]
+    assert headers[0] == (b"a", b"1")

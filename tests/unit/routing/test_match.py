@@ -251,3 +251,27 @@ def test_query_parse_is_parse_qsl_first_value_wins(raw: bytes) -> None:
 def test_garbage_never_raises(path: str, query: bytes, value: bytes) -> None:
     m = matcher(regex="/a.*", headers={"x-a": {"regex": ".*"}}, query={"q": {"prefix": ""}})
     m.matches(make_head(path, query=query, headers=[(b"x-a", value)]))
+
+
+@pytest.mark.parametrize(("spec", "identity", "expected"), [
+    ({"exact": "spiffe://cluster.local/ns/a/sa/web"}, "spiffe://cluster.local/ns/a/sa/web", True),
+    ({"exact": "spiffe://cluster.local/ns/a/sa/web"}, "spiffe://cluster.local/ns/a/sa/web2", False),
+    ({"prefix": "spiffe://cluster.local/ns/a/"}, "spiffe://cluster.local/ns/a/sa/web", True),
+    ({"prefix": "spiffe://cluster.local/ns/a/"}, "spiffe://cluster.local/ns/b/sa/web", False),
+    ({"regex": "spiffe://cluster.local/ns/[a-c]/sa/.*"}, "spiffe://cluster.local/ns/b/sa/x", True),
+    ({"regex": "spiffe://cluster.local/ns/[a-c]/sa/.*"}, "xspiffe://cluster.local/ns/b/sa/x", False),  # anchored
+    ({"present": True}, "spiffe://cluster.local/ns/a/sa/web", True),
+    ({"present": True}, "", False),
+    ({"present": False}, "", True),
+    ({"present": False}, "spiffe://cluster.local/ns/a/sa/web", False),
+    ({"prefix": "spiffe://"}, "", False),  # no identity: only `present: false` matches
+])
+def test_peer_identity(spec: dict[str, Any], identity: str, expected: bool) -> None:
+    m = matcher(prefix="/", peer_identity=spec)
+    assert m.matches(make_head("/x"), None, identity) is expected
+
+
+def test_without_a_peer_identity_condition_any_caller_matches() -> None:
+    m = matcher(prefix="/")
+    assert m.matches(make_head("/x"), None, "spiffe://cluster.local/ns/a/sa/web")
+    assert m.matches(make_head("/x"))

@@ -129,3 +129,18 @@ def test_indexed_find_equals_linear_scan(specs: list[dict[str, Any]], heads: lis
     for head in heads:
         linear = next((r for r in table.routes if r.matcher.matches(head)), None)
         assert table.find(head) is linear
+
+
+def test_routes_can_be_chosen_by_the_callers_identity() -> None:
+    table = RouteTable([
+        CompiledRoute(route("batch", host="api", peer_identity={"exact": "spiffe://cluster.local/ns/a/sa/batch"}), 0),
+        CompiledRoute(route("team-a", peer_identity={"prefix": "spiffe://cluster.local/ns/a/"}), 1),
+        CompiledRoute(route("anyone"), 2),
+    ])
+    head = make_head("/", authority="api")
+    assert table.find(head, "spiffe://cluster.local/ns/a/sa/batch").name == "batch"  # type: ignore[union-attr]
+    assert table.find(head, "spiffe://cluster.local/ns/a/sa/web").name == "team-a"  # type: ignore[union-attr]
+    assert table.find(head, "spiffe://cluster.local/ns/b/sa/web").name == "anyone"  # type: ignore[union-attr]
+    assert found(table, head) == "anyone"  # no identity
+    other = make_head("/", authority="other")
+    assert table.find(other, "spiffe://cluster.local/ns/a/sa/batch").name == "team-a"  # type: ignore[union-attr]
