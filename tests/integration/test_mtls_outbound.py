@@ -13,6 +13,7 @@ requires one; rotated client certificate files apply to new connections; the cli
 from __future__ import annotations
 
 import asyncio
+import json
 import shutil
 import ssl
 from pathlib import Path
@@ -24,6 +25,7 @@ import pytest
 from proxy.security.certs import spiffe_id_from_cert
 from tests.integration.admin_client import admin_json, endpoint_view, metric
 from tests.integration.raw import RawHandler, RawUpstream, outbound_config
+from tests.integration.upstreams import start_upstream
 from tests.pki import CLIENT_ID, OTHER_ID, UPSTREAM_ID, Pki, make_pki, upstream_context
 
 CLIENT_TIMEOUT = aiohttp.ClientTimeout(total=5)
@@ -207,3 +209,40 @@ async def test_a_reload_that_removes_the_tls_cluster_removes_its_expiry_series(s
     assert await running.app.reload()
     assert await metric(running, "sidecar_cert_expiry_timestamp_seconds", listener_or_cluster="backend") == 0
     await upstream.stop()
+
+
+def inbound_config(pki: Pki, app: str) -> str:
+    """A callee sidecar: an mTLS listener `inbound` (the upstream's certificate, client certs from the CA)
+    in front of the application at `app`."""
+    return f"""
+    admin: {{address: "127.0.0.1:0"}}
+    listeners:
+      - name: inbound
+        address: "127.0.0.1:0"
+        tls: {{cert: {pki.cert("upstream")}, key: {pki.key("upstream")}, ca: {pki.ca}, require_client_cert: true}}
+        routes:
+          - {{name: app, match: {{prefix: /}}, cluster: app}}
+    clusters:
+      - name: app
+        endpoints: ["{app}"]
+    """
+
+
+async def test_sidecar_to_sidecar_the_callee_hands_the_callers_identity_to_its_application(sidecar: Any,
+                                                                                           pki: Pki) -> None:
+    application = await start_upstream(name="app")
+    callee = await sidecar(inbound_config(pki, application.address))
+    inbound = f"127.0.0.1:{callee.port('inbound')}"
+    caller = await sidecar(tls_config(inbound, pki))
+    status, _, body = await get(caller.url("/api"))
+    assert status == 200, body
+    xfcc = json.loads(body)["headers"]["x-forwarded-client-cert"]
+    assert xfcc.startswith(f"By={UPSTREAM_ID};Hash=") and xfcc.endswith(f";URI={CLIENT_ID}")
+    # Without a client certificate, the callee refuses the caller (TLS 1.3: after the caller's handshake). The
+    # callee closes without sending its alert, so the caller sees a reset, with the hint.
+    anonymous = await sidecar(tls_config(inbound, pki, cert=None))
+    status, headers, _ = await get(anonymous.url("/api"))
+    assert status == 502
+    assert "does the upstream refuse the client certificate?" in headers["proxy-status"]
+    assert len(application.requests) == 1
+    await application.stop()
