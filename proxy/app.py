@@ -38,6 +38,7 @@ from proxy.http.server import create_protocol_factory
 from proxy.http.settings import ServerSettings
 from proxy.outbound import build_router
 from proxy.routing.table import RouteTable
+from proxy.security.origination import ClusterOrigin
 from proxy.security.termination import TlsTermination, acceptor_factory
 from proxy.security.tls import ServerTls, TlsError
 from proxy.stages.path import RequestPath
@@ -79,8 +80,6 @@ def _unsupported_cluster_keys(cluster: ClusterConfig, where: str) -> list[str]:
         found.append(f"{where}.discovery.{kind}")
     if cluster.load_balancer != "round_robin":
         found.append(f"{where}.load_balancer")
-    if cluster.tls is not None:
-        found.append(f"{where}.tls")
     if cluster.protocol != "http1":
         found.append(f"{where}.protocol")
     return found
@@ -257,8 +256,9 @@ class App:
         self.stopped = asyncio.Event()
         self._shutdown_requested = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
-        # Keyed by the Cluster object: a reload builds the replacement before retiring the old one.
-        self._outlier_tasks: dict[Cluster, asyncio.Task[Any]] = {}
+        # A cluster's background tasks (outlier timer, TLS file watch), keyed by the Cluster object: a
+        # reload builds the replacement before retiring the old one.
+        self._cluster_tasks: dict[Cluster, list[asyncio.Task[Any]]] = {}
         self._reload_lock = asyncio.Lock()
         # Coalescing: the one task that reloads while requests keep arriving, and whether one arrived.
         self._reloader: asyncio.Task[None] | None = None
@@ -273,23 +273,43 @@ class App:
     # -- building ----------------------------------------------------------------------------------
 
     def _make_cluster(self, config: ClusterConfig) -> Cluster:
-        # HTTP/1.1 upstreams; the connector is where an HTTP/2 codec will be chosen per cluster.
-        cluster = Cluster(config, self.metrics, self.clock, ClientConnection)
+        # HTTP/1.1 upstreams; the connector is where an HTTP/2 codec will be chosen per cluster. A cluster
+        # with `tls:` loads its files here (TlsError when they cannot make a context) and watches them.
+        origin = ClusterOrigin.from_config(config.name, config.tls, self.metrics) if config.tls is not None else None
+        cluster = Cluster(config, self.metrics, self.clock, ClientConnection, origin)
         if config.endpoints is not None:
             cluster.set_endpoints(static_endpoints(config.endpoints))
+        tasks: list[asyncio.Task[Any]] = []
         if cluster.outlier is not None:
-            task = asyncio.create_task(self._outlier_timer(cluster), name=f"outlier {cluster.name}")
-            self._tasks.add(task)
-            self._outlier_tasks[cluster] = task
+            tasks.append(asyncio.create_task(self._outlier_timer(cluster), name=f"outlier {cluster.name}"))
+        if origin is not None:
+            tasks.append(asyncio.create_task(origin.material.watch(self.tls_poll_interval),
+                                             name=f"tls watch cluster {cluster.name}"))
+        if tasks:
+            self._tasks.update(tasks)
+            self._cluster_tasks[cluster] = tasks
         return cluster
 
     def _retire_cluster(self, cluster: Cluster) -> None:
         """A cluster removed or replaced by a reload: idle connections close now, busy ones when done."""
-        task = self._outlier_tasks.pop(cluster, None)
-        if task is not None:
+        for task in self._cluster_tasks.pop(cluster, ()):
             task.cancel()
             self._tasks.discard(task)
         cluster.close()
+        if cluster.tls is not None:
+            self._settle_cert_expiry(cluster.name)
+
+    def _settle_cert_expiry(self, name: str) -> None:
+        """After a cluster with `tls:` was retired: its `sidecar_cert_expiry_timestamp_seconds` series shows the
+        certificate of the cluster of that name in force, or leaves /metrics when there is none."""
+        running = self.clusters.get(name)
+        origin = running.tls if running is not None else None
+        not_after = origin.material.not_after if isinstance(origin, ClusterOrigin) else None
+        if not_after is not None:
+            self.metrics.cert_expiry_of(name).set(not_after)
+        elif name not in self.tls:  # the label names listeners too: a TLS listener of that name keeps its series
+            with contextlib.suppress(KeyError):
+                self.metrics.cert_expiry.remove(name)
 
     def _make_trace(self, config: Config) -> TracePropagator:
         return TracePropagator.from_config(list(config.tracing.propagation), config.tracing.sampling,
@@ -466,7 +486,7 @@ class App:
         except BindError as exc:
             self._refuse(digest, f"cannot bind {exc}")
             return False
-        except TlsError as exc:  # a listener's new cert, key or CA files cannot be loaded
+        except TlsError as exc:  # a listener's or changed cluster's cert, key or CA files cannot be loaded
             self._refuse(digest, str(exc))
             return False
         except Exception:  # a bug building the new objects: _apply undid what it built, so refuse it

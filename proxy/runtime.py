@@ -38,6 +38,7 @@ from proxy.app import App, BindError, bind_moved_admin, unsupported_keys
 from proxy.config.load import ConfigError, ConfigUnreadable, LoadedConfig, parse_config, read_and_hash
 from proxy.config.model import Config, host_port
 from proxy.config.watch import ConfigWatcher
+from proxy.security.tls import TlsError
 from proxy.telemetry.exposition import render_metrics
 from proxy.telemetry.merge import MergedMetrics, Source, merge
 from proxy.telemetry.metrics import RELOAD_RESULTS, Metrics
@@ -83,6 +84,9 @@ async def serve(loaded: LoadedConfig) -> int:
         await app.start()
     except OSError as exc:
         print(f"sidecar: cannot start: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    except TlsError as exc:  # a cluster's (or listener's) cert, key or CA that cannot make a context
+        print(f"sidecar: cannot start: {exc}", file=sys.stderr)
         return 1
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -149,6 +153,9 @@ async def serve_worker(loaded: LoadedConfig, admin_socket: str, snapshot: Path |
         await app.start()
     except OSError as exc:
         _report({"error": str(exc.strerror or exc)})
+        return 1
+    except TlsError as exc:
+        _report({"error": str(exc)})
         return 1
     _wire_reload(app, watch=False)
     _transport, supervisor = await loop.connect_read_pipe(lambda: _EndOfInput(app.request_shutdown), sys.stdin)

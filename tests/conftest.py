@@ -2,15 +2,32 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import textwrap
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 import pytest
+import uvloop
 
 from proxy.app import App
 from proxy.config.load import load_config
+
+# The event loops a test module may ask to run on, by setting `LOOPS = ("asyncio", "uvloop")`: code that
+# depends on how a loop makes its transports (TLS above all) is tested on the one the sidecar runs on too.
+_LOOP_FACTORIES: Mapping[str, Callable[[], asyncio.AbstractEventLoop]] = {
+    "asyncio": asyncio.new_event_loop,
+    "uvloop": uvloop.new_event_loop,
+}
+
+
+def pytest_asyncio_loop_factories(config: pytest.Config, item: Any) -> Mapping[str, Callable[[], Any]]:
+    """pytest-asyncio's hook: asyncio's own loop, unless the test's module names its `LOOPS`."""
+    module = getattr(item, "module", None)
+    names = getattr(module, "LOOPS", ("asyncio",))
+    return {name: _LOOP_FACTORIES[name] for name in names}
 
 
 def free_port() -> int:

@@ -1,15 +1,19 @@
 """A throwaway PKI for TLS tests: a development CA (`proxy.security.certs`, what `sidecar certs` runs) and the
-certificates tests need, including the ones `sidecar certs issue` refuses to make (expired, from another CA)."""
+certificates tests need, including the ones `sidecar certs issue` refuses to make (expired, from another CA,
+without a SPIFFE ID); and the set and server context the mTLS origination tests use (`make_pki`,
+`upstream_context`)."""
 
 from __future__ import annotations
 
 import datetime as dt
 import os
+import ssl
 from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from proxy.security.certs import init_ca, issue
 
@@ -30,6 +34,12 @@ class Pki:
     @property
     def ca(self) -> str:
         return str(self.root / "ca" / "ca.pem")
+
+    def cert(self, name: str) -> str:
+        return str(self.root / f"{name}.pem")
+
+    def key(self, name: str) -> str:
+        return str(self.root / f"{name}-key.pem")
 
     def leaf(self, name: str, spiffe_id: str, dns_names: list[str] | None = None) -> tuple[str, str]:
         """Issue (or re-issue, replacing the files by rename) `name`'s certificate and key."""
@@ -63,6 +73,26 @@ class Pki:
                                                serialization.NoEncryption()))
         return str(cert_path), str(key_path)
 
+    def nameless(self, name: str) -> tuple[str, str]:
+        """A certificate from this CA with a DNS name and no SPIFFE ID (no URI SAN)."""
+        ca_cert = x509.load_pem_x509_certificate((self.root / "ca" / "ca.pem").read_bytes())
+        ca_key = serialization.load_pem_private_key((self.root / "ca" / "ca-key.pem").read_bytes(), None)
+        assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
+        key = ec.generate_private_key(ec.SECP256R1())
+        now = dt.datetime.now(dt.UTC)
+        cert = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+                .issuer_name(ca_cert.subject).public_key(key.public_key())
+                .serial_number(x509.random_serial_number())
+                .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=1))
+                .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+                .add_extension(x509.SubjectAlternativeName([x509.DNSName(f"{name}.shop")]), critical=False)
+                .sign(ca_key, hashes.SHA256()))
+        cert_path, key_path = self.root / f"{name}.pem", self.root / f"{name}-key.pem"
+        cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                               serialization.NoEncryption()))
+        return str(cert_path), str(key_path)
+
     def mounted(self, mount: Path, name: str, version: str) -> tuple[str, str]:
         """Put `name`'s files in a Kubernetes Secret volume layout (`mount/tls.crt -> ..data/tls.crt`,
         `..data -> ..<version>`), swapping `..data` atomically when the mount already exists, as the kubelet
@@ -77,3 +107,34 @@ class Pki:
         (mount / "..data_tmp").symlink_to(target.name)
         os.replace(mount / "..data_tmp", mount / "..data")
         return str(mount / "tls.crt"), str(mount / "tls.key")
+
+
+# -- mTLS origination ------------------------------------------------------------------------------------------
+
+UPSTREAM_ID = spiffe("checkout")
+CLIENT_ID = spiffe("frontend")
+OTHER_ID = spiffe("impostor")
+
+
+def make_pki(root: Path) -> Pki:
+    """CA `ca/`; `upstream` (UPSTREAM_ID), `client` (CLIENT_ID), `impostor` (OTHER_ID, same CA); `foreign`
+    (UPSTREAM_ID, signed by another CA); `nameless` (same CA, a DNS SAN and no SPIFFE ID)."""
+    pki = Pki(root)
+    pki.leaf("upstream", UPSTREAM_ID, dns_names=["checkout.shop"])
+    pki.leaf("client", CLIENT_ID)
+    pki.leaf("impostor", OTHER_ID)
+    pki.foreign("foreign", UPSTREAM_ID)
+    pki.nameless("nameless")
+    return pki
+
+
+def upstream_context(pki: Pki, name: str = "upstream", *, require_client_cert: bool = True,
+                     alpn: tuple[str, ...] = ("h2", "http/1.1")) -> ssl.SSLContext:
+    """A TLS server's context serving `name`'s certificate, requiring (or not) a client certificate from the
+    CA. It offers `h2` first: a client that gets `http/1.1` did not offer `h2`."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(pki.cert(name), pki.key(name))
+    context.load_verify_locations(pki.ca)
+    context.verify_mode = ssl.CERT_REQUIRED if require_client_cert else ssl.CERT_NONE
+    context.set_alpn_protocols(list(alpn))
+    return context

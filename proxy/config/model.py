@@ -476,6 +476,14 @@ class ClusterTlsConfig(_Model):
     expect_identity: str | None = None
     server_name: str | None = None
 
+    @field_validator("expect_identity")
+    @classmethod
+    def _spiffe_id(cls, value: str | None) -> str | None:
+        # Compared exactly with the upstream certificate's URI SAN: anything else could never match.
+        if value is not None and (not value.startswith("spiffe://") or "/" not in value[len("spiffe://"):]):
+            raise ValueError("expect_identity must be a SPIFFE ID: spiffe://<trust domain>/<path>")
+        return value
+
     @model_validator(mode="after")
     def _cert_with_key(self) -> ClusterTlsConfig:
         # A client certificate is useless without its key, and a key alone presents nothing.

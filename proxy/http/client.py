@@ -5,14 +5,17 @@ or chunked), parsing the response with httptools, splicing the response body str
 downstream exchange (no coroutine hop per chunk), backpressure both ways, HEAD / 1xx / 204 / 304
 framing, and the raw tunnel after a 101. A connection that finishes a keep-alive exchange cleanly
 hands itself back through `on_idle` (the pool's hook); one that sends bytes beyond the response (an
-unsolicited second response: response splitting) has them dropped and is closed, never pooled. Must not
-know routes, clusters or policy.
+unsolicited second response: response splitting) has them dropped and is closed, never pooled. Over TLS
+(the pool made the handshake), a fatal TLS alert before any byte of the first response means the upstream
+refused the handshake after our side finished it (TLS 1.3 checks the client certificate then): the
+request was never read, so that is a connect failure, not a reset. Must not know routes, clusters or policy.
 """
 
 from __future__ import annotations
 
 import asyncio
 import socket
+import ssl
 from collections.abc import Callable
 from typing import Any, Protocol, cast
 
@@ -315,11 +318,7 @@ class ClientConnection(asyncio.Protocol, UpstreamStream):
                 self._done_waiter.set_exception(self._error)
             return
         if self._head_waiter is not None and not self._head_waiter.done():
-            # Nothing came back on a reused connection: the upstream closed it while idle (a known race).
-            stale = self._response_bytes == 0 and self.requests_sent > 1
-            error = UpstreamError(FailureKind.RESET, f"{self.context}: connection closed before the response",
-                                  stale=stale)
-            self._head_waiter.set_exception(error)
+            self._head_waiter.set_exception(self._lost_before_response(exc))
         elif not self._complete:
             if self._keep_alive is False and self._content_length is None and not self._chunked and exc is None:
                 # A close-delimited body ends with the connection: that is its normal end (a FIN; a reset
@@ -332,6 +331,26 @@ class ClientConnection(asyncio.Protocol, UpstreamStream):
                 self._done_waiter.set_exception(
                     UpstreamError(FailureKind.RESET, f"{self.context}: connection closed mid-response",
                                   response_started=True))
+
+    def _lost_before_response(self, exc: Exception | None) -> UpstreamError:
+        """The error of a connection lost while its request waits for the response head."""
+        if self._response_bytes == 0 and self.requests_sent == 1 and isinstance(exc, ssl.SSLError):
+            reason = exc.reason or ""
+            if "_ALERT_" in reason:
+                # TLS 1.3: the upstream checked our certificate after our side of the handshake was done,
+                # and refused it before reading the request.
+                detail = reason.lower().replace("_", " ")
+                return UpstreamError(FailureKind.CONNECT_REFUSED,
+                                     f"{self.context}: TLS handshake failed: the upstream refused it ({detail})")
+        # Nothing came back on a reused connection: the upstream closed it while idle (a known race).
+        stale = self._response_bytes == 0 and self.requests_sent > 1
+        detail = "connection closed before the response"
+        if (self._response_bytes == 0 and self.requests_sent == 1 and self.transport is not None
+                and self.transport.get_extra_info("ssl_object") is not None):
+            # An asyncio (or uvloop) TLS server that refuses our certificate closes without an alert: the
+            # request may have been read too, for all we know, so this stays a reset; the hint helps.
+            detail += " on a new TLS connection (does the upstream refuse the client certificate?)"
+        return UpstreamError(FailureKind.RESET, f"{self.context}: {detail}", stale=stale)
 
     def data_received(self, data: bytes) -> None:
         if self._tunnel is not None:

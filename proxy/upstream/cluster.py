@@ -7,8 +7,9 @@ bulkhead (`limits`), outlier detection (counting on the request path, ejections 
 path's two calls are `pick` (the balancer's choice, admitted by its breaker) and `report` (an attempt's
 verdict and latency to the endpoint's breaker, outlier detection and the balancer). Discovery replaces
 the endpoint set whole (`set_endpoints`); endpoints that stay keep their pools and breakers, removed ones
-turn DRAINING and their pools drain. The injected clock reaches every breaker, pool and the bulkhead.
-Must not know routes.
+turn DRAINING and their pools drain. The injected clock reaches every breaker, pool and the bulkhead. A
+cluster with `tls:` is handed its TLS origination (`OriginTls`) by the wiring, and its pools open TLS
+connections with it. Must not know routes.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from proxy.telemetry.metrics import Metrics
 from proxy.upstream.balancer import Balancer, RoundRobin
 from proxy.upstream.endpoint import DRAINING, Endpoint
 from proxy.upstream.outlier import OutlierDetector
-from proxy.upstream.pool import Connector, PoolSettings, no_connector
+from proxy.upstream.pool import Connector, OriginTls, PoolSettings, no_connector
 
 
 class Cluster:
@@ -45,10 +46,11 @@ class Cluster:
         "name",
         "outlier",
         "pool_settings",
+        "tls",
     )
 
     def __init__(self, config: ClusterConfig, metrics: Metrics, clock: Clock,
-                 connector: Connector | None = None) -> None:
+                 connector: Connector | None = None, tls: OriginTls | None = None) -> None:
         self.name = config.name
         self.config = config
         self._clock = clock
@@ -62,7 +64,10 @@ class Cluster:
             max_headers=config.max_response_header_count,
             # The codec its connections speak, chosen by the wiring (no connector: the cluster cannot connect).
             connector=connector if connector is not None else no_connector,
+            # TLS origination (a cluster with `tls:`), made by the wiring from the config; None: plain TCP.
+            tls=tls,
         )
+        self.tls = tls
         self.endpoints: tuple[Endpoint, ...] = ()
         self.balancer: Balancer = RoundRobin(())
         self.bulkhead = Bulkhead.from_config(config.limits, clock) if config.limits is not None else None
@@ -184,4 +189,6 @@ class Cluster:
             view["limits"] = self.bulkhead.snapshot()
         if self.outlier is not None:
             view["outlier_detection"] = self.outlier.snapshot()
+        if self.tls is not None:
+            view["tls"] = self.tls.snapshot()
         return view

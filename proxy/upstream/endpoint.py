@@ -100,7 +100,7 @@ class Endpoint:
     def snapshot(self) -> dict[str, object]:
         """What /clusters shows for this endpoint."""
         breaker = self.breaker_state
-        return {
+        view: dict[str, object] = {
             "address": self.address,
             "state": self.state.value,
             "weight": self.weight,
@@ -113,3 +113,7 @@ class Endpoint:
             "idle_connections": self.pool.idle_count,
             "open_connections": self.pool.open_count,
         }
+        tls = self.pool.tls_snapshot()
+        if tls is not None:
+            view["tls"] = tls
+        return view

@@ -4,24 +4,38 @@ Owns opening connections (with the cluster's connect timeout, failures mapped to
 keeping idle ones (LIFO: the most recently used is the most likely still open), closing those idle past
 `idle_timeout` with one lazily re-armed timer of the injected `Clock` (virtual time in tests), the
 per-connection request cap, and draining on removal. The connect timeout is the loop's own
-(`asyncio.timeout`): it bounds a real socket operation. Must not know routes or retry policy, nor which
-protocol its connections speak: the wiring hands it a `Connector` (today the HTTP/1 codec's
-`UpstreamStream`), and it hands out `UpstreamStream`s, streams to this endpoint.
+(`asyncio.timeout`): it bounds a real socket operation, and for a TLS cluster the handshake with it. Must
+not know routes or retry policy, nor which protocol its connections speak: the wiring hands it a
+`Connector` (today the HTTP/1 codec's `UpstreamStream`), and it hands out `UpstreamStream`s, streams to this
+endpoint.
+
+TLS origination (a cluster with `tls:`): the wiring also hands it an `OriginTls` (implemented by
+`proxy.security.origination`, which this package does not import). The pool then opens each connection
+with the endpoint's `EndpointTls`: the cluster's current client context, its SNI name, the endpoint's last
+session offered for resumption, and, after the handshake, the check of the upstream's identity. An upstream
+that fails verification or shows the wrong identity is a connect failure (`CONNECT_REFUSED`): the
+connection is closed before any request is written. TLS connections pool exactly as plain ones do; a plain
+cluster's connect takes the branch it always took.
 """
 
 from __future__ import annotations
 
 import asyncio
 import errno
+import logging
 import socket
+import ssl
 from collections import deque
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import cast
+from typing import Protocol, cast
 
 from proxy.clock import Clock, Timer
 from proxy.errors import FailureKind, UpstreamError
 from proxy.stream import UpstreamStream
+
+log = logging.getLogger("proxy.upstream.pool")
 
 _UNROUTABLE = {errno.ENETUNREACH, errno.EHOSTUNREACH, errno.EADDRNOTAVAIL}
 
@@ -33,6 +47,39 @@ Connector = Callable[[asyncio.AbstractEventLoop, str, int, int], UpstreamStream]
 
 def no_connector(loop: asyncio.AbstractEventLoop, context: str, max_head: int, max_headers: int) -> UpstreamStream:
     raise RuntimeError(f"{context}: no connector configured for this pool")
+
+
+class EndpointTls(Protocol):
+    """TLS to one endpoint of a cluster, as its pool opens connections."""
+
+    @property
+    def server_name(self) -> str:
+        """The SNI name to send ("" for none)."""
+        ...
+
+    def handshake(self) -> AbstractContextManager[ssl.SSLContext]:
+        """The client context for a new connection (the cluster's current one: rotation applies to new
+        connections), entered around the connect so that its handshake can resume this endpoint's last
+        session."""
+        ...
+
+    def admit(self, ssl_object: ssl.SSLObject) -> str | None:
+        """After the handshake: None to use the connection, or why the upstream is refused (its identity)."""
+        ...
+
+    def snapshot(self) -> dict[str, object]:
+        """What /clusters shows of this endpoint's TLS (handshakes made, resumed)."""
+        ...
+
+
+class OriginTls(Protocol):
+    """A cluster's TLS origination: one `EndpointTls` per endpoint (made once, when its pool is)."""
+
+    def for_endpoint(self, host: str, port: int) -> EndpointTls: ...
+
+    def snapshot(self) -> dict[str, object]:
+        """What /clusters shows of the cluster's TLS."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,12 +95,15 @@ class PoolSettings:
     max_headers: int = 100
     # What opens a connection's protocol object (the wiring chooses the codec).
     connector: Connector = no_connector
+    # TLS origination for a cluster with `tls:`; None: plain TCP.
+    tls: OriginTls | None = None
 
 
 class Pool:
     """Idle keep-alive connections to one endpoint, and the means to open new ones."""
 
-    __slots__ = ("_clock", "_closed", "_idle", "_loop", "_open", "_timer", "context", "host", "port", "settings")
+    __slots__ = ("_clock", "_closed", "_idle", "_loop", "_open", "_timer", "_tls", "context", "host", "port",
+                 "settings")
 
     def __init__(self, host: str, port: int, settings: PoolSettings, context: str, clock: Clock) -> None:
         self.host = host
@@ -67,6 +117,8 @@ class Pool:
         self._open: set[UpstreamStream] = set()
         self._timer: Timer | None = None
         self._closed = False
+        # This endpoint's TLS (its session for resumption lives there); None for a plain cluster.
+        self._tls = settings.tls.for_endpoint(host, port) if settings.tls is not None else None
 
     @property
     def idle_count(self) -> int:
@@ -75,6 +127,10 @@ class Pool:
     @property
     def open_count(self) -> int:
         return len(self._open)
+
+    def tls_snapshot(self) -> dict[str, object] | None:
+        """What /clusters shows of this endpoint's TLS; None for a plain cluster."""
+        return self._tls.snapshot() if self._tls is not None else None
 
     def take_idle(self) -> UpstreamStream | None:
         """An idle open connection, or None (no await: the common case costs no coroutine hop)."""
@@ -87,35 +143,60 @@ class Pool:
 
     async def connect(self) -> UpstreamStream:
         """Open a new connection, mapping failures to connect-refused / timeout / unroutable."""
-        loop = self._loop
+        settings = self.settings
+        protocol: asyncio.BaseProtocol
         try:
-            async with asyncio.timeout(self.settings.connect_timeout):
-                settings = self.settings
-                connector = settings.connector
-                _, protocol = await loop.create_connection(
-                    lambda: cast(asyncio.Protocol, connector(loop, self.context, settings.max_head_bytes,
-                                                             settings.max_headers)),
-                    self.host, self.port
-                )
-                conn = cast(UpstreamStream, protocol)
+            async with asyncio.timeout(settings.connect_timeout):
+                if self._tls is None:
+                    _, protocol = await self._loop.create_connection(self._protocol, self.host, self.port)
+                else:
+                    protocol = await self._connect_tls(self._tls)
         except TimeoutError:
             raise UpstreamError(
                 FailureKind.CONNECT_TIMEOUT,
-                f"{self.context}: connect timeout after {self.settings.connect_timeout:g}s",
+                f"{self.context}: connect timeout after {settings.connect_timeout:g}s",
             ) from None
-        except ConnectionRefusedError:
-            raise UpstreamError(FailureKind.CONNECT_REFUSED, f"{self.context}: connect refused") from None
-        except socket.gaierror as exc:
-            raise UpstreamError(
-                FailureKind.UNROUTABLE, f"{self.context}: cannot resolve: {exc.strerror}"
-            ) from None
-        except OSError as exc:
-            kind = FailureKind.UNROUTABLE if exc.errno in _UNROUTABLE else FailureKind.CONNECT_REFUSED
-            raise UpstreamError(kind, f"{self.context}: connect failed: {exc.strerror or exc}") from None
+        except OSError as exc:  # ssl.SSLError is an OSError
+            raise self._connect_error(exc) from None
+        conn = cast(UpstreamStream, protocol)
         conn.on_idle = self._release
         conn.on_lost = self._forget
         self._open.add(conn)
         return conn
+
+    def _protocol(self) -> asyncio.Protocol:
+        """The protocol factory of `create_connection`: the cluster's codec for this endpoint."""
+        settings = self.settings
+        return cast(asyncio.Protocol, settings.connector(self._loop, self.context, settings.max_head_bytes,
+                                                         settings.max_headers))
+
+    async def _connect_tls(self, tls: EndpointTls) -> asyncio.BaseProtocol:
+        """Connect and handshake (under the caller's connect timeout), then admit the upstream's identity."""
+        with tls.handshake() as context:
+            transport, protocol = await self._loop.create_connection(
+                self._protocol, self.host, self.port, ssl=context, server_hostname=tls.server_name)
+        ssl_object = transport.get_extra_info("ssl_object")
+        refusal = tls.admit(ssl_object) if ssl_object is not None else "no TLS session"
+        if refusal is not None:
+            transport.abort()
+            error = UpstreamError(FailureKind.CONNECT_REFUSED, f"{self.context}: {refusal}")
+            log.warning("%s", error.context)
+            raise error
+        return protocol
+
+    def _connect_error(self, exc: OSError) -> UpstreamError:
+        """A failed connect (or TLS handshake) in the error taxonomy."""
+        context = self.context
+        if isinstance(exc, ssl.SSLError):
+            error = UpstreamError(FailureKind.CONNECT_REFUSED, f"{context}: {_handshake_failure(exc)}")
+            log.warning("%s", error.context)
+            return error
+        if isinstance(exc, ConnectionRefusedError):
+            return UpstreamError(FailureKind.CONNECT_REFUSED, f"{context}: connect refused")
+        if isinstance(exc, socket.gaierror):
+            return UpstreamError(FailureKind.UNROUTABLE, f"{context}: cannot resolve: {exc.strerror}")
+        kind = FailureKind.UNROUTABLE if exc.errno in _UNROUTABLE else FailureKind.CONNECT_REFUSED
+        return UpstreamError(kind, f"{context}: connect failed: {exc.strerror or exc}")
 
     def _release(self, conn: UpstreamStream) -> None:
         settings = self.settings
@@ -160,3 +241,16 @@ class Pool:
             conn, _ = self._idle.pop()
             conn.close()
         self._open.clear()
+
+
+def _handshake_failure(exc: ssl.SSLError) -> str:
+    """A failed TLS handshake in a few words (OpenSSL's own are `[SSL: X] x (_ssl.c:1006)`)."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"TLS handshake failed: upstream certificate not trusted ({exc.verify_message})"
+    reason = (exc.reason or "").lower().replace("_", " ")
+    if exc.reason == "WRONG_VERSION_NUMBER":
+        # What a plain-text answer to a ClientHello looks like.
+        return "TLS handshake failed: the upstream does not speak TLS (wrong version number)"
+    if "alert" in reason:
+        return f"TLS handshake failed: the upstream refused it ({reason})"
+    return f"TLS handshake failed: {reason or exc}"

@@ -31,6 +31,7 @@ def test_the_full_contract_names_what_is_not_built_yet(tmp_path: Path) -> None:
     assert "clusters[0].load_balancer" in missing
     assert "clusters[3].discovery.dns" in missing
     assert "tracing.otlp" in missing and "access_log" in missing
+    assert not [key for key in missing if key.startswith("clusters") and key.endswith(".tls")]  # origination is built
     assert not any(key.endswith((".retries", ".circuit_breaker", ".limits", ".rate_limit", ".fault",
                                  ".outlier_detection")) for key in missing)
 

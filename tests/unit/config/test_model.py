@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from proxy.config.model import HttpConfig, RouteMatchConfig, StringMatcherConfig, compile_regex
+from proxy.config.model import ClusterTlsConfig, HttpConfig, RouteMatchConfig, StringMatcherConfig, compile_regex
 
 
 @pytest.mark.parametrize(("pattern", "says"), [
@@ -42,3 +42,10 @@ def test_path_normalization_is_base_by_default_and_one_of_istios_names() -> None
     assert HttpConfig(path_normalization="decode_and_merge_slashes").path_normalization == "decode_and_merge_slashes"
     with pytest.raises(ValidationError):
         HttpConfig(path_normalization="BASE")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("identity", ["campaign-service", "spiffe://cluster.local", "https://cluster.local/ns/a"])
+def test_a_clusters_expect_identity_must_be_a_spiffe_id(identity: str) -> None:
+    with pytest.raises(ValidationError, match="expect_identity must be a SPIFFE ID"):
+        ClusterTlsConfig(ca="ca.pem", expect_identity=identity)
+    assert ClusterTlsConfig(ca="ca.pem", expect_identity="spiffe://cluster.local/ns/a/sa/b").expect_identity

@@ -12,9 +12,11 @@ the connection is lost), never another exception.
 from __future__ import annotations
 
 import asyncio
+import ssl
 import string
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, event, given, settings
@@ -504,3 +506,58 @@ def test_framing_or_status_the_sidecar_cannot_relay_is_a_protocol_error(driver: 
     assert not result.error.response_started
     assert session.transport.aborted
     close_session(driver, session)
+
+
+class TlsTransport(FakeTransport):
+    """A fake transport the pool made with a TLS handshake (it has an `ssl_object`)."""
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return object() if name == "ssl_object" else super().get_extra_info(name, default)
+
+
+def tls_alert(reason: str) -> ssl.SSLError:
+    error = ssl.SSLError(1, f"[SSL: {reason}] {reason.lower().replace('_', ' ')} (_ssl.c:2580)")
+    error.reason = reason
+    return error
+
+
+def lose_first_request(driver: Driver, exc: Exception | None, *, tls: bool = True,
+                       requests_before: int = 0) -> UpstreamError:
+    session = open_conn(driver)
+    if tls:
+        session.transport = TlsTransport()
+        session.conn.connection_made(session.transport)  # type: ignore[arg-type]
+    for _ in range(requests_before):
+        exchange(driver, session, [b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"])
+    conn = session.conn
+    conn.send(REQUEST, ATTEMPT, NO_BODY, None, None, False)
+    result = Result()
+    driver.loop.create_task(attempt(conn, result))
+    driver.settle(2)
+    conn.connection_lost(exc)
+    driver.settle()
+    assert result.error is not None
+    return result.error
+
+
+def test_a_tls_alert_before_the_first_response_is_a_refused_handshake(driver: Driver) -> None:
+    # TLS 1.3: the upstream judges the client certificate after the client's side of the handshake is done.
+    error = lose_first_request(driver, tls_alert("TLSV13_ALERT_CERTIFICATE_REQUIRED"))
+    assert error.kind is FailureKind.CONNECT_REFUSED and error.kind.before_connect
+    assert error.context == ("cluster c: endpoint e: TLS handshake failed: the upstream refused it "
+                             "(tlsv13 alert certificate required)")
+
+
+def test_a_tls_alert_on_a_reused_connection_is_a_reset(driver: Driver) -> None:
+    error = lose_first_request(driver, tls_alert("SSLV3_ALERT_BAD_RECORD_MAC"), requests_before=1)
+    assert error.kind is FailureKind.RESET and error.stale
+
+
+def test_a_new_tls_connection_closed_without_an_answer_is_a_reset_with_a_hint(driver: Driver) -> None:
+    # asyncio's TLS servers close without sending their alert: the request may have been read, so a reset.
+    error = lose_first_request(driver, None)
+    assert error.kind is FailureKind.RESET and not error.stale
+    assert error.context.endswith("closed before the response on a new TLS connection "
+                                  "(does the upstream refuse the client certificate?)")
+    plain = lose_first_request(driver, None, tls=False)
+    assert plain.context == "cluster c: endpoint e: connection closed before the response"
