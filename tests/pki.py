@@ -18,6 +18,7 @@ from cryptography.x509.oid import NameOID
 from proxy.security.certs import init_ca, issue
 
 TRUST_DOMAIN = "cluster.local"
+EXAMPLES = Path(__file__).resolve().parents[1] / "config"
 
 
 def spiffe(service_account: str, namespace: str = "shop") -> str:
@@ -122,6 +123,17 @@ def dev_certs(root: Path) -> Path:
     for name, spiffe_id in DEV_IDS.items():
         issue(certs, spiffe_id, certs / name)
     return certs
+
+
+def tls_examples(root: Path, *names: str) -> list[Path]:
+    """Copies of config/NAME... in `root/config`, beside `root/certs/dev` (`dev_certs`): the examples that name
+    TLS files (`../certs/dev/...`, git-ignored) load there."""
+    dev_certs(root)
+    (root / "config").mkdir()
+    copies = [root / "config" / name for name in names]
+    for copy in copies:
+        copy.write_bytes((EXAMPLES / copy.name).read_bytes())
+    return copies
 
 
 # -- mTLS origination ------------------------------------------------------------------------------------------
