@@ -1,7 +1,7 @@
 """A throwaway PKI for TLS tests: a development CA (`proxy.security.certs`, what `sidecar certs` runs) and the
 certificates tests need, including the ones `sidecar certs issue` refuses to make (expired, from another CA,
-without a SPIFFE ID); and the set and server context the mTLS origination tests use (`make_pki`,
-`upstream_context`)."""
+without a SPIFFE ID); the `certs/dev` the examples in config/ name (`dev_certs`); and the set and server context
+the mTLS origination tests use (`make_pki`, `upstream_context`)."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from cryptography.x509.oid import NameOID
 from proxy.security.certs import init_ca, issue
 
 TRUST_DOMAIN = "cluster.local"
+EXAMPLES = Path(__file__).resolve().parents[1] / "config"
 
 
 def spiffe(service_account: str, namespace: str = "shop") -> str:
@@ -107,6 +108,32 @@ class Pki:
         (mount / "..data_tmp").symlink_to(target.name)
         os.replace(mount / "..data_tmp", mount / "..data")
         return str(mount / "tls.crt"), str(mount / "tls.key")
+
+
+# -- the examples' files ----------------------------------------------------------------------------------------
+
+DEV_IDS = {name: spiffe(name, "default") for name in ("payment-service", "campaign-service", "intruder")}
+
+
+def dev_certs(root: Path) -> Path:
+    """`root/certs/dev` as the commands in certs/README.md make it (the CA, payment-service and campaign-service),
+    plus `intruder`, an identity from the same CA that the examples do not allow. Returns the directory."""
+    certs = root / "certs" / "dev"
+    init_ca(certs, TRUST_DOMAIN)
+    for name, spiffe_id in DEV_IDS.items():
+        issue(certs, spiffe_id, certs / name)
+    return certs
+
+
+def tls_examples(root: Path, *names: str) -> list[Path]:
+    """Copies of config/NAME... in `root/config`, beside `root/certs/dev` (`dev_certs`): the examples that name
+    TLS files (`../certs/dev/...`, git-ignored) load there."""
+    dev_certs(root)
+    (root / "config").mkdir()
+    copies = [root / "config" / name for name in names]
+    for copy in copies:
+        copy.write_bytes((EXAMPLES / copy.name).read_bytes())
+    return copies
 
 
 # -- mTLS origination ------------------------------------------------------------------------------------------

@@ -9,13 +9,19 @@ import pytest
 
 from proxy.app import unsupported_keys, with_ports
 from proxy.config.load import load_config
+from tests.pki import tls_examples
 
 CONFIG = Path(__file__).resolve().parents[2] / "config"
 
 
-@pytest.mark.parametrize("name", ["minimal.yaml", "routing.yaml", "demo.yaml", "resilience.yaml"])
+@pytest.mark.parametrize("name", ["minimal.yaml", "routing.yaml", "resilience.yaml"])
 def test_runnable_examples_use_only_built_features(name: str) -> None:
     assert unsupported_keys(load_config(CONFIG / name).config) == []
+
+
+def test_runnable_tls_examples_use_only_built_features(tmp_path: Path) -> None:
+    for path in tls_examples(tmp_path, "demo.yaml", "mesh-a.yaml", "mesh-b.yaml"):
+        assert unsupported_keys(load_config(path).config) == [], path.name
 
 
 def test_the_full_contract_names_what_is_not_built_yet(tmp_path: Path) -> None:

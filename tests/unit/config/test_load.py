@@ -26,6 +26,7 @@ from proxy.config.load import (
     read_config,
 )
 from proxy.config.model import Address, parse_duration, parse_size
+from tests.pki import tls_examples
 
 REPO = Path(__file__).resolve().parents[3]
 CONFIG_DIR = REPO / "config"
@@ -66,11 +67,23 @@ clusters:
 # --- the shipped examples -----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["minimal.yaml", "routing.yaml", "demo.yaml", "resilience.yaml"])
+@pytest.mark.parametrize("name", ["minimal.yaml", "routing.yaml", "resilience.yaml"])
 def test_plain_examples_load(name: str) -> None:
     loaded = load_config(CONFIG_DIR / name)
     assert loaded.config.listeners[0].address == Address(host="127.0.0.1", port=15001)
     assert loaded.config.admin.address == Address(host="127.0.0.1", port=15000)
+
+
+def test_the_demo_example_loads_beside_its_certs_and_names_them_one_level_up(tmp_path: Path) -> None:
+    (demo,) = tls_examples(tmp_path, "demo.yaml")
+    config = load_config(demo).config
+    assert [listener.name for listener in config.listeners] == ["outbound", "inbound"]
+    assert config.listeners[0].address == Address(host="127.0.0.1", port=15001)
+    assert config.admin.address == Address(host="127.0.0.1", port=15000)
+    tls = config.listeners[1].tls
+    assert tls is not None and Path(tls.cert).samefile(tmp_path / "certs" / "dev" / "campaign-service.pem")
+    with pytest.raises(ConfigError):  # without certs/dev beside it (git-ignored) it does not load
+        parse_config((CONFIG_DIR / "demo.yaml").read_bytes(), tmp_path / "elsewhere" / "demo.yaml")
 
 
 def test_minimal_example_is_one_route_to_one_static_cluster() -> None:
