@@ -106,7 +106,8 @@ def test_micro_benchmark_runs(module: str) -> None:
     done = subprocess.run([sys.executable, "-m", module, "--iterations", "20"], cwd=REPO, capture_output=True,
                           text=True, timeout=60, check=False)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert "ns/op" in done.stdout
+    # bench_tls_connect reports microseconds of CPU per connection; the others nanoseconds per operation.
+    assert "ns/op" in done.stdout or "us CPU" in done.stdout, done.stdout
 
 
 @pytest.mark.timeout(60)
