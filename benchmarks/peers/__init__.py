@@ -44,13 +44,13 @@ def render(template: str, **values: object) -> str:
     return text
 
 
-def _write(rig: Rig, name: str, text: str) -> Path:
+def write_config(rig: Rig, name: str, text: str) -> Path:
     path = rig.workdir / name
     path.write_text(text)
     return path
 
 
-def _nginx_user() -> str:
+def nginx_user() -> str:
     # As root, nginx would switch its worker to `nobody`, which cannot use the temp dir: stay root.
     return "user root;" if os.geteuid() == 0 else ""
 
@@ -69,8 +69,8 @@ def start_backend(rig: Rig) -> Started:
     if nginx is None:
         raise Skip("nginx not found: it is the backend, nothing can run (apt-get install nginx)")
     port = free_port()
-    conf = _write(rig, "backend-nginx.conf",
-                  render("backend-nginx.conf", user=_nginx_user(), dir=rig.workdir, port=port))
+    conf = write_config(rig, "backend-nginx.conf",
+                  render("backend-nginx.conf", user=nginx_user(), dir=rig.workdir, port=port))
     proc = rig.start("backend", [nginx, "-p", str(rig.workdir), "-c", str(conf)], rig.pinning.load)
     return _ready(rig, Started("backend", proc, port))
 
@@ -78,7 +78,7 @@ def start_backend(rig: Rig) -> Started:
 def start_nginx(rig: Rig, backend_port: int) -> Started:
     nginx = _binary("nginx")
     port = free_port()
-    conf = _write(rig, "nginx-proxy.conf", render("nginx-proxy.conf", user=_nginx_user(), dir=rig.workdir,
+    conf = write_config(rig, "nginx-proxy.conf", render("nginx-proxy.conf", user=nginx_user(), dir=rig.workdir,
                                                   port=port, backend_port=backend_port))
     proc = rig.start("nginx", [nginx, "-p", str(rig.workdir), "-c", str(conf)], rig.pinning.proxy)
     return _ready(rig, Started("nginx", proc, port))
@@ -90,7 +90,7 @@ def start_haproxy(rig: Rig, backend_port: int) -> Started:
     # HAProxy wants 2 fds per connection and refuses to start when maxconn exceeds the open-file limit.
     soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     maxconn = max(256, min(20000, (soft - 200) // 2))
-    conf = _write(rig, "haproxy.cfg", render("haproxy.cfg", dir=rig.workdir, port=port, backend_port=backend_port,
+    conf = write_config(rig, "haproxy.cfg", render("haproxy.cfg", dir=rig.workdir, port=port, backend_port=backend_port,
                                              maxconn=maxconn))
     # -db: stay in the foreground (the rig owns the process and kills its group).
     proc = rig.start("haproxy", [haproxy, "-db", "-f", str(conf)], rig.pinning.proxy)
@@ -100,7 +100,7 @@ def start_haproxy(rig: Rig, backend_port: int) -> Started:
 def start_caddy(rig: Rig, backend_port: int) -> Started:
     caddy = _binary("caddy")
     port = free_port()
-    conf = _write(rig, "Caddyfile", render("Caddyfile", port=port, backend_port=backend_port))
+    conf = write_config(rig, "Caddyfile", render("Caddyfile", port=port, backend_port=backend_port))
     home = rig.workdir / "caddy-home"
     home.mkdir(exist_ok=True)
     # Caddy keeps state under $HOME / XDG dirs: point them at the temp dir so nothing outside is touched.
@@ -153,7 +153,7 @@ def start_sidecar(rig: Rig, backend_port: int, workers: int = 1, stream_port: in
     """`python -m proxy run -c <generated yaml>` on the proxy CPU (all its workers share that CPU), run from
     `tree` (default: the rig's sidecar build)."""
     text, port, _admin = sidecar_config(backend_port, workers, stream_port)
-    conf = _write(rig, f"{name}.yaml", text)
+    conf = write_config(rig, f"{name}.yaml", text)
     proc = rig.start(name, [sys.executable, "-m", "proxy", "run", "-c", str(conf)], rig.pinning.proxy,
                      cwd=tree or rig.sidecar_tree)
     problem = wait_ready(proc, port, timeout=20.0)
