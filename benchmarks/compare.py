@@ -11,13 +11,11 @@ whose binary is missing is skipped, with the reason printed and recorded. See be
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 
 from benchmarks import memory, report
@@ -39,6 +37,7 @@ from benchmarks.rig import (
     tool_version,
     tree,
     which,
+    write_results,
 )
 
 RESULTS = REPO / "benchmarks" / "results"
@@ -338,15 +337,7 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def write(results: dict, out: Path) -> tuple[Path, Path, str]:
-    out.mkdir(parents=True, exist_ok=True)
-    day = datetime.now(UTC).strftime("%Y-%m-%d")
-    suffix = "-quick" if results["mode"] == "quick" else ""
-    json_path = out / f"{day}-{results['machine']['host']}{suffix}.json"
-    json_path.write_text(json.dumps(results, indent=2, sort_keys=True, default=str) + "\n")
-    table = report.markdown(results)
-    md_path = out / f"latest{suffix}.md"
-    md_path.write_text(table)
-    return json_path, md_path, table
+    return write_results(results, out, "-quick" if results["mode"] == "quick" else "", report.markdown(results))
 
 
 def main(argv: list[str] | None = None) -> int:

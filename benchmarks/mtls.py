@@ -24,7 +24,6 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 
 from benchmarks.build import COMPILED_TREE_ENV, compiled_build, interpreted
@@ -44,6 +43,7 @@ from benchmarks.rig import (
     tool_version,
     wait_ready,
     which,
+    write_results,
 )
 
 # Reported in this order; "direct" (wrk straight to the backend) is always measured too.
@@ -450,15 +450,7 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def write(results: dict, out: Path) -> tuple[Path, Path, str]:
-    out.mkdir(parents=True, exist_ok=True)
-    day = datetime.now(UTC).strftime("%Y-%m-%d")
-    suffix = "-mtls-quick" if results["mode"] == "quick" else "-mtls"
-    json_path = out / f"{day}-{results['machine']['host']}{suffix}.json"
-    json_path.write_text(json.dumps(results, indent=2, sort_keys=True, default=str) + "\n")
-    table = markdown(results)
-    md_path = out / f"latest{suffix}.md"
-    md_path.write_text(table)
-    return json_path, md_path, table
+    return write_results(results, out, "-mtls-quick" if results["mode"] == "quick" else "-mtls", markdown(results))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import json
 import os
 import platform
 import re
@@ -285,3 +286,14 @@ def wait_ready(proc: Proc, port: int, timeout: float = 15.0, path: str = "/") ->
             last = str(exc)
         time.sleep(0.1)
     return f"{proc.name} not ready after {timeout:g}s ({last}):\n{proc.log_tail()}"
+
+
+def write_results(results: dict, out: Path, suffix: str, table: str) -> tuple[Path, Path, str]:
+    """Write a run's results as `DAY-HOST{suffix}.json` and its table as `latest{suffix}.md` under `out`."""
+    out.mkdir(parents=True, exist_ok=True)
+    day = datetime.now(UTC).strftime("%Y-%m-%d")
+    json_path = out / f"{day}-{results['machine']['host']}{suffix}.json"
+    json_path.write_text(json.dumps(results, indent=2, sort_keys=True, default=str) + "\n")
+    md_path = out / f"latest{suffix}.md"
+    md_path.write_text(table)
+    return json_path, md_path, table
