@@ -144,3 +144,40 @@ async def test_the_stdlib_lookup_resolves_localhost_without_a_ttl() -> None:
     addresses, ttl = await getaddrinfo_lookup("localhost", 8080)
     assert ttl is None and ("127.0.0.1", 8080) in addresses
     assert list(addresses) == sorted(set(addresses))
+
+
+async def test_clusters_name_their_endpoints_source_and_show_the_resolver() -> None:
+    from prometheus_client import CollectorRegistry
+
+    from proxy.config.model import ClusterConfig
+    from proxy.telemetry.metrics import Metrics
+    from proxy.upstream.cluster import Cluster
+
+    metrics = Metrics(CollectorRegistry())
+    static = Cluster(ClusterConfig.model_validate({"name": "s", "endpoints": ["10.0.0.1:80"]}), metrics, ManualClock())
+    static.set_endpoints([("10.0.0.1", 80)])
+    assert [e["source"] for e in static.snapshot()["endpoints"]] == ["static"]  # type: ignore[union-attr]
+    assert "discovery" not in static.snapshot()
+    config = ClusterConfig.model_validate({"name": "d", "discovery": {"dns": {"name": "svc", "port": 80}}})
+    dns = Cluster(config, metrics, ManualClock())
+    resolver = DnsDiscovery("d", config.discovery.dns, ManualClock(), None, FakeResolver(A))  # type: ignore[union-attr]
+    resolver.subscribe(dns.set_endpoints)
+    dns.discovery_view = resolver.snapshot
+    assert dns.snapshot()["discovery"] == {"source": "dns", "name": "svc", "port": 80, "refresh_seconds": 30.0,
+                                           "resolved": False, "errors": 0, "last_error": None}
+    dns.set_endpoints(A)
+    assert [e["source"] for e in dns.snapshot()["endpoints"]] == ["dns", "dns"]  # type: ignore[union-attr]
+
+
+def test_discovery_error_series_leave_metrics_when_forgotten() -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from proxy.telemetry.metrics import Metrics
+
+    registry = CollectorRegistry()
+    metrics = Metrics(registry)
+    metrics.discovery_errors("gone", "nxdomain").inc()
+    metrics.discovery_errors("kept", "timeout").inc()
+    metrics.forget_discovery("gone")
+    text = generate_latest(registry).decode()
+    assert 'cluster="gone"' not in text and 'sidecar_discovery_errors_total{cluster="kept",kind="timeout"} 1.0' in text
