@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from aiohttp import web
 
 from proxy.app import App
 from proxy.config.load import load_config
@@ -134,3 +135,58 @@ async def test_a_reload_that_keeps_the_discovery_config_keeps_the_resolver(tmp_p
     finally:
         await app.drain_and_stop()
         await upstream.stop()
+
+
+async def test_a_changed_answer_moves_new_requests_and_lets_in_flight_ones_finish(tmp_path: Path) -> None:
+    release = asyncio.Event()
+
+    async def slow(request: web.Request) -> web.StreamResponse:
+        if request.path == "/slow":
+            await release.wait()
+        return web.json_response({"name": "old"})
+
+    old = await start_upstream(slow, name="old")
+    new = await start_upstream(name="new")
+    path = tmp_path / "sidecar.yaml"
+    path.write_text(config("localhost", old.port, refresh="100ms"))
+    app = App(load_config(path))
+    port = [old.port]
+
+    async def switchable(name: str, _port: int) -> tuple[Addresses, float | None]:
+        # The real resolver for `localhost`; which upstream's port it pairs with is the test's to switch.
+        addresses, ttl = await getaddrinfo_lookup(name, port[0])
+        return tuple(a for a in addresses if a[0] == "127.0.0.1"), ttl
+
+    app.dns_lookup = switchable
+    await app.start()
+    running = RunningSidecar(app)
+    try:
+        await eventually(lambda: _is(status(running.admin_url("/ready")), 200))
+        async with aiohttp.ClientSession(timeout=TIMEOUT) as session:
+            in_flight = asyncio.create_task(session.get(running.url("/slow")))
+            await eventually(lambda: _has_requests(old))
+            old_endpoint = app.clusters["backend"].endpoints[0]
+            port[0] = new.port
+            await eventually(lambda: _serves(app, new.port))
+            assert old_endpoint.state.value == "draining"
+            assert await status(running.url("/x")) == 200
+            assert len(new.requests) == 1
+            release.set()
+            reply = await in_flight
+            assert reply.status == 200 and (await reply.json())["name"] == "old"
+            reply.release()
+        [backend] = (await admin_json(running, "/clusters"))["clusters"]
+        assert [e["address"] for e in backend["endpoints"]] == [f"127.0.0.1:{new.port}"]
+    finally:
+        release.set()
+        await app.drain_and_stop()
+        await old.stop()
+        await new.stop()
+
+
+async def _has_requests(upstream: Any) -> bool:
+    return bool(upstream.requests)
+
+
+async def _serves(app: App, port: int) -> bool:
+    return [e.port for e in app.clusters["backend"].endpoints] == [port]
