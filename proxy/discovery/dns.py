@@ -133,10 +133,16 @@ class DnsDiscovery:
         if addresses != self.current:
             log.info("cluster %s: %s resolved to %d endpoints", self.cluster, dns.name, len(addresses))
             self.current = addresses
-            for subscriber in list(self.subscribers):
-                subscriber(addresses)
+            self._deliver(addresses)
         period = dns.refresh if ttl is None else min(dns.refresh, ttl)
         return self._jittered(period)
+
+    def _deliver(self, addresses: Addresses) -> None:
+        for subscriber in list(self.subscribers):
+            try:
+                subscriber(addresses)
+            except Exception:  # a bug in one subscriber must not end the refresh loop for the others
+                log.exception("cluster %s: applying the endpoints of %s failed", self.cluster, self.config.name)
 
     def _failed(self, error: Exception) -> float:
         kind = error_kind(error)

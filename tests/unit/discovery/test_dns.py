@@ -181,3 +181,15 @@ def test_discovery_error_series_leave_metrics_when_forgotten() -> None:
     metrics.forget_discovery("gone")
     text = generate_latest(registry).decode()
     assert 'cluster="gone"' not in text and 'sidecar_discovery_errors_total{cluster="kept",kind="timeout"} 1.0' in text
+
+
+async def test_a_failing_subscriber_does_not_stop_the_others_or_the_loop() -> None:
+    resolver, sets, _ = make(FakeResolver(A, B))
+
+    def broken(_addresses: Addresses) -> None:
+        raise RuntimeError("bug")
+
+    resolver.subscribers.insert(0, broken)
+    assert 30.0 * (1 - JITTER) <= await resolver.refresh() <= 30.0
+    await resolver.refresh()
+    assert sets == [A, B] and resolver.current == B
