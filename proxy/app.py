@@ -27,8 +27,9 @@ from prometheus_client import CollectorRegistry
 from proxy.admin.server import AdminServer, AdminSource
 from proxy.clock import Clock
 from proxy.config.load import ConfigError, ConfigUnreadable, LoadedConfig, parse_config, read_and_hash, redacted_dump
-from proxy.config.model import Address, ClusterConfig, Config, ListenerConfig, host_port
+from proxy.config.model import Address, ClusterConfig, Config, DnsDiscoveryConfig, ListenerConfig, host_port
 from proxy.config.watch import ConfigWatcher
+from proxy.discovery.dns import DnsDiscovery, Lookup, getaddrinfo_lookup
 from proxy.discovery.static import static_endpoints
 from proxy.filters.keysfile import KeyStores
 from proxy.filters.trace import TracePropagator
@@ -75,9 +76,8 @@ def _unsupported_listener_keys(listener: ListenerConfig, where: str) -> list[str
 def _unsupported_cluster_keys(cluster: ClusterConfig, where: str) -> list[str]:
     """`unsupported_keys` of one cluster, under its key path `where`."""
     found: list[str] = []
-    if cluster.discovery is not None:
-        kind = "kubernetes" if cluster.discovery.kubernetes is not None else "dns"
-        found.append(f"{where}.discovery.{kind}")
+    if cluster.discovery is not None and cluster.discovery.kubernetes is not None:
+        found.append(f"{where}.discovery.kubernetes")
     if cluster.load_balancer != "round_robin":
         found.append(f"{where}.load_balancer")
     if cluster.protocol != "http1":
@@ -259,6 +259,12 @@ class App:
         # A cluster's background tasks (outlier timer, TLS file watch), keyed by the Cluster object: a
         # reload builds the replacement before retiring the old one.
         self._cluster_tasks: dict[Cluster, list[asyncio.Task[Any]]] = {}
+        # DNS discovery: one resolver per (cluster name, dns config), shared by the clusters subscribed to it,
+        # so a reload that rebuilds a cluster but keeps its discovery config keeps the resolver and its set.
+        self._resolvers: dict[tuple[str, DnsDiscoveryConfig], DnsDiscovery] = {}
+        self._resolver_of: dict[Cluster, DnsDiscovery] = {}
+        # How DNS names are looked up (tests substitute a fake).
+        self.dns_lookup: Lookup = getaddrinfo_lookup
         self._reload_lock = asyncio.Lock()
         # Coalescing: the one task that reloads while requests keep arriving, and whether one arrived.
         self._reloader: asyncio.Task[None] | None = None
@@ -279,6 +285,8 @@ class App:
         cluster = Cluster(config, self.metrics, self.clock, ClientConnection, origin)
         if config.endpoints is not None:
             cluster.set_endpoints(static_endpoints(config.endpoints))
+        elif config.discovery is not None and config.discovery.dns is not None:
+            self._subscribe_dns(cluster, config.discovery.dns)
         tasks: list[asyncio.Task[Any]] = []
         if cluster.outlier is not None:
             tasks.append(asyncio.create_task(self._outlier_timer(cluster), name=f"outlier {cluster.name}"))
@@ -290,11 +298,43 @@ class App:
             self._cluster_tasks[cluster] = tasks
         return cluster
 
+    def _subscribe_dns(self, cluster: Cluster, dns: DnsDiscoveryConfig) -> None:
+        """Feed `cluster` from the resolver of its name and config: the running one (its last good set
+        delivered at once), else a new one started now."""
+        key = (cluster.name, dns)
+        resolver = self._resolvers.get(key)
+        if resolver is None:
+            name = cluster.name
+            metrics = self.metrics
+
+            def count_error(kind: str) -> None:
+                metrics.discovery_errors(name, kind).inc()
+
+            resolver = DnsDiscovery(name, dns, self.clock, count_error, self.dns_lookup)
+            self._resolvers[key] = resolver
+            self._tasks.add(resolver.start())
+        resolver.subscribe(cluster.set_endpoints)
+        cluster.discovery_view = resolver.snapshot
+        self._resolver_of[cluster] = resolver
+
+    def _unsubscribe_dns(self, cluster: Cluster) -> None:
+        """A retired cluster stops taking sets; the resolver stops when no cluster takes them any more."""
+        resolver = self._resolver_of.pop(cluster, None)
+        if resolver is None or not resolver.unsubscribe(cluster.set_endpoints):
+            return
+        if resolver.task is not None:
+            self._tasks.discard(resolver.task)
+        resolver.stop()
+        del self._resolvers[(resolver.cluster, resolver.config)]
+        if all(name != resolver.cluster for name, _ in self._resolvers):
+            self.metrics.forget_discovery(resolver.cluster)
+
     def _retire_cluster(self, cluster: Cluster) -> None:
         """A cluster removed or replaced by a reload: idle connections close now, busy ones when done."""
         for task in self._cluster_tasks.pop(cluster, ()):
             task.cancel()
             self._tasks.discard(task)
+        self._unsubscribe_dns(cluster)
         cluster.close()
         if cluster.tls is not None:
             self._settle_cert_expiry(cluster.name)

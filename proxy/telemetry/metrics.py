@@ -46,6 +46,8 @@ LIMIT_REASONS: Final = ("max_requests", "max_pending", "pending_timeout")
 BREAKER_STATES: Final = ("closed", "open", "half_open")
 ENDPOINT_STATES: Final = ("healthy", "ejected", "breaker_open")
 RELOAD_RESULTS: Final = ("success", "failure")
+# The `kind` label of sidecar_discovery_errors_total (proxy/discovery/dns.py says which failure is which).
+DISCOVERY_ERROR_KINDS: Final = ("nxdomain", "timeout", "empty", "other")
 
 # Gauge values of sidecar_circuit_breaker_state (the user contract: 0 closed, 1 open, 2 half-open).
 BREAKER_STATE_VALUE: Final[dict[str, float]] = {"closed": 0.0, "open": 1.0, "half_open": 2.0}
@@ -170,6 +172,7 @@ class Metrics:
         "breaker_transitions_family",
         "cert_expiry",
         "config_reloads_family",
+        "discovery_errors_family",
         "downstream_connections_family",
         "endpoints_family",
         "limits_rejected_family",
@@ -270,6 +273,12 @@ class Metrics:
             ("result",),
             registry=registry,
         )
+        self.discovery_errors_family = Counter(
+            "sidecar_discovery_errors",
+            "Failed endpoint discovery lookups, by cluster and kind (nxdomain | timeout | empty | other).",
+            ("cluster", "kind"),
+            registry=registry,
+        )
         self.tls_reloads_family = Counter(
             "sidecar_tls_reloads",
             "Reloads of TLS certificate, key and CA files changed on disk, by result (failure = the old stayed).",
@@ -331,6 +340,16 @@ class Metrics:
         # KeyError: never bound (the breaker never reported), so there is nothing to drop.
         with contextlib.suppress(KeyError):
             self.breaker_state.remove(cluster, endpoint)
+
+    def discovery_errors(self, cluster: str, kind: str) -> Counter:
+        """Counter child of `sidecar_discovery_errors_total` for one cluster's failures of `kind`."""
+        return self.discovery_errors_family.labels(cluster, kind)
+
+    def forget_discovery(self, cluster: str) -> None:
+        """Drop a cluster's discovery error series once no resolver of that cluster name runs."""
+        for kind in DISCOVERY_ERROR_KINDS:
+            with contextlib.suppress(KeyError):  # never counted: nothing to drop
+                self.discovery_errors_family.remove(cluster, kind)
 
     def endpoints(self, cluster: str) -> EndpointCountMetrics:
         return EndpointCountMetrics(self.endpoints_family, cluster)

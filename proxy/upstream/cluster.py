@@ -14,7 +14,7 @@ connections with it. Must not know routes.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from proxy.clock import Clock
 from proxy.config.model import ClusterConfig
@@ -40,12 +40,14 @@ class Cluster:
         "balancer",
         "bulkhead",
         "config",
+        "discovery_view",
         "endpoints",
         "has_endpoints",
         "limits_rejected",
         "name",
         "outlier",
         "pool_settings",
+        "source",
         "tls",
     )
 
@@ -79,6 +81,10 @@ class Cluster:
         self._endpoint_gauges = metrics.endpoints(self.name)
         # False until discovery delivered its first set (readiness waits for it).
         self.has_endpoints = False
+        # Where the endpoints come from (shown per endpoint in /clusters), and the discovery's own view.
+        discovery = config.discovery
+        self.source = "static" if discovery is None else ("dns" if discovery.dns is not None else "kubernetes")
+        self.discovery_view: Callable[[], dict[str, object]] | None = None
 
     # -- the endpoint set --------------------------------------------------------------------------
 
@@ -183,8 +189,10 @@ class Cluster:
             "name": self.name,
             "load_balancer": "round_robin",
             "connect_timeout_seconds": self.pool_settings.connect_timeout,
-            "endpoints": [e.snapshot() for e in self.endpoints],
+            "endpoints": [{**e.snapshot(), "source": self.source} for e in self.endpoints],
         }
+        if self.discovery_view is not None:
+            view["discovery"] = self.discovery_view()
         if self.bulkhead is not None:
             view["limits"] = self.bulkhead.snapshot()
         if self.outlier is not None:

@@ -65,6 +65,7 @@ def record_golden_traffic(m: Metrics) -> None:
     m.tls_handshake_errors("in", "unknown_ca").inc()
     m.cert_expiry_of("in").set(1_900_000_000)
     m.config_reloads("success").inc()
+    m.discovery_errors("shop-v1", "nxdomain").inc()
     m.tls_reloads("failure").inc()
 
 
@@ -271,6 +272,9 @@ sidecar_cert_expiry_timestamp_seconds{listener_or_cluster="in"} 1.9e+09
 # HELP sidecar_config_reloads_total Config reloads, by result (failure = the running config stayed).
 # TYPE sidecar_config_reloads_total counter
 sidecar_config_reloads_total{result="success"} 1.0
+# HELP sidecar_discovery_errors_total Failed endpoint discovery lookups, by cluster and kind (nxdomain | timeout | empty | other).
+# TYPE sidecar_discovery_errors_total counter
+sidecar_discovery_errors_total{cluster="shop-v1",kind="nxdomain"} 1.0
 # HELP sidecar_tls_reloads_total Reloads of TLS certificate, key and CA files changed on disk, by result (failure = the old stayed).
 # TYPE sidecar_tls_reloads_total counter
 sidecar_tls_reloads_total{result="failure"} 1.0
