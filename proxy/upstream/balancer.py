@@ -25,6 +25,9 @@ pick allocates nothing but its result. The price: in the compiled build no inter
 
 from __future__ import annotations
 
+import math
+
+from proxy.clock import Clock
 from proxy.resilience.classify import Verdict
 from proxy.upstream.endpoint import ACTIVE, Endpoint
 
@@ -59,8 +62,8 @@ class RoundRobin(Balancer):
         super().__init__(endpoints)
         self._next = 0
 
-    def rebuild(self, endpoints: tuple[Endpoint, ...]) -> RoundRobin:
-        return RoundRobin(endpoints)
+    def rebuild(self, endpoints: tuple[Endpoint, ...]) -> Balancer:
+        return make_round_robin(endpoints)
 
     def pick(self, tried: list[Endpoint] | None, hash_key: int | None) -> tuple[Endpoint, int] | None:
         endpoints = self.endpoints
@@ -96,3 +99,186 @@ def pick_from(endpoints: tuple[Endpoint, ...], start: int, tried: list[Endpoint]
         if token is not None:
             return fallback, token
     return None
+
+
+class WeightedRoundRobin(Balancer):
+    """Round robin by weight: a precomputed smooth schedule (nginx's smooth weighted round robin), so weights
+    3:1 give A A B A rather than A A A B. `RoundRobin.rebuild` makes one when weights differ, so equal-weight
+    clusters keep the plain round robin's pick."""
+
+    __slots__ = ("_next", "_schedule")
+
+    def __init__(self, endpoints: tuple[Endpoint, ...]) -> None:
+        super().__init__(endpoints)
+        self._next = 0
+        self._schedule = smooth_schedule(tuple(e.weight for e in endpoints))
+
+    def rebuild(self, endpoints: tuple[Endpoint, ...]) -> Balancer:
+        return make_round_robin(endpoints)
+
+    def pick(self, tried: list[Endpoint] | None, hash_key: int | None) -> tuple[Endpoint, int] | None:
+        schedule = self._schedule
+        count = len(schedule)
+        if count == 0:
+            return None
+        step = self._next
+        self._next = step + 1 if step + 1 < count else 0
+        return pick_from(self.endpoints, schedule[step], tried)
+
+
+def smooth_schedule(weights: tuple[int, ...]) -> tuple[int, ...]:
+    """Endpoint indexes in smooth weighted round robin order over one period (weights divided by their gcd):
+    each step every index gains its weight, the largest current value is chosen and loses the total."""
+    divisor = 0
+    for weight in weights:
+        divisor = math.gcd(divisor, weight)
+    if divisor == 0:
+        return ()
+    scaled = [weight // divisor for weight in weights]
+    total = sum(scaled)
+    current = [0] * len(scaled)
+    order: list[int] = []
+    for _ in range(total):
+        best = 0
+        for index, weight in enumerate(scaled):
+            current[index] += weight
+            if current[index] > current[best]:
+                best = index
+        current[best] -= total
+        order.append(best)
+    return tuple(order)
+
+
+def make_round_robin(endpoints: tuple[Endpoint, ...]) -> Balancer:
+    """Plain round robin when every weight is the same, else the weighted schedule."""
+    if any(e.weight != endpoints[0].weight for e in endpoints):
+        return WeightedRoundRobin(endpoints)
+    return RoundRobin(endpoints)
+
+
+def eligible(endpoint: Endpoint, tried: list[Endpoint] | None) -> bool:
+    """Active, not ejected, not tried by this request (the breaker is asked only of the chosen one)."""
+    if endpoint.ejected or endpoint.state is not ACTIVE:
+        return False
+    return not (tried and endpoint in tried)
+
+
+class PowerOfTwo(Balancer):
+    """Power of two choices: two distinct random endpoints, the one with the lower `cost` is asked first.
+    When only one of the two is eligible it is taken; when neither is, or the chosen one's breaker refuses,
+    `pick_from` walks the set from the first candidate (a random start). Subclasses define `cost`."""
+
+    __slots__ = ("clock",)
+
+    def __init__(self, endpoints: tuple[Endpoint, ...], clock: Clock) -> None:
+        super().__init__(endpoints)
+        self.clock = clock
+
+    def cost(self, endpoint: Endpoint, now: float) -> float:
+        raise NotImplementedError
+
+    def pick(self, tried: list[Endpoint] | None, hash_key: int | None) -> tuple[Endpoint, int] | None:
+        endpoints = self.endpoints
+        count = len(endpoints)
+        if count < 2:
+            return pick_from(endpoints, 0, tried) if count else None
+        rng = self.clock.random
+        first = rng.randrange(count)
+        second = rng.randrange(count - 1)
+        if second >= first:
+            second += 1
+        a = endpoints[first]
+        b = endpoints[second]
+        chosen: Endpoint | None = None
+        if eligible(a, tried):
+            chosen = a
+            if eligible(b, tried):
+                now = self.clock.now()
+                if self.cost(b, now) < self.cost(a, now):
+                    chosen = b
+        elif eligible(b, tried):
+            chosen = b
+        if chosen is not None:
+            token = chosen.admit()
+            if token is not None:
+                return chosen, token
+        return pick_from(endpoints, first, tried)
+
+
+class LeastRequest(PowerOfTwo):
+    """P2C on requests in flight, divided by weight ((in_flight + 1) / weight, as Envoy's least request with
+    its default bias)."""
+
+    __slots__ = ()
+
+    def rebuild(self, endpoints: tuple[Endpoint, ...]) -> LeastRequest:
+        return LeastRequest(endpoints, self.clock)
+
+    def cost(self, endpoint: Endpoint, now: float) -> float:
+        return (endpoint.in_flight + 1) / endpoint.weight
+
+
+# Peak EWMA's settings (linkerd2-proxy's defaults): the decay's time constant and an unmeasured endpoint's RTT.
+DEFAULT_DECAY = 10.0
+DEFAULT_RTT = 0.030
+# A failed attempt counts as a sample this many times the larger of its latency and the current estimate.
+FAILURE_PENALTY = 2.0
+
+
+class PeakEwma(PowerOfTwo):
+    """P2C on cost = RTT estimate x (in flight + 1), the estimate being linkerd2-proxy's (tower's) peak EWMA:
+    a sample above the estimate replaces it (peak-sensitive), a lower one moves it by 1 - exp(-elapsed /
+    decay); reading it decays it toward zero with the same time constant, so an endpoint that was slow and
+    then left alone is tried again. An endpoint never measured starts at `default_rtt`. A failed attempt is
+    recorded as `FAILURE_PENALTY` x max(latency, estimate) (a fast error must not look like a fast endpoint);
+    a cancelled one (the client left: its latency is a lower bound) only as a peak. The estimate lives on the
+    endpoint (`rtt`, `rtt_at`)."""
+
+    __slots__ = ("decay", "default_rtt")
+
+    def __init__(self, endpoints: tuple[Endpoint, ...], clock: Clock, decay: float = DEFAULT_DECAY,
+                 default_rtt: float = DEFAULT_RTT) -> None:
+        super().__init__(endpoints, clock)
+        self.decay = decay
+        self.default_rtt = default_rtt
+
+    def rebuild(self, endpoints: tuple[Endpoint, ...]) -> PeakEwma:
+        return PeakEwma(endpoints, self.clock, self.decay, self.default_rtt)
+
+    def estimate(self, endpoint: Endpoint, now: float) -> float:
+        """The endpoint's RTT estimate at `now`, decayed toward zero since it was last touched."""
+        rtt = endpoint.rtt
+        if rtt < 0.0:
+            endpoint.rtt = self.default_rtt
+            endpoint.rtt_at = now
+            return self.default_rtt
+        elapsed = now - endpoint.rtt_at
+        if elapsed > 0.0:
+            rtt *= math.exp(-elapsed / self.decay)
+            endpoint.rtt = rtt
+            endpoint.rtt_at = now
+        return rtt
+
+    def cost(self, endpoint: Endpoint, now: float) -> float:
+        return self.estimate(endpoint, now) * (endpoint.in_flight + 1)
+
+    def observe(self, endpoint: Endpoint, verdict: Verdict, latency: float) -> None:
+        now = self.clock.now()
+        rtt = endpoint.rtt
+        if rtt < 0.0:
+            rtt = self.default_rtt
+            endpoint.rtt_at = now
+        sample = latency
+        if verdict.cancelled:
+            if sample > rtt:
+                endpoint.rtt = sample
+                endpoint.rtt_at = now
+            return
+        if verdict.is_failure:
+            sample = FAILURE_PENALTY * (sample if sample > rtt else rtt)
+        if sample > rtt:
+            endpoint.rtt = sample
+        else:
+            weight = math.exp(-max(now - endpoint.rtt_at, 0.0) / self.decay)
+            endpoint.rtt = rtt * weight + sample * (1.0 - weight)
+        endpoint.rtt_at = now
