@@ -25,6 +25,8 @@ pick allocates nothing but its result. The price: in the compiled build no inter
 
 from __future__ import annotations
 
+import bisect
+import hashlib
 import math
 
 from proxy.clock import Clock
@@ -282,3 +284,75 @@ class PeakEwma(PowerOfTwo):
             weight = math.exp(-max(now - endpoint.rtt_at, 0.0) / self.decay)
             endpoint.rtt = rtt * weight + sample * (1.0 - weight)
         endpoint.rtt_at = now
+
+
+# Virtual nodes per unit of weight on the hash ring: with 160, each endpoint's share of the ring is within a
+# few percent of 1/N (the standard deviation of a share falls as 1/sqrt(vnodes)).
+RING_VNODES = 160
+
+
+def hash64(data: bytes) -> int:
+    """A 64-bit hash, the same in every process (workers agree on a key's endpoint; Python's `hash` of
+    bytes is salted per process)."""
+    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "big")
+
+
+class RingHash(Balancer):
+    """Consistent hashing (Karger's ring, as Envoy's ring hash): each endpoint owns `vnodes` x weight points
+    on a 64-bit ring, hashed from its address; a key goes to the owner of the first point at or after the
+    key's hash. Adding an endpoint moves only the keys that fall on its new points, about 1/N of them. An
+    unavailable owner (draining, ejected, tried, breaker refusing) passes the key on along the ring, so its
+    keys spread over the others and come back when it does. Without a key (the request had no such header or
+    cookie), a random start."""
+
+    __slots__ = ("_owners", "_points", "clock", "vnodes")
+
+    def __init__(self, endpoints: tuple[Endpoint, ...], clock: Clock, vnodes: int = RING_VNODES) -> None:
+        super().__init__(endpoints)
+        self.clock = clock
+        self.vnodes = vnodes
+        ring: list[tuple[int, int]] = []
+        for index, endpoint in enumerate(endpoints):
+            name = endpoint.address.encode()
+            for replica in range(vnodes * endpoint.weight):
+                ring.append((hash64(name + b"_" + str(replica).encode()), index))
+        ring.sort()
+        self._points = [point for point, _ in ring]
+        self._owners = [index for _, index in ring]
+
+    def rebuild(self, endpoints: tuple[Endpoint, ...]) -> RingHash:
+        return RingHash(endpoints, self.clock, self.vnodes)
+
+    def pick(self, tried: list[Endpoint] | None, hash_key: int | None) -> tuple[Endpoint, int] | None:
+        endpoints = self.endpoints
+        if not endpoints:
+            return None
+        if hash_key is None:
+            return pick_from(endpoints, self.clock.random.randrange(len(endpoints)), tried)
+        points = self._points
+        owners = self._owners
+        size = len(points)
+        start = bisect.bisect_left(points, hash_key)
+        fallback: Endpoint | None = None
+        previous = -1
+        for offset in range(size):
+            position = start + offset
+            owner = owners[position if position < size else position - size]
+            if owner == previous:
+                continue  # the same endpoint's next point: already asked
+            previous = owner
+            endpoint = endpoints[owner]
+            if endpoint.ejected or endpoint.state is not ACTIVE:
+                continue
+            if tried and endpoint in tried:
+                if fallback is None:
+                    fallback = endpoint
+                continue
+            token = endpoint.admit()
+            if token is not None:
+                return endpoint, token
+        if fallback is not None:
+            token = fallback.admit()
+            if token is not None:
+                return fallback, token
+        return None
