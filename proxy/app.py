@@ -78,8 +78,6 @@ def _unsupported_cluster_keys(cluster: ClusterConfig, where: str) -> list[str]:
     if cluster.discovery is not None:
         kind = "kubernetes" if cluster.discovery.kubernetes is not None else "dns"
         found.append(f"{where}.discovery.{kind}")
-    if cluster.load_balancer != "round_robin":
-        found.append(f"{where}.load_balancer")
     if cluster.protocol != "http1":
         found.append(f"{where}.protocol")
     return found

@@ -30,6 +30,8 @@ import hashlib
 import math
 
 from proxy.clock import Clock
+from proxy.config.model import ClusterConfig
+from proxy.message import Headers, RequestHead
 from proxy.resilience.classify import Verdict
 from proxy.upstream.endpoint import ACTIVE, Endpoint
 
@@ -356,3 +358,55 @@ class RingHash(Balancer):
             if token is not None:
                 return fallback, token
         return None
+
+
+class HashPolicy:
+    """What a ring-hash cluster hashes a request on (`load_balancer: {ring_hash: ...}`): a header's first
+    value, a cookie's value, or the client's IP. Only a ring-hash cluster has one, so other clusters compute
+    no key. `key` is None when the request lacks the header or cookie (a random endpoint then)."""
+
+    __slots__ = ("cookie", "header")
+
+    def __init__(self, header: bytes | None = None, cookie: bytes | None = None) -> None:
+        # Neither: the source IP.
+        self.header = header
+        self.cookie = cookie
+
+    def key(self, head: RequestHead, peer_ip: bytes) -> int | None:
+        if self.header is not None:
+            value = head.header(self.header)
+            return None if value is None else hash64(value)
+        if self.cookie is not None:
+            value = cookie_value(head.headers, self.cookie)
+            return None if value is None else hash64(value)
+        return hash64(peer_ip) if peer_ip else None
+
+
+def cookie_value(headers: Headers, name: bytes) -> bytes | None:
+    """The value of cookie `name` in the request's Cookie headers, or None."""
+    prefix = name + b"="
+    for header, value in headers:
+        if header != b"cookie":
+            continue
+        for part in value.split(b";"):
+            part = part.strip()
+            if part.startswith(prefix):
+                return part[len(prefix):]
+    return None
+
+
+def make_balancer(config: ClusterConfig, clock: Clock) -> tuple[Balancer, HashPolicy | None]:
+    """The cluster's balancer (over no endpoints yet) and, for ring hash with a key, its hash policy."""
+    kind = config.load_balancer
+    if kind == "least_request":
+        return LeastRequest((), clock), None
+    if kind == "peak_ewma":
+        return PeakEwma((), clock), None
+    if kind == "ring_hash":
+        ring = config.ring_hash
+        policy: HashPolicy | None = None
+        if ring is not None:
+            policy = HashPolicy(ring.header.lower().encode("latin-1") if ring.header is not None else None,
+                                ring.cookie.encode("latin-1") if ring.cookie is not None else None)
+        return RingHash((), clock), policy
+    return RoundRobin(()), None

@@ -22,7 +22,7 @@ from proxy.resilience.breaker import BreakerState, CircuitBreaker
 from proxy.resilience.classify import Verdict
 from proxy.resilience.limits import Bulkhead
 from proxy.telemetry.metrics import Metrics
-from proxy.upstream.balancer import Balancer, RoundRobin
+from proxy.upstream.balancer import Balancer, HashPolicy, make_balancer
 from proxy.upstream.endpoint import DRAINING, Endpoint
 from proxy.upstream.outlier import OutlierDetector
 from proxy.upstream.pool import Connector, OriginTls, PoolSettings, no_connector
@@ -42,6 +42,7 @@ class Cluster:
         "config",
         "endpoints",
         "has_endpoints",
+        "hash_policy",
         "limits_rejected",
         "name",
         "outlier",
@@ -69,7 +70,10 @@ class Cluster:
         )
         self.tls = tls
         self.endpoints: tuple[Endpoint, ...] = ()
-        self.balancer: Balancer = RoundRobin(())
+        self.balancer: Balancer
+        # Ring hash with a key: what the cluster stage hashes a request on (None: no key is computed).
+        self.hash_policy: HashPolicy | None
+        self.balancer, self.hash_policy = make_balancer(config, clock)
         self.bulkhead = Bulkhead.from_config(config.limits, clock) if config.limits is not None else None
         self.outlier = (OutlierDetector.from_config(config.outlier_detection)
                         if config.outlier_detection is not None else None)
@@ -181,7 +185,7 @@ class Cluster:
         """What /clusters shows for this cluster."""
         view: dict[str, object] = {
             "name": self.name,
-            "load_balancer": "round_robin",
+            "load_balancer": self.config.load_balancer,
             "connect_timeout_seconds": self.pool_settings.connect_timeout,
             "endpoints": [e.snapshot() for e in self.endpoints],
         }

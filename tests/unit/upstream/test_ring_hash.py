@@ -6,10 +6,24 @@ from __future__ import annotations
 
 from collections import Counter
 
+import pytest
+from pydantic import ValidationError
+
 from proxy.clock import ManualClock
-from proxy.upstream.balancer import RingHash, hash64
+from proxy.config.model import ClusterConfig
+from proxy.upstream.balancer import (
+    HashPolicy,
+    LeastRequest,
+    PeakEwma,
+    RingHash,
+    RoundRobin,
+    cookie_value,
+    hash64,
+    make_balancer,
+)
 from proxy.upstream.endpoint import DRAINING, Endpoint
 from proxy.upstream.pool import PoolSettings
+from tests.unit.heads import make_head
 from tests.unit.upstream.test_balancer import make_endpoints, open_breaker
 
 KEYS = [hash64(f"user-{n}".encode()) for n in range(10000)]
@@ -91,3 +105,41 @@ async def test_weight_scales_the_share_and_no_key_is_random() -> None:
     random_picks = Counter(owner(balancer, None) for _ in range(200))
     assert len(random_picks) == 2
     assert RingHash((), clock).pick(None, KEYS[0]) is None
+
+
+def test_hash_policy_keys_on_a_header_a_cookie_or_the_source_ip() -> None:
+    head = make_head(headers=[(b"x-user-id", b"42"), (b"cookie", b"a=1; session=abc; b=2")])
+    assert HashPolicy(header=b"x-user-id").key(head, b"10.1.1.1") == hash64(b"42")
+    assert HashPolicy(header=b"x-other").key(head, b"10.1.1.1") is None
+    assert HashPolicy(cookie=b"session").key(head, b"10.1.1.1") == hash64(b"abc")
+    assert HashPolicy(cookie=b"sess").key(head, b"10.1.1.1") is None
+    assert HashPolicy().key(head, b"10.1.1.1") == hash64(b"10.1.1.1")
+    assert cookie_value([(b"cookie", b"x=1"), (b"cookie", b"session=z")], b"session") == b"z"
+
+
+def cluster_config(balancer: object) -> ClusterConfig:
+    return ClusterConfig.model_validate({"name": "c", "endpoints": ["127.0.0.1:1"], "load_balancer": balancer})
+
+
+@pytest.mark.parametrize(("setting", "kind", "keyed"), [
+    ("round_robin", RoundRobin, False),
+    ("least_request", LeastRequest, False),
+    ("peak_ewma", PeakEwma, False),
+    ("ring_hash", RingHash, False),
+    ({"ring_hash": {"header": "X-User-Id"}}, RingHash, True),
+    ({"ring_hash": {"cookie": "session"}}, RingHash, True),
+    ({"ring_hash": {"source_ip": True}}, RingHash, True),
+])
+def test_the_config_chooses_the_balancer(setting: object, kind: type, keyed: bool) -> None:
+    balancer, policy = make_balancer(cluster_config(setting), ManualClock())
+    assert type(balancer) is kind
+    assert (policy is not None) == keyed
+    if isinstance(setting, dict) and "header" in setting["ring_hash"]:
+        assert policy is not None and policy.header == b"x-user-id"
+
+
+@pytest.mark.parametrize("setting", [{"ring_hash": {}}, {"ring_hash": {"header": "a", "cookie": "b"}},
+                                     {"fastest": {}}, "random"])
+def test_bad_balancer_settings_are_refused(setting: object) -> None:
+    with pytest.raises(ValidationError):
+        cluster_config(setting)
