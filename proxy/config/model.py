@@ -544,6 +544,8 @@ class ClusterConfig(_Model):
     # `load_balancer: {ring_hash: {...}}` arrives here (and `load_balancer` reads ring_hash); plain
     # `ring_hash` without a key hashes nothing: every request goes to a random endpoint (as Envoy's).
     ring_hash: RingHashConfig | None = None
+    # A new endpoint's weight ramps from 10 % to full over this (round robin, least request, peak EWMA).
+    slow_start: Duration | None = None
     connect_timeout: Duration = 5.0
     protocol: Literal["http1", "http2", "auto"] = "http1"
     # The upstream's status line + headers (and, separately, its trailers): 502 beyond either bound.

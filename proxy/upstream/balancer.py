@@ -58,16 +58,19 @@ class Balancer:
 
 
 class RoundRobin(Balancer):
-    """Each endpoint in turn: every pick starts one endpoint further than the last."""
+    """Each endpoint in turn: every pick starts one endpoint further than the last. An endpoint in slow start
+    keeps its turn with probability `ramp` (else the turn passes to the next); `clock` is needed for that
+    only."""
 
-    __slots__ = ("_next",)
+    __slots__ = ("_next", "clock")
 
-    def __init__(self, endpoints: tuple[Endpoint, ...]) -> None:
+    def __init__(self, endpoints: tuple[Endpoint, ...], clock: Clock | None = None) -> None:
         super().__init__(endpoints)
         self._next = 0
+        self.clock = clock
 
     def rebuild(self, endpoints: tuple[Endpoint, ...]) -> Balancer:
-        return make_round_robin(endpoints)
+        return make_round_robin(endpoints, self.clock)
 
     def pick(self, tried: list[Endpoint] | None, hash_key: int | None) -> tuple[Endpoint, int] | None:
         endpoints = self.endpoints
@@ -76,6 +79,8 @@ class RoundRobin(Balancer):
             return None
         start = self._next
         self._next = start + 1 if start + 1 < count else 0
+        if endpoints[start].warm_at != 0.0:
+            start = pass_turn(endpoints, start, self.clock)
         return pick_from(endpoints, start, tried)
 
 
@@ -110,15 +115,16 @@ class WeightedRoundRobin(Balancer):
     3:1 give A A B A rather than A A A B. `RoundRobin.rebuild` makes one when weights differ, so equal-weight
     clusters keep the plain round robin's pick."""
 
-    __slots__ = ("_next", "_schedule")
+    __slots__ = ("_next", "_schedule", "clock")
 
-    def __init__(self, endpoints: tuple[Endpoint, ...]) -> None:
+    def __init__(self, endpoints: tuple[Endpoint, ...], clock: Clock | None = None) -> None:
         super().__init__(endpoints)
         self._next = 0
         self._schedule = smooth_schedule(tuple(e.weight for e in endpoints))
+        self.clock = clock
 
     def rebuild(self, endpoints: tuple[Endpoint, ...]) -> Balancer:
-        return make_round_robin(endpoints)
+        return make_round_robin(endpoints, self.clock)
 
     def pick(self, tried: list[Endpoint] | None, hash_key: int | None) -> tuple[Endpoint, int] | None:
         schedule = self._schedule
@@ -127,7 +133,11 @@ class WeightedRoundRobin(Balancer):
             return None
         step = self._next
         self._next = step + 1 if step + 1 < count else 0
-        return pick_from(self.endpoints, schedule[step], tried)
+        endpoints = self.endpoints
+        start = schedule[step]
+        if endpoints[start].warm_at != 0.0:
+            start = pass_turn(endpoints, start, self.clock)
+        return pick_from(endpoints, start, tried)
 
 
 def smooth_schedule(weights: tuple[int, ...]) -> tuple[int, ...]:
@@ -153,11 +163,37 @@ def smooth_schedule(weights: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(order)
 
 
-def make_round_robin(endpoints: tuple[Endpoint, ...]) -> Balancer:
+def make_round_robin(endpoints: tuple[Endpoint, ...], clock: Clock | None = None) -> Balancer:
     """Plain round robin when every weight is the same, else the weighted schedule."""
     if any(e.weight != endpoints[0].weight for e in endpoints):
-        return WeightedRoundRobin(endpoints)
-    return RoundRobin(endpoints)
+        return WeightedRoundRobin(endpoints, clock)
+    return RoundRobin(endpoints, clock)
+
+
+# Slow start: a new endpoint's share starts at this fraction of its weight (Envoy's min_weight_percent 10).
+MIN_RAMP = 0.1
+
+
+def ramp(endpoint: Endpoint, now: float) -> float:
+    """The fraction of its weight an endpoint in slow start gets at `now`: rising linearly from `MIN_RAMP`
+    to 1 over the window; 1 once warm (and then `warm_at` is cleared, so later picks check nothing)."""
+    warm_at = endpoint.warm_at
+    if warm_at == 0.0:
+        return 1.0
+    left = warm_at - now
+    if left <= 0.0:
+        endpoint.warm_at = 0.0
+        return 1.0
+    fraction = 1.0 - left / endpoint.ramp_window
+    return fraction if fraction > MIN_RAMP else MIN_RAMP
+
+
+def pass_turn(endpoints: tuple[Endpoint, ...], start: int, clock: Clock | None) -> int:
+    """Round robin's turn landed on an endpoint in slow start: it keeps it with probability `ramp`, else the
+    turn goes to the next endpoint."""
+    if clock is None or clock.random.random() < ramp(endpoints[start], clock.now()):
+        return start
+    return start + 1 if start + 1 < len(endpoints) else 0
 
 
 def eligible(endpoint: Endpoint, tried: list[Endpoint] | None) -> bool:
@@ -202,7 +238,14 @@ class PowerOfTwo(Balancer):
             chosen = a
             if eligible(b, tried):
                 now = self.clock.now()
-                if self.cost(b, now) < self.cost(a, now):
+                cost_a = self.cost(a, now)
+                cost_b = self.cost(b, now)
+                # Slow start: a ramping endpoint looks as costly as if its weight were scaled by the ramp.
+                if a.warm_at != 0.0:
+                    cost_a /= ramp(a, now)
+                if b.warm_at != 0.0:
+                    cost_b /= ramp(b, now)
+                if cost_b < cost_a:
                     chosen = b
         elif eligible(b, tried):
             chosen = b
@@ -413,4 +456,4 @@ def make_balancer(config: ClusterConfig, clock: Clock) -> tuple[Balancer, HashPo
             policy = HashPolicy(ring.header.lower().encode("latin-1") if ring.header is not None else None,
                                 ring.cookie.encode("latin-1") if ring.cookie is not None else None)
         return RingHash((), clock), policy
-    return RoundRobin(()), None
+    return RoundRobin((), clock), None

@@ -109,6 +109,11 @@ class Cluster:
 
     def _new_endpoint(self, host: str, port: int) -> Endpoint:
         endpoint = Endpoint(self.name, host, port, self.pool_settings, self._clock)
+        slow_start = self.config.slow_start
+        if slow_start and self.has_endpoints:
+            # Slow start: an endpoint added to a running set ramps up; the first set starts at full weight.
+            endpoint.ramp_window = slow_start
+            endpoint.warm_at = self._clock.now() + slow_start
         breaker_config = self.config.circuit_breaker
         if breaker_config is not None:
             gauge = self._metrics.breaker_state_of(self.name, endpoint.address)
