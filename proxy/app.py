@@ -78,8 +78,6 @@ def _unsupported_cluster_keys(cluster: ClusterConfig, where: str) -> list[str]:
     found: list[str] = []
     if cluster.discovery is not None and cluster.discovery.kubernetes is not None:
         found.append(f"{where}.discovery.kubernetes")
-    if cluster.load_balancer != "round_robin":
-        found.append(f"{where}.load_balancer")
     if cluster.protocol != "http1":
         found.append(f"{where}.protocol")
     return found

@@ -472,6 +472,10 @@ def _build(text: str, label: str, base_dir: Path) -> Config:
     return config
 
 
+# Keys the model takes from inside another key's mapping: key -> the key the user writes it under.
+_MOVED_KEYS = {"ring_hash": "load_balancer"}
+
+
 def _trim(loc: tuple[int | str, ...], data: Any, kind: str) -> tuple[Loc, bool]:
     """Pydantic's loc with union-branch tags ('int', "literal['auto']") dropped: only real keys and indices
     remain. Also says whether a tag was dropped (errors from branches of one union are merged)."""
@@ -479,6 +483,12 @@ def _trim(loc: tuple[int | str, ...], data: Any, kind: str) -> tuple[Loc, bool]:
     current = data
     skipped = False
     for position, part in enumerate(loc):
+        # A key a before-validator moved up out of its mapping (`load_balancer: {ring_hash: ...}` becomes the
+        # cluster's `ring_hash`): point at where the user wrote it.
+        moved_from = _MOVED_KEYS.get(part) if isinstance(part, str) and isinstance(current, dict) else None
+        if moved_from is not None and part not in current and isinstance(current.get(moved_from), dict):
+            current = current[moved_from]
+            out.append(moved_from)
         in_dict = isinstance(current, dict) and isinstance(part, str) and part in current
         in_list = isinstance(current, list) and isinstance(part, int) and 0 <= part < len(current)
         if in_dict or in_list:

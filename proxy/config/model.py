@@ -522,11 +522,30 @@ class PoolConfig(_Model):
 LoadBalancer = Literal["round_robin", "least_request", "peak_ewma", "ring_hash"]
 
 
+class RingHashConfig(_Model):
+    """What `ring_hash` hashes a request on: one header, one cookie, or the client's IP."""
+
+    header: str | None = None
+    cookie: str | None = None
+    source_ip: bool = False
+
+    @model_validator(mode="after")
+    def _one_key(self) -> RingHashConfig:
+        if (self.header is not None) + (self.cookie is not None) + self.source_ip != 1:
+            raise ValueError("give exactly one of header, cookie or source_ip: true")
+        return self
+
+
 class ClusterConfig(_Model):
     name: str
     endpoints: list[AddressField] | None = None
     discovery: DiscoveryConfig | None = None
     load_balancer: LoadBalancer = "round_robin"
+    # `load_balancer: {ring_hash: {...}}` arrives here (and `load_balancer` reads ring_hash); plain
+    # `ring_hash` without a key hashes nothing: every request goes to a random endpoint (as Envoy's).
+    ring_hash: RingHashConfig | None = None
+    # A new endpoint's weight ramps from 10 % to full over this (round robin, least request, peak EWMA).
+    slow_start: Duration | None = None
     connect_timeout: Duration = 5.0
     protocol: Literal["http1", "http2", "auto"] = "http1"
     # The upstream's status line + headers (and, separately, its trailers): 502 beyond either bound.
@@ -537,6 +556,15 @@ class ClusterConfig(_Model):
     limits: LimitsConfig | None = None
     outlier_detection: OutlierDetectionConfig | None = None
     pool: PoolConfig = Field(default_factory=PoolConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _balancer_with_settings(cls, data: object) -> object:
+        if isinstance(data, dict):
+            balancer = data.get("load_balancer")
+            if isinstance(balancer, dict) and list(balancer) == ["ring_hash"]:
+                return {**data, "load_balancer": "ring_hash", "ring_hash": balancer["ring_hash"] or {}}
+        return data
 
     @model_validator(mode="after")
     def _one_source(self) -> ClusterConfig:

@@ -50,7 +50,9 @@ class ClusterStage:
                 ctx.answer(local_reply(cause, f"cluster {cluster.name}: {reason}"))
                 return None
         try:
-            picked = cluster.pick(ctx.tried)
+            policy = cluster.hash_policy  # ring hash with a key only: no key is computed otherwise
+            picked = cluster.pick(ctx.tried, None if policy is None
+                                  else policy.key(ctx.stream.head, ctx.stream.peer_ip))
             if picked is None:
                 ctx.answer(local_reply(Cause.UNAVAILABLE, f"cluster {cluster.name}: no endpoint available "
                                        "(none known, ejected, or breakers open)"))

@@ -22,7 +22,7 @@ from proxy.resilience.breaker import BreakerState, CircuitBreaker
 from proxy.resilience.classify import Verdict
 from proxy.resilience.limits import Bulkhead
 from proxy.telemetry.metrics import Metrics
-from proxy.upstream.balancer import Balancer, RoundRobin
+from proxy.upstream.balancer import Balancer, HashPolicy, make_balancer
 from proxy.upstream.endpoint import DRAINING, Endpoint
 from proxy.upstream.outlier import OutlierDetector
 from proxy.upstream.pool import Connector, OriginTls, PoolSettings, no_connector
@@ -43,6 +43,7 @@ class Cluster:
         "discovery_view",
         "endpoints",
         "has_endpoints",
+        "hash_policy",
         "limits_rejected",
         "name",
         "outlier",
@@ -71,7 +72,10 @@ class Cluster:
         )
         self.tls = tls
         self.endpoints: tuple[Endpoint, ...] = ()
-        self.balancer: Balancer = RoundRobin(())
+        self.balancer: Balancer
+        # Ring hash with a key: what the cluster stage hashes a request on (None: no key is computed).
+        self.hash_policy: HashPolicy | None
+        self.balancer, self.hash_policy = make_balancer(config, clock)
         self.bulkhead = Bulkhead.from_config(config.limits, clock) if config.limits is not None else None
         self.outlier = (OutlierDetector.from_config(config.outlier_detection)
                         if config.outlier_detection is not None else None)
@@ -111,6 +115,11 @@ class Cluster:
 
     def _new_endpoint(self, host: str, port: int) -> Endpoint:
         endpoint = Endpoint(self.name, host, port, self.pool_settings, self._clock)
+        slow_start = self.config.slow_start
+        if slow_start and self.has_endpoints:
+            # Slow start: an endpoint added to a running set ramps up; the first set starts at full weight.
+            endpoint.ramp_window = slow_start
+            endpoint.warm_at = self._clock.now() + slow_start
         breaker_config = self.config.circuit_breaker
         if breaker_config is not None:
             gauge = self._metrics.breaker_state_of(self.name, endpoint.address)
@@ -187,7 +196,7 @@ class Cluster:
         """What /clusters shows for this cluster."""
         view: dict[str, object] = {
             "name": self.name,
-            "load_balancer": "round_robin",
+            "load_balancer": self.config.load_balancer,
             "connect_timeout_seconds": self.pool_settings.connect_timeout,
             "endpoints": [{**e.snapshot(), "source": self.source} for e in self.endpoints],
         }

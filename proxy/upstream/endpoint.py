@@ -43,7 +43,7 @@ class Endpoint:
     """A member of a cluster's endpoint set."""
 
     __slots__ = ("address", "breaker", "ejected", "failures", "host", "in_flight", "on_result", "pool", "port",
-                 "requests", "state", "weight")
+                 "ramp_window", "requests", "rtt", "rtt_at", "state", "warm_at", "weight")
 
     def __init__(self, cluster: str, host: str, port: int, pool_settings: PoolSettings, clock: Clock,
                  weight: int = 1) -> None:
@@ -62,6 +62,13 @@ class Endpoint:
         self.breaker: CircuitBreaker | None = None
         # Set by the cluster's outlier timer: an ejected endpoint is skipped by the balancer.
         self.ejected = False
+        # Peak EWMA's round-trip estimate (seconds; negative: no estimate yet) and the clock time it was
+        # last decayed or updated at. Kept here so the estimate survives endpoint-set changes.
+        self.rtt = -1.0
+        self.rtt_at = 0.0
+        # Slow start: the clock time the endpoint's weight ramp ends (0.0: not ramping) and the ramp's length.
+        self.warm_at = 0.0
+        self.ramp_window = 0.0
         # The cluster's hook for attempt results (outlier counting), bound once per endpoint.
         self.on_result: Callable[[Endpoint, Verdict], None] | None = None
 

@@ -559,3 +559,14 @@ def test_aliases_of_a_long_scalar_count_its_bytes_against_the_budget(tmp_path: P
     crossing = 12 + MAX_ALIAS_BYTES // 20_000  # the first line whose alias takes the copies past the budget
     assert found == (f"{path}:{crossing}: alias *s expands the config past the limit of {MAX_ALIAS_BYTES} "
                      "bytes of text copied in by aliases")
+
+
+def test_ring_hash_settings_load_and_their_problems_point_at_the_load_balancer_line(tmp_path: Path) -> None:
+    good = write(tmp_path, MINIMAL_TAIL + "    load_balancer: {ring_hash: {cookie: session}}\n", "good.yaml")
+    ring = load_config(good).config.clusters[0].ring_hash
+    assert ring is not None and ring.cookie == "session"
+    bad = write(tmp_path, MINIMAL_TAIL + "    load_balancer:\n      ring_hash: {header: x-user-id, source_ip: true}\n",
+                "bad.yaml")
+    assert problems(bad) == [
+        f"{bad}:12: clusters[0].load_balancer.ring_hash: give exactly one of header, cookie or source_ip: true",
+    ]

@@ -158,7 +158,7 @@ SHOWN = {
     "clusters[].discovery.kubernetes.namespace", "clusters[].discovery.kubernetes.port",
     "clusters[].discovery.kubernetes.labels.*", "clusters[].discovery.dns.name", "clusters[].tls.cert",
     "clusters[].tls.ca", "clusters[].tls.expect_identity", "clusters[].tls.server_name",
-    "tracing.otlp.endpoint", "access_log.path",
+    "tracing.otlp.endpoint", "access_log.path", "clusters[].ring_hash.header", "clusters[].ring_hash.cookie",
 }
 
 

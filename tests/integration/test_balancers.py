@@ -1,0 +1,92 @@
+"""Balancers end to end through real sockets: two aiohttp upstreams, one slowed down; the share of requests
+each balancer sends the slow one under concurrent load, and ring hash keeping a key on one endpoint.
+
+The shares are printed (run with -s to see them); the assertions are loose enough for a busy machine:
+round robin splits evenly whatever the latency, least request and peak EWMA send the slow endpoint
+clearly less."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from tests.integration.raw import outbound_config
+from tests.integration.upstreams import Handler, Upstream, start_upstream
+
+SLOW = 0.040  # seconds the slow upstream takes per request
+FAST = 0.002
+CONCURRENCY = 8
+REQUESTS = 400
+
+
+def delayed(seconds: float) -> Handler:
+    async def handler(request: web.Request) -> web.StreamResponse:
+        await asyncio.sleep(seconds)
+        return web.Response(text="ok")
+    return handler
+
+
+async def drive(url: str, requests: int, concurrency: int, headers: dict[str, str] | None = None) -> list[int]:
+    """`requests` GETs from `concurrency` workers sharing one session; their statuses."""
+    statuses: list[int] = []
+    remaining = iter(range(requests))
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
+        async def worker() -> None:
+            for _ in remaining:
+                async with session.get(url, headers=headers) as reply:
+                    await reply.read()
+                    statuses.append(reply.status)
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return statuses
+
+
+async def slow_share(sidecar, balancer: str) -> float:  # type: ignore[no-untyped-def]
+    slow = await start_upstream(delayed(SLOW))
+    fast = await start_upstream(delayed(FAST))
+    try:
+        running = await sidecar(outbound_config([slow.address, fast.address],
+                                                cluster_extra=f"load_balancer: {balancer}"))
+        await drive(running.url("/warm"), 40, CONCURRENCY)  # peak EWMA learns; pools fill
+        slow.requests.clear()
+        fast.requests.clear()
+        statuses = await drive(running.url("/x"), REQUESTS, CONCURRENCY)
+        assert statuses == [200] * REQUESTS
+        share = len(slow.requests) / (len(slow.requests) + len(fast.requests))
+        print(f"\n{balancer}: slow endpoint ({SLOW * 1000:.0f} ms vs {FAST * 1000:.0f} ms) took "
+              f"{len(slow.requests)}/{REQUESTS} = {share:.1%}")
+        return share
+    finally:
+        await slow.stop()
+        await fast.stop()
+
+
+async def test_round_robin_splits_evenly_whatever_the_latency(sidecar) -> None:  # type: ignore[no-untyped-def]
+    assert 0.45 <= await slow_share(sidecar, "round_robin") <= 0.55
+
+
+@pytest.mark.parametrize("balancer", ["least_request", "peak_ewma"])
+async def test_latency_aware_balancers_send_a_slow_endpoint_less(sidecar, balancer: str) -> None:  # type: ignore[no-untyped-def]
+    assert await slow_share(sidecar, balancer) < 0.30
+
+
+async def test_ring_hash_keeps_a_key_on_one_endpoint(sidecar) -> None:  # type: ignore[no-untyped-def]
+    upstreams: list[Upstream] = [await start_upstream(name=f"u{n}") for n in range(3)]
+    try:
+        running = await sidecar(outbound_config([u.address for u in upstreams],
+                                                cluster_extra="load_balancer: {ring_hash: {header: x-user-id}}"))
+        homes: dict[str, set[str]] = {}
+        async with aiohttp.ClientSession() as session:
+            for user in range(30):
+                for _ in range(4):
+                    async with session.get(running.url("/x"), headers={"x-user-id": f"user-{user}"}) as reply:
+                        homes.setdefault(f"user-{user}", set()).add((await reply.json())["name"])
+        assert all(len(names) == 1 for names in homes.values()), homes
+        spread = Counter(next(iter(names)) for names in homes.values())
+        assert len(spread) == 3, spread  # 30 users over 3 endpoints: each gets some
+    finally:
+        for upstream in upstreams:
+            await upstream.stop()
