@@ -119,6 +119,8 @@ class Endpoint:
             "failures": self.failures,
             "idle_connections": self.pool.idle_count,
             "open_connections": self.pool.open_count,
+            # Peak EWMA's round-trip estimate as last updated (null until a peak_ewma cluster measured one).
+            "ewma_latency_ms": round(self.rtt * 1000.0, 3) if self.rtt >= 0.0 else None,
         }
         tls = self.pool.tls_snapshot()
         if tls is not None:

@@ -90,3 +90,20 @@ async def test_ring_hash_keeps_a_key_on_one_endpoint(sidecar) -> None:  # type: 
     finally:
         for upstream in upstreams:
             await upstream.stop()
+
+
+async def test_clusters_shows_each_endpoints_peak_ewma_estimate(sidecar) -> None:  # type: ignore[no-untyped-def]
+    slow = await start_upstream(delayed(SLOW))
+    fast = await start_upstream(delayed(FAST))
+    try:
+        running = await sidecar(outbound_config([slow.address, fast.address], cluster_extra="load_balancer: peak_ewma"))
+        await drive(running.url("/warm"), 40, CONCURRENCY)
+        async with aiohttp.ClientSession() as session, session.get(running.admin_url("/clusters")) as reply:
+            clusters = await reply.json()
+        (cluster,) = [c for c in clusters["clusters"] if c["load_balancer"] == "peak_ewma"]
+        estimate = {e["address"]: e["ewma_latency_ms"] for e in cluster["endpoints"]}
+        assert estimate[slow.address] > estimate[fast.address] > 0  # milliseconds, learnt from the answers
+        assert estimate[slow.address] >= SLOW * 1000 / 2
+    finally:
+        await slow.stop()
+        await fast.stop()
