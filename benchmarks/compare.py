@@ -33,6 +33,7 @@ from benchmarks.rig import (
     machine,
     raise_nofile,
     rss_bytes,
+    run_main,
     signals_raise,
     tool_version,
     tree,
@@ -341,16 +342,7 @@ def write(results: dict, out: Path) -> tuple[Path, Path, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    try:
-        results = run(args)
-    except Skip as exc:
-        say(f"cannot run: {exc}")
-        return 2
-    json_path, md_path, table = write(results, args.out)
-    print(table)
-    say(f"wrote {json_path} and {md_path}")
-    return 0
+    return run_main(argv, parse_args, run, write, say, Skip)
 
 
 if __name__ == "__main__":

@@ -39,6 +39,7 @@ from benchmarks.rig import (
     http_get,
     machine,
     raise_nofile,
+    run_main,
     signals_raise,
     tool_version,
     wait_ready,
@@ -454,16 +455,7 @@ def write(results: dict, out: Path) -> tuple[Path, Path, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    try:
-        results = run(args)
-    except Skip as exc:
-        say(f"cannot run: {exc}")
-        return 2
-    json_path, md_path, table = write(results, args.out)
-    print(table)
-    say(f"wrote {json_path} and {md_path}")
-    return 0
+    return run_main(argv, parse_args, run, write, say, Skip)
 
 
 if __name__ == "__main__":

@@ -20,10 +20,11 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -297,3 +298,19 @@ def write_results(results: dict, out: Path, suffix: str, table: str) -> tuple[Pa
     md_path = out / f"latest{suffix}.md"
     md_path.write_text(table)
     return json_path, md_path, table
+
+
+def run_main(argv: list[str] | None, parse_args: Callable[[list[str] | None], Any],
+             run: Callable[[Any], dict], write: Callable[[dict, Path], tuple[Path, Path, str]],
+             say: Callable[[str], None], skip: type[Exception]) -> int:
+    """A benchmark command's main: run, write the results, print the table; exit 2 when it cannot run."""
+    args = parse_args(argv)
+    try:
+        results = run(args)
+    except skip as exc:
+        say(f"cannot run: {exc}")
+        return 2
+    json_path, md_path, table = write(results, args.out)
+    print(table)
+    say(f"wrote {json_path} and {md_path}")
+    return 0

@@ -57,42 +57,16 @@ class Pki:
 
     def expired(self, name: str, spiffe_id: str) -> tuple[str, str]:
         """A certificate from this CA that expired yesterday."""
-        ca_cert = x509.load_pem_x509_certificate((self.root / "ca" / "ca.pem").read_bytes())
-        ca_key = serialization.load_pem_private_key((self.root / "ca" / "ca-key.pem").read_bytes(), None)
-        assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
-        key = ec.generate_private_key(ec.SECP256R1())
-        now = dt.datetime.now(dt.UTC)
-        cert = (x509.CertificateBuilder().subject_name(x509.Name([])).issuer_name(ca_cert.subject)
-                .public_key(key.public_key()).serial_number(x509.random_serial_number())
-                .not_valid_before(now - dt.timedelta(days=10)).not_valid_after(now - dt.timedelta(days=1))
-                .add_extension(x509.SubjectAlternativeName([x509.UniformResourceIdentifier(spiffe_id)]),
-                               critical=False)
-                .sign(ca_key, hashes.SHA256()))
-        cert_path, key_path = self.root / f"{name}.pem", self.root / f"{name}-key.pem"
-        cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-        key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                               serialization.NoEncryption()))
-        return str(cert_path), str(key_path)
+        return expired_leaf(self.root, name, spiffe_id)
 
     def nameless(self, name: str) -> tuple[str, str]:
         """A certificate from this CA with a DNS name and no SPIFFE ID (no URI SAN)."""
-        ca_cert = x509.load_pem_x509_certificate((self.root / "ca" / "ca.pem").read_bytes())
-        ca_key = serialization.load_pem_private_key((self.root / "ca" / "ca-key.pem").read_bytes(), None)
-        assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
-        key = ec.generate_private_key(ec.SECP256R1())
         now = dt.datetime.now(dt.UTC)
-        cert = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
-                .issuer_name(ca_cert.subject).public_key(key.public_key())
-                .serial_number(x509.random_serial_number())
-                .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=1))
-                .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-                .add_extension(x509.SubjectAlternativeName([x509.DNSName(f"{name}.shop")]), critical=False)
-                .sign(ca_key, hashes.SHA256()))
-        cert_path, key_path = self.root / f"{name}.pem", self.root / f"{name}-key.pem"
-        cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-        key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                               serialization.NoEncryption()))
-        return str(cert_path), str(key_path)
+        builder = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+                   .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=1))
+                   .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+                   .add_extension(x509.SubjectAlternativeName([x509.DNSName(f"{name}.shop")]), critical=False))
+        return signed_leaf(self.root, name, builder)
 
     def mounted(self, mount: Path, name: str, version: str) -> tuple[str, str]:
         """Put `name`'s files in a Kubernetes Secret volume layout (`mount/tls.crt -> ..data/tls.crt`,
@@ -165,3 +139,30 @@ def upstream_context(pki: Pki, name: str = "upstream", *, require_client_cert: b
     context.verify_mode = ssl.CERT_REQUIRED if require_client_cert else ssl.CERT_NONE
     context.set_alpn_protocols(list(alpn))
     return context
+
+
+def expired_leaf(root: Path, name: str, spiffe_id: str) -> tuple[str, str]:
+    """A leaf with `spiffe_id`, signed by the CA in `root/ca`, that expired yesterday (`sidecar certs issue`
+    cannot make one)."""
+    now = dt.datetime.now(dt.UTC)
+    builder = (x509.CertificateBuilder().subject_name(x509.Name([]))
+               .not_valid_before(now - dt.timedelta(days=10)).not_valid_after(now - dt.timedelta(days=1))
+               .add_extension(x509.SubjectAlternativeName([x509.UniformResourceIdentifier(spiffe_id)]),
+                              critical=False))
+    return signed_leaf(root, name, builder)
+
+
+def signed_leaf(root: Path, name: str, builder: x509.CertificateBuilder) -> tuple[str, str]:
+    """Sign `builder` (subject, validity and extensions set) for a new P-256 key with the CA in `root/ca`;
+    write `root/<name>.pem` and `root/<name>-key.pem` and return their paths."""
+    ca_cert = x509.load_pem_x509_certificate((root / "ca" / "ca.pem").read_bytes())
+    ca_key = serialization.load_pem_private_key((root / "ca" / "ca-key.pem").read_bytes(), None)
+    assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (builder.issuer_name(ca_cert.subject).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).sign(ca_key, hashes.SHA256()))
+    cert_path, key_path = root / f"{name}.pem", root / f"{name}-key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return str(cert_path), str(key_path)

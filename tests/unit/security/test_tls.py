@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import hashlib
 import os
 import ssl
@@ -11,8 +10,7 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives import serialization
 from prometheus_client import CollectorRegistry
 
 from proxy.security.certs import init_ca, issue
@@ -32,6 +30,7 @@ from proxy.security.tls import (
     server_context,
 )
 from proxy.telemetry.metrics import Metrics
+from tests.pki import expired_leaf
 
 SERVER_ID = "spiffe://cluster.local/ns/shop/sa/checkout"
 CLIENT_ID = "spiffe://cluster.local/ns/shop/sa/frontend"
@@ -76,25 +75,6 @@ def files(pki: Path, name: str) -> tuple[str, str]:
 
 def ca(pki: Path) -> str:
     return str(pki / "ca" / "ca.pem")
-
-
-def expired_cert(pki: Path, spiffe_id: str, out: str) -> tuple[str, str]:
-    """A leaf signed by the test CA that expired yesterday (`sidecar certs issue` cannot make one)."""
-    ca_cert = x509.load_pem_x509_certificate((pki / "ca" / "ca.pem").read_bytes())
-    ca_key = serialization.load_pem_private_key((pki / "ca" / "ca-key.pem").read_bytes(), None)
-    assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = dt.datetime.now(dt.UTC)
-    cert = (x509.CertificateBuilder().subject_name(x509.Name([])).issuer_name(ca_cert.subject)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(days=10)).not_valid_after(now - dt.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([x509.UniformResourceIdentifier(spiffe_id)]), critical=False)
-            .sign(ca_key, hashes.SHA256()))
-    cert_path, key_path = pki / f"{out}.pem", pki / f"{out}-key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    return str(cert_path), str(key_path)
 
 
 # -- policy -------------------------------------------------------------------------------------------
@@ -206,7 +186,7 @@ def test_reasons_of_refused_client_certificates(pki: Path, tmp_path: Path) -> No
     issue(tmp_path / "other", CLIENT_ID, tmp_path / "stranger")
     stranger = client_context(str(tmp_path / "stranger.pem"), str(tmp_path / "stranger-key.pem"), ca(pki), [])
     assert handshake_error_reason(server_error(server, stranger)) == UNKNOWN_CA
-    old = client_context(*expired_cert(pki, CLIENT_ID, "old"), ca(pki), [])
+    old = client_context(*expired_leaf(pki, "old", CLIENT_ID), ca(pki), [])
     assert handshake_error_reason(server_error(server, old)) == EXPIRED
 
 
