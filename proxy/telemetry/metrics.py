@@ -44,7 +44,8 @@ ATTEMPT_OUTCOMES: Final = ("success", "failure", "timeout", "reset", "connect_fa
 RETRY_RESULTS: Final = ("retried", "budget_exhausted", "limit_exceeded")
 LIMIT_REASONS: Final = ("max_requests", "max_pending", "pending_timeout")
 BREAKER_STATES: Final = ("closed", "open", "half_open")
-ENDPOINT_STATES: Final = ("healthy", "ejected", "breaker_open")
+# The contract's three, then this sidecar's two more: failed by active health checks, terminating (Kubernetes).
+ENDPOINT_STATES: Final = ("healthy", "ejected", "breaker_open", "unhealthy", "terminating")
 RELOAD_RESULTS: Final = ("success", "failure")
 # The `kind` label of sidecar_discovery_errors_total (proxy/discovery/dns.py says which failure is which).
 DISCOVERY_ERROR_KINDS: Final = ("nxdomain", "timeout", "empty", "other")
@@ -149,12 +150,14 @@ class BreakerTransitionMetrics:
 class EndpointCountMetrics:
     """`sidecar_endpoints` children of one cluster, one gauge per endpoint state."""
 
-    __slots__ = ("breaker_open", "ejected", "healthy")
+    __slots__ = ("breaker_open", "ejected", "healthy", "terminating", "unhealthy")
 
     def __init__(self, family: Gauge, cluster: str) -> None:
         self.healthy: Gauge = family.labels(cluster, "healthy")
         self.ejected: Gauge = family.labels(cluster, "ejected")
         self.breaker_open: Gauge = family.labels(cluster, "breaker_open")
+        self.unhealthy: Gauge = family.labels(cluster, "unhealthy")
+        self.terminating: Gauge = family.labels(cluster, "terminating")
 
 
 class Metrics:

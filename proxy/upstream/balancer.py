@@ -407,6 +407,52 @@ class RingHash(Balancer):
         return None
 
 
+# Envoy's overprovisioning factor (Istio's locality load balancing keeps it): the local zone keeps all the
+# traffic while at least 1 / 1.4 (about 72 %) of its endpoints are available, and sheds the rest beyond.
+OVERPROVISIONING = 1.4
+
+
+class ZonePreferring(Balancer):
+    """Topology-aware routing over two balancers of the cluster's kind: `local` over the endpoints meant for
+    this node's zone, `everywhere` over all. While the local ones are healthy enough (available share x
+    `OVERPROVISIONING` >= 1), every pick is local; below that, that product is the share of picks kept
+    local and the rest go to `everywhere`; with no local endpoint available, all of them do. Availability is
+    counted per pick (the local set is one zone's endpoints: a handful)."""
+
+    __slots__ = ("clock", "everywhere", "local")
+
+    def __init__(self, local: Balancer, everywhere: Balancer, clock: Clock) -> None:
+        super().__init__(everywhere.endpoints)
+        self.local = local
+        self.everywhere = everywhere
+        self.clock = clock
+
+    def rebuild(self, endpoints: tuple[Endpoint, ...]) -> Balancer:
+        # The cluster splits endpoints by zone itself (`Cluster.rebalance`); a plain rebuild drops the split.
+        return self.everywhere.rebuild(endpoints)
+
+    def local_share(self) -> float:
+        """The share of picks the local zone takes now (0.0 to 1.0)."""
+        local = self.local.endpoints
+        available = 0
+        for endpoint in local:
+            if endpoint.available():
+                available += 1
+        share = OVERPROVISIONING * available / len(local) if local else 0.0
+        return share if share < 1.0 else 1.0
+
+    def pick(self, tried: list[Endpoint] | None, hash_key: int | None) -> tuple[Endpoint, int] | None:
+        share = self.local_share()
+        if share >= 1.0 or (share > 0.0 and self.clock.random.random() < share):
+            chosen = self.local.pick(tried, hash_key)
+            if chosen is not None:
+                return chosen
+        return self.everywhere.pick(tried, hash_key)
+
+    def observe(self, endpoint: Endpoint, verdict: Verdict, latency: float) -> None:
+        self.everywhere.observe(endpoint, verdict, latency)
+
+
 class HashPolicy:
     """What a ring-hash cluster hashes a request on (`load_balancer: {ring_hash: ...}`): a header's first
     value, a cookie's value, or the client's IP. Only a ring-hash cluster has one, so other clusters compute

@@ -7,7 +7,10 @@ bulkhead (`limits`), outlier detection (counting on the request path, ejections 
 path's two calls are `pick` (the balancer's choice, admitted by its breaker) and `report` (an attempt's
 verdict and latency to the endpoint's breaker, outlier detection and the balancer). Discovery replaces
 the endpoint set whole (`set_endpoints`); endpoints that stay keep their pools and breakers, removed ones
-turn DRAINING and their pools drain. The injected clock reaches every breaker, pool and the bulkhead. A
+turn DRAINING and their pools drain. The balancer is built over the endpoints that may take new requests
+(not terminating, not failed by active health checks) and rebuilt whole when that set changes
+(`rebalance`); when the node's zone is known (`local_zone`) and some endpoints are meant for it, the
+balancer prefers them (`ZonePreferring`). The injected clock reaches every breaker, pool and the bulkhead. A
 cluster with `tls:` is handed its TLS origination (`OriginTls`) by the wiring, and its pools open TLS
 connections with it. Must not know routes.
 """
@@ -18,12 +21,13 @@ from collections.abc import Callable, Iterable
 
 from proxy.clock import Clock
 from proxy.config.model import ClusterConfig
+from proxy.discovery.snapshot import DiscoveredEndpoint
 from proxy.resilience.breaker import BreakerState, CircuitBreaker
 from proxy.resilience.classify import Verdict
 from proxy.resilience.limits import Bulkhead
 from proxy.telemetry.metrics import Metrics
-from proxy.upstream.balancer import Balancer, HashPolicy, make_balancer
-from proxy.upstream.endpoint import DRAINING, Endpoint
+from proxy.upstream.balancer import Balancer, HashPolicy, ZonePreferring, make_balancer
+from proxy.upstream.endpoint import ACTIVE, DRAINING, TERMINATING, UNHEALTHY, Endpoint
 from proxy.upstream.outlier import OutlierDetector
 from proxy.upstream.pool import Connector, OriginTls, PoolSettings, no_connector
 
@@ -45,6 +49,7 @@ class Cluster:
         "has_endpoints",
         "hash_policy",
         "limits_rejected",
+        "local_zone",
         "name",
         "outlier",
         "pool_settings",
@@ -76,6 +81,9 @@ class Cluster:
         # Ring hash with a key: what the cluster stage hashes a request on (None: no key is computed).
         self.hash_policy: HashPolicy | None
         self.balancer, self.hash_policy = make_balancer(config, clock)
+        # This node's zone (`node.zone`, or the Node's label), set by the wiring: endpoints meant for it are
+        # preferred. None: no zone preference.
+        self.local_zone: str | None = None
         self.bulkhead = Bulkhead.from_config(config.limits, clock) if config.limits is not None else None
         self.outlier = (OutlierDetector.from_config(config.outlier_detection)
                         if config.outlier_detection is not None else None)
@@ -92,29 +100,66 @@ class Cluster:
 
     # -- the endpoint set --------------------------------------------------------------------------
 
-    def set_endpoints(self, addresses: Iterable[tuple[str, int]]) -> None:
-        """Replace the endpoint set; endpoints that stay keep their pools and breakers, removed ones drain
-        (DRAINING: attempts in flight on them finish, their idle connections close now)."""
+    def set_endpoints(self, discovered: Iterable[DiscoveredEndpoint | tuple[str, int]]) -> None:
+        """Replace the endpoint set (`DiscoveredEndpoint`s, or bare (host, port) pairs); endpoints that stay
+        keep their pools, breakers and health, removed ones drain (DRAINING: attempts in flight on them
+        finish, their idle connections close now)."""
         current = {(e.host, e.port): e for e in self.endpoints}
         fresh: list[Endpoint] = []
-        for host, port in addresses:
-            endpoint = current.pop((host, port), None)
+        for item in discovered:
+            spec = item if isinstance(item, DiscoveredEndpoint) else DiscoveredEndpoint(item[0], item[1])
+            endpoint = current.pop((spec.host, spec.port), None)
             if endpoint is None:
-                endpoint = self._new_endpoint(host, port)
+                endpoint = self._new_endpoint(spec.host, spec.port, spec.weight)
+            endpoint.zone = spec.zone
+            endpoint.pod = spec.pod
+            endpoint.for_zones = spec.for_zones
+            endpoint.terminating = spec.terminating
             fresh.append(endpoint)
         for removed in current.values():
             removed.state = DRAINING
             removed.pool.close()
             self._metrics.forget_endpoint(self.name, removed.address)
         self.endpoints = tuple(fresh)
-        self.balancer = self.balancer.rebuild(self.endpoints)
         if self.outlier is not None:
             self.outlier.set_endpoints(e.address for e in fresh)
         self.has_endpoints = True
+        self.rebalance()
+
+    def rebalance(self) -> None:
+        """Derive each endpoint's state from its conditions and rebuild the balancer over the ones that may
+        take new requests, preferring the local zone's when there are any."""
+        for endpoint in self.endpoints:
+            endpoint.state = (TERMINATING if endpoint.terminating else UNHEALTHY if endpoint.unhealthy
+                              else ACTIVE)
+        routable = tuple(e for e in self.endpoints if e.state is ACTIVE)
+        everywhere = self.balancer.rebuild(routable)
+        local = self._local(routable)
+        self.balancer = (ZonePreferring(everywhere.rebuild(local), everywhere, self._clock)
+                         if local and len(local) < len(routable) else everywhere)
         self.update_gauges()
 
-    def _new_endpoint(self, host: str, port: int) -> Endpoint:
-        endpoint = Endpoint(self.name, host, port, self.pool_settings, self._clock)
+    def _local(self, routable: tuple[Endpoint, ...]) -> tuple[Endpoint, ...]:
+        """The endpoints meant for this node's zone: by topology hints when every endpoint has them (as
+        kube-proxy uses them), else by the endpoint's own zone. Empty: no zone preference."""
+        zone = self.local_zone
+        if zone is None:
+            return ()
+        if self.endpoints and all(e.for_zones for e in self.endpoints):
+            return tuple(e for e in routable if zone in e.for_zones)
+        return tuple(e for e in routable if e.zone == zone)
+
+    def set_health(self, endpoint: Endpoint, healthy: bool) -> None:
+        """Active health checking's verdict changed: a failing endpoint leaves the balancer's snapshot until
+        it passes again."""
+        if endpoint.unhealthy == (not healthy):
+            return
+        endpoint.unhealthy = not healthy
+        if endpoint in self.endpoints:
+            self.rebalance()
+
+    def _new_endpoint(self, host: str, port: int, weight: int = 1) -> Endpoint:
+        endpoint = Endpoint(self.name, host, port, self.pool_settings, self._clock, weight)
         slow_start = self.config.slow_start
         if slow_start and self.has_endpoints:
             # Slow start: an endpoint added to a running set ramps up; the first set starts at full weight.
@@ -157,7 +202,7 @@ class Cluster:
 
     def available(self) -> bool:
         """Could `pick` find an endpoint now? Asked before a retry drops the answer it would replace."""
-        return any(endpoint.available() for endpoint in self.endpoints)
+        return any(endpoint.available() for endpoint in self.balancer.endpoints)
 
     # -- outlier timer -----------------------------------------------------------------------------
 
@@ -176,17 +221,25 @@ class Cluster:
         self.update_gauges()
 
     def update_gauges(self) -> None:
-        """sidecar_endpoints{cluster,state}: healthy, ejected, breaker_open (an endpoint counts once)."""
-        ejected = breaker_open = 0
+        """sidecar_endpoints{cluster,state}: healthy, ejected, breaker_open, unhealthy (active health checks)
+        and terminating; an endpoint counts once, in the first of terminating, unhealthy, ejected,
+        breaker_open that applies, else healthy."""
+        ejected = breaker_open = unhealthy = terminating = 0
         for endpoint in self.endpoints:
-            if endpoint.ejected:
+            if endpoint.state is TERMINATING:
+                terminating += 1
+            elif endpoint.state is UNHEALTHY:
+                unhealthy += 1
+            elif endpoint.ejected:
                 ejected += 1
             elif endpoint.breaker is not None and endpoint.breaker.state is BreakerState.OPEN:
                 breaker_open += 1
         gauges = self._endpoint_gauges
         gauges.ejected.set(ejected)
         gauges.breaker_open.set(breaker_open)
-        gauges.healthy.set(len(self.endpoints) - ejected - breaker_open)
+        gauges.unhealthy.set(unhealthy)
+        gauges.terminating.set(terminating)
+        gauges.healthy.set(len(self.endpoints) - ejected - breaker_open - unhealthy - terminating)
 
     def close(self) -> None:
         for endpoint in self.endpoints:
@@ -197,6 +250,7 @@ class Cluster:
         view: dict[str, object] = {
             "name": self.name,
             "load_balancer": self.config.load_balancer,
+            "local_zone": self.local_zone,
             "connect_timeout_seconds": self.pool_settings.connect_timeout,
             "endpoints": [{**e.snapshot(), "source": self.source} for e in self.endpoints],
         }

@@ -1,7 +1,9 @@
 """One upstream endpoint (host:port) of a cluster: its pool, its breaker and its live counters.
 
-Owns the per-endpoint state the balancer and the admin view read: its `weight` and `state` (ACTIVE, or
-DRAINING once discovery removed it: no new attempts, in-flight ones finish), in-flight requests, totals,
+Owns the per-endpoint state the balancer and the admin view read: its `weight`, `zone` and `state` (ACTIVE;
+TERMINATING while Kubernetes reports it terminating, UNHEALTHY while active health checks fail it,
+DRAINING once discovery removed it: none of these takes new attempts, attempts in flight finish), in-flight
+requests, totals,
 the circuit breaker (gobreaker semantics, `proxy.resilience.breaker`) and the outlier-ejection flag set by
 the cluster's outlier timer. `admit()` and `report()` are the request path's two calls; `available()`
 asks, without admitting, whether a retry could go here. An endpoint outlives endpoint-set changes that
@@ -26,24 +28,51 @@ NO_BREAKER = 0
 
 
 class EndpointState(enum.Enum):
-    """Whether an endpoint takes new attempts. `.value` is what /clusters shows."""
+    """Whether an endpoint takes new attempts (only ACTIVE ones do). `.value` is what /clusters shows."""
 
-    # In the cluster's endpoint set: balancers may pick it.
-    ACTIVE = "active"
-    # Removed from the set (or terminating): takes no new attempts; attempts in flight finish.
+    # In the cluster's endpoint set and ready: balancers may pick it.
+    ACTIVE = "ready"
+    # Kubernetes reports it serving but terminating: no new attempts; attempts in flight finish.
+    TERMINATING = "terminating"
+    # Active health checks fail it: out of the balancer's snapshot until it passes again.
+    UNHEALTHY = "unhealthy"
+    # Removed from the set by discovery: attempts in flight finish, then its pool is gone.
     DRAINING = "draining"
 
 
 # Module constants: a compiled comparison with them is a pointer compare, not an enum attribute lookup.
 ACTIVE: Final = EndpointState.ACTIVE
+TERMINATING: Final = EndpointState.TERMINATING
+UNHEALTHY: Final = EndpointState.UNHEALTHY
 DRAINING: Final = EndpointState.DRAINING
 
 
 class Endpoint:
     """A member of a cluster's endpoint set."""
 
-    __slots__ = ("address", "breaker", "ejected", "failures", "host", "in_flight", "on_result", "pool", "port",
-                 "ramp_window", "requests", "rtt", "rtt_at", "state", "warm_at", "weight")
+    __slots__ = (
+        "address",
+        "breaker",
+        "ejected",
+        "failures",
+        "for_zones",
+        "host",
+        "in_flight",
+        "on_result",
+        "pod",
+        "pool",
+        "port",
+        "ramp_window",
+        "requests",
+        "rtt",
+        "rtt_at",
+        "state",
+        "terminating",
+        "unhealthy",
+        "warm_at",
+        "weight",
+        "zone",
+    )
 
     def __init__(self, cluster: str, host: str, port: int, pool_settings: PoolSettings, clock: Clock,
                  weight: int = 1) -> None:
@@ -55,6 +84,15 @@ class Endpoint:
         # Relative share of picks for balancers that weigh endpoints (round robin ignores it).
         self.weight = weight
         self.state = ACTIVE
+        # Where discovery says it runs (None: unknown) and the Pod behind it (Kubernetes discovery).
+        self.zone: str | None = None
+        self.pod: str | None = None
+        # Topology hints: the zones whose clients should use this endpoint (empty: no hints).
+        self.for_zones: tuple[str, ...] = ()
+        # The two causes of a non-ACTIVE state that can clear again: discovery's terminating condition and
+        # failing active health checks (`Cluster` derives `state` from them).
+        self.terminating = False
+        self.unhealthy = False
         self.pool = Pool(host, port, pool_settings, f"cluster {cluster}: endpoint {self.address}", clock)
         self.in_flight = 0
         self.requests = 0
@@ -104,14 +142,25 @@ class Endpoint:
     def breaker_state(self) -> str:
         return self.breaker.state.label if self.breaker is not None else BreakerState.CLOSED.label
 
+    @property
+    def status(self) -> str:
+        """One word for /clusters: ready, terminating, unhealthy, draining, ejected or breaker_open."""
+        if self.state is not ACTIVE:
+            return self.state.value
+        if self.ejected:
+            return "ejected"
+        return "breaker_open" if self.breaker_state == "open" else "ready"
+
     def snapshot(self) -> dict[str, object]:
         """What /clusters shows for this endpoint."""
         breaker = self.breaker_state
         view: dict[str, object] = {
             "address": self.address,
-            "state": self.state.value,
+            "state": self.status,
+            "zone": self.zone,
             "weight": self.weight,
-            "health": "ejected" if self.ejected else ("breaker_open" if breaker == "open" else "healthy"),
+            "health": ("unhealthy" if self.unhealthy else "ejected" if self.ejected
+                       else "breaker_open" if breaker == "open" else "healthy"),
             "breaker": breaker,
             "ejected": self.ejected,
             "in_flight": self.in_flight,
@@ -122,6 +171,8 @@ class Endpoint:
             # Peak EWMA's round-trip estimate as last updated (null until a peak_ewma cluster measured one).
             "ewma_latency_ms": round(self.rtt * 1000.0, 3) if self.rtt >= 0.0 else None,
         }
+        if self.pod is not None:
+            view["pod"] = self.pod
         tls = self.pool.tls_snapshot()
         if tls is not None:
             view["tls"] = tls

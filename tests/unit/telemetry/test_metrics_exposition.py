@@ -258,6 +258,8 @@ sidecar_limits_rejected_total{cluster="shop-v1",reason="pending_timeout"} 2.0
 sidecar_endpoints{cluster="shop-v1",state="healthy"} 3.0
 sidecar_endpoints{cluster="shop-v1",state="ejected"} 0.0
 sidecar_endpoints{cluster="shop-v1",state="breaker_open"} 0.0
+sidecar_endpoints{cluster="shop-v1",state="unhealthy"} 0.0
+sidecar_endpoints{cluster="shop-v1",state="terminating"} 0.0
 # HELP sidecar_downstream_connections Open downstream connections per listener.
 # TYPE sidecar_downstream_connections gauge
 sidecar_downstream_connections{listener="out"} 2.0

@@ -182,7 +182,7 @@ async def test_round_robin_learns_nothing_from_outcomes() -> None:
 async def test_endpoints_carry_a_weight_and_a_state() -> None:
     endpoint = make_endpoints(ManualClock(), 1)[0]
     assert endpoint.weight == 1
-    assert endpoint.snapshot()["state"] == "active" and endpoint.snapshot()["weight"] == 1
+    assert endpoint.snapshot()["state"] == "ready" and endpoint.snapshot()["weight"] == 1
     assert endpoint.available()
     endpoint.state = DRAINING
     assert not endpoint.available() and endpoint.snapshot()["state"] == "draining"

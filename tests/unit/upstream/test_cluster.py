@@ -60,7 +60,7 @@ async def test_a_new_set_keeps_staying_endpoints_drains_removed_ones_and_rebuild
     # Even a retry whose tried list names a drained endpoint is never sent back to it.
     assert hosts(cluster, 2, [first]) == ["10.0.0.3", "10.0.0.4"]
     assert not first.available()
-    assert [e["state"] for e in cluster.snapshot()["endpoints"]] == ["active", "active"]  # type: ignore[index]
+    assert [e["state"] for e in cluster.snapshot()["endpoints"]] == ["ready", "ready"]  # type: ignore[index]
 
 
 async def test_the_clock_reaches_every_endpoints_breaker() -> None:
