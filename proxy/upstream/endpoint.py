@@ -146,7 +146,7 @@ class Endpoint:
     def status(self) -> str:
         """One word for /clusters: ready, terminating, unhealthy, draining, ejected or breaker_open."""
         if self.state is not ACTIVE:
-            return self.state.value
+            return str(self.state.value)
         if self.ejected:
             return "ejected"
         return "breaker_open" if self.breaker_state == "open" else "ready"
