@@ -27,9 +27,9 @@ from prometheus_client import CollectorRegistry
 from proxy.admin.server import AdminServer, AdminSource
 from proxy.clock import Clock
 from proxy.config.load import ConfigError, ConfigUnreadable, LoadedConfig, parse_config, read_and_hash, redacted_dump
-from proxy.config.model import Address, ClusterConfig, Config, DnsDiscoveryConfig, ListenerConfig, host_port
+from proxy.config.model import Address, ClusterConfig, Config, ListenerConfig, host_port
 from proxy.config.watch import ConfigWatcher
-from proxy.discovery.dns import DnsDiscovery, Lookup, getaddrinfo_lookup
+from proxy.discovery.hub import DiscoveryHub
 from proxy.discovery.static import static_endpoints
 from proxy.filters.keysfile import KeyStores
 from proxy.filters.trace import TracePropagator
@@ -76,8 +76,6 @@ def _unsupported_listener_keys(listener: ListenerConfig, where: str) -> list[str
 def _unsupported_cluster_keys(cluster: ClusterConfig, where: str) -> list[str]:
     """`unsupported_keys` of one cluster, under its key path `where`."""
     found: list[str] = []
-    if cluster.discovery is not None and cluster.discovery.kubernetes is not None:
-        found.append(f"{where}.discovery.kubernetes")
     if cluster.protocol != "http1":
         found.append(f"{where}.protocol")
     return found
@@ -257,12 +255,16 @@ class App:
         # A cluster's background tasks (outlier timer, TLS file watch), keyed by the Cluster object: a
         # reload builds the replacement before retiring the old one.
         self._cluster_tasks: dict[Cluster, list[asyncio.Task[Any]]] = {}
-        # DNS discovery: one resolver per (cluster name, dns config), shared by the clusters subscribed to it,
-        # so a reload that rebuilds a cluster but keeps its discovery config keeps the resolver and its set.
-        self._resolvers: dict[tuple[str, DnsDiscoveryConfig], DnsDiscovery] = {}
-        self._resolver_of: dict[Cluster, DnsDiscovery] = {}
-        # How DNS names are looked up (tests substitute a fake).
-        self.dns_lookup: Lookup = getaddrinfo_lookup
+        # DNS and Kubernetes discovery: resolvers and watches shared by the clusters they feed (tests set
+        # its DNS lookup and Kubernetes config loader before `start`).
+        metrics = self.metrics
+        self.discovery = DiscoveryHub(self.clock, lambda cluster, kind: metrics.discovery_errors(cluster, kind).inc(),
+                                      metrics.forget_discovery)
+        # This node's name (the downward API's spec.nodeName, passed in by the runtime) and zone: `node.zone`,
+        # else read from the Node once a Kubernetes cluster exists. Clusters prefer endpoints of this zone.
+        self.node_name: str | None = None
+        self.local_zone: str | None = loaded.config.node.zone
+        self._zone_task: asyncio.Task[None] | None = None
         self._reload_lock = asyncio.Lock()
         # Coalescing: the one task that reloads while requests keep arriving, and whether one arrived.
         self._reloader: asyncio.Task[None] | None = None
@@ -281,10 +283,14 @@ class App:
         # with `tls:` loads its files here (TlsError when they cannot make a context) and watches them.
         origin = ClusterOrigin.from_config(config.name, config.tls, self.metrics) if config.tls is not None else None
         cluster = Cluster(config, self.metrics, self.clock, ClientConnection, origin)
+        cluster.local_zone = self.local_zone
         if config.endpoints is not None:
             cluster.set_endpoints(static_endpoints(config.endpoints))
-        elif config.discovery is not None and config.discovery.dns is not None:
-            self._subscribe_dns(cluster, config.discovery.dns)
+        elif config.discovery is not None:
+            cluster.discovery_view = self.discovery.feed(cluster, cluster.name, config.discovery,
+                                                         cluster.set_endpoints)
+            if config.discovery.kubernetes is not None:
+                self._find_zone()
         tasks: list[asyncio.Task[Any]] = []
         if cluster.outlier is not None:
             tasks.append(asyncio.create_task(self._outlier_timer(cluster), name=f"outlier {cluster.name}"))
@@ -296,43 +302,29 @@ class App:
             self._cluster_tasks[cluster] = tasks
         return cluster
 
-    def _subscribe_dns(self, cluster: Cluster, dns: DnsDiscoveryConfig) -> None:
-        """Feed `cluster` from the resolver of its name and config: the running one (its last good set
-        delivered at once), else a new one started now."""
-        key = (cluster.name, dns)
-        resolver = self._resolvers.get(key)
-        if resolver is None:
-            name = cluster.name
-            metrics = self.metrics
-
-            def count_error(kind: str) -> None:
-                metrics.discovery_errors(name, kind).inc()
-
-            resolver = DnsDiscovery(name, dns, self.clock, count_error, self.dns_lookup)
-            self._resolvers[key] = resolver
-            self._tasks.add(resolver.start())
-        resolver.subscribe(cluster.set_endpoints)
-        cluster.discovery_view = resolver.snapshot
-        self._resolver_of[cluster] = resolver
-
-    def _unsubscribe_dns(self, cluster: Cluster) -> None:
-        """A retired cluster stops taking sets; the resolver stops when no cluster takes them any more."""
-        resolver = self._resolver_of.pop(cluster, None)
-        if resolver is None or not resolver.unsubscribe(cluster.set_endpoints):
+    def _find_zone(self) -> None:
+        """Without `node.zone`, read this node's zone from its Node (once, in the background), then hand it to
+        every cluster."""
+        if self.local_zone is not None or self.node_name is None or self._zone_task is not None:
             return
-        if resolver.task is not None:
-            self._tasks.discard(resolver.task)
-        resolver.stop()
-        del self._resolvers[(resolver.cluster, resolver.config)]
-        if all(name != resolver.cluster for name, _ in self._resolvers):
-            self.metrics.forget_discovery(resolver.cluster)
+
+        async def find(node_name: str) -> None:
+            zone = await self.discovery.node_zone(node_name)
+            if zone is not None and self.loaded.config.node.zone is None:
+                self.local_zone = zone
+                for cluster in self.clusters.values():
+                    cluster.local_zone = zone
+                    cluster.rebalance()
+
+        self._zone_task = asyncio.create_task(find(self.node_name), name="node zone")
+        self._tasks.add(self._zone_task)
 
     def _retire_cluster(self, cluster: Cluster) -> None:
         """A cluster removed or replaced by a reload: idle connections close now, busy ones when done."""
         for task in self._cluster_tasks.pop(cluster, ()):
             task.cancel()
             self._tasks.discard(task)
-        self._unsubscribe_dns(cluster)
+        self.discovery.unfeed(cluster)
         cluster.close()
         if cluster.tls is not None:
             self._settle_cert_expiry(cluster.name)
@@ -715,6 +707,7 @@ class App:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await self.discovery.close()
         for cluster in self.clusters.values():
             cluster.close()
         if self.admin is not None:

@@ -83,7 +83,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 1
     workers = _worker_count(args.workers if args.workers is not None else loaded.config.workers)
     setup_logging(args.log_level)
-    return run(loaded, workers=workers, log_level=args.log_level)
+    # The downward API's spec.nodeName (deploy/kubernetes): Kubernetes discovery reads the node's zone from it.
+    return run(loaded, workers=workers, log_level=args.log_level, node_name=os.environ.get("NODE_NAME") or None)
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
@@ -98,7 +99,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
         name, _, port = item.rpartition("=")
         ports[name] = int(port)
     setup_logging(args.log_level, tag=f"worker-{args.index}")
-    return run_worker(loaded, args.admin_socket, ports, Path(args.snapshot) if args.snapshot else None)
+    return run_worker(loaded, args.admin_socket, ports, Path(args.snapshot) if args.snapshot else None,
+                      os.environ.get("NODE_NAME") or None)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

@@ -77,9 +77,11 @@ def _wire_reload(app: App, *, watch: bool = True) -> None:
 # -- one process (workers: 1) ----------------------------------------------------------------------
 
 
-async def serve(loaded: LoadedConfig) -> int:
-    """Run until SIGTERM/SIGINT or POST /shutdown, then drain; 0 after a clean drain."""
+async def serve(loaded: LoadedConfig, node_name: str | None = None) -> int:
+    """Run until SIGTERM/SIGINT or POST /shutdown, then drain; 0 after a clean drain. `node_name`: this pod's
+    node (`$NODE_NAME`), whose zone Kubernetes discovery reads when `node.zone` is not set."""
     app = App(loaded)
+    app.node_name = node_name
     try:
         await app.start()
     except OSError as exc:
@@ -100,11 +102,12 @@ async def serve(loaded: LoadedConfig) -> int:
     return 0
 
 
-def run(loaded: LoadedConfig, workers: int = 1, log_level: str = "info") -> int:
-    """Run the sidecar on uvloop: in this process for one worker, else as a supervisor of `workers`."""
+def run(loaded: LoadedConfig, workers: int = 1, log_level: str = "info", node_name: str | None = None) -> int:
+    """Run the sidecar on uvloop: in this process for one worker, else as a supervisor of `workers` (each
+    worker reads `$NODE_NAME` itself)."""
     uvloop.install()
     if workers <= 1:
-        return asyncio.run(serve(loaded))
+        return asyncio.run(serve(loaded, node_name))
     return asyncio.run(supervise(loaded, workers, log_level))
 
 
@@ -140,11 +143,12 @@ def _report(message: dict[str, Any]) -> None:
 
 
 async def serve_worker(loaded: LoadedConfig, admin_socket: str, snapshot: Path | None = None,
-                       ports: Mapping[str, int] | None = None) -> int:
+                       ports: Mapping[str, int] | None = None, node_name: str | None = None) -> int:
     """Run one worker: listeners with SO_REUSEPORT, the admin view on `admin_socket`, reloads from the
     supervisor's `snapshot` of the config it approved, port-0 listeners pinned to `ports`; drain on
     SIGTERM, SIGINT, or when the supervisor goes away."""
     app = App(loaded, admin_unix=admin_socket, reuse_port=True, source=snapshot, pinned_ports=ports)
+    app.node_name = node_name
     loop = asyncio.get_running_loop()
     # Signal handlers before the bound report: the supervisor forwards signals only to reported workers.
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -177,12 +181,12 @@ async def serve_worker(loaded: LoadedConfig, admin_socket: str, snapshot: Path |
 
 
 def run_worker(loaded: LoadedConfig, admin_socket: str, ports: Mapping[str, int],
-               snapshot: Path | None = None) -> int:
+               snapshot: Path | None = None, node_name: str | None = None) -> int:
     """The hidden `worker` command: one worker process of a supervised sidecar."""
     # A SIGHUP forwarded before the loop's handler exists must not kill the worker (the default action).
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     uvloop.install()
-    return asyncio.run(serve_worker(loaded, admin_socket, snapshot, ports))
+    return asyncio.run(serve_worker(loaded, admin_socket, snapshot, ports, node_name))
 
 
 # -- the supervisor (workers: N > 1) ---------------------------------------------------------------

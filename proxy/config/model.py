@@ -140,6 +140,9 @@ class _Model(BaseModel):
 class NodeConfig(_Model):
     service: str | None = None
     namespace: str | None = None
+    # This node's zone: clusters prefer endpoints in it (topology-aware routing). Unset: read from the Node
+    # (label topology.kubernetes.io/zone) when $NODE_NAME is set and RBAC allows, else no preference.
+    zone: str | None = Field(default=None, min_length=1)
 
 
 # RFC 9110 token characters: what a header name may be made of.
@@ -446,9 +449,10 @@ class ListenerConfig(_Model):
 
 
 class KubernetesDiscoveryConfig(_Model):
-    service: str
-    namespace: str = "default"
-    port: int | str
+    service: str = Field(min_length=1)
+    namespace: str = Field(default="default", min_length=1)
+    # A port name (the Service's, as EndpointSlices name their ports) or the endpoints' port number.
+    port: Annotated[int, Field(ge=1, le=65535)] | Annotated[str, Field(min_length=1)]
     labels: dict[str, str] = Field(default_factory=dict)
 
 

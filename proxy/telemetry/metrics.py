@@ -48,7 +48,10 @@ BREAKER_STATES: Final = ("closed", "open", "half_open")
 ENDPOINT_STATES: Final = ("healthy", "ejected", "breaker_open", "unhealthy", "terminating")
 RELOAD_RESULTS: Final = ("success", "failure")
 # The `kind` label of sidecar_discovery_errors_total (proxy/discovery/dns.py says which failure is which).
-DISCOVERY_ERROR_KINDS: Final = ("nxdomain", "timeout", "empty", "other")
+# DNS: nxdomain, timeout, empty, other; Kubernetes (proxy/discovery/kube_api.py): config, unreachable,
+# unauthorized, forbidden, not_found, gone, api_error, malformed (and timeout).
+DISCOVERY_ERROR_KINDS: Final = ("nxdomain", "timeout", "empty", "other", "config", "unreachable", "unauthorized",
+                                "forbidden", "not_found", "gone", "api_error", "malformed")
 
 # Gauge values of sidecar_circuit_breaker_state (the user contract: 0 closed, 1 open, 2 half-open).
 BREAKER_STATE_VALUE: Final[dict[str, float]] = {"closed": 0.0, "open": 1.0, "half_open": 2.0}

@@ -107,13 +107,14 @@ def test_run_refuses_features_that_do_not_exist_yet(tmp_path: Path) -> None:
         "      - {name: r, match: {prefix: /}, cluster: c}\n"
         "clusters:\n"
         "  - name: c\n"
-        "    discovery: {kubernetes: {service: example, port: http}}\n"
+        "    endpoints: ['127.0.0.1:1']\n"
+        "    protocol: http2\n"
         "access_log: {format: json}\n")
     validated = sidecar("validate", "-c", str(path))
     assert validated.returncode == 0, validated.stderr
     result = sidecar("run", "-c", str(path))
     assert result.returncode == 1
-    assert f"{path}: not supported yet: clusters[0].discovery.kubernetes" in result.stderr
+    assert f"{path}: not supported yet: clusters[0].protocol" in result.stderr
     assert f"{path}: not supported yet: access_log" in result.stderr
 
 

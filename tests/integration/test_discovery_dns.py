@@ -66,7 +66,7 @@ async def test_localhost_feeds_the_cluster_ready_waits_for_it_and_clusters_shows
         # localhost may also name ::1; the upstream listens on 127.0.0.1 only.
         return tuple(a for a in addresses if a[0] == "127.0.0.1"), ttl
 
-    app.dns_lookup = gated
+    app.discovery.dns_lookup = gated
     await app.start()
     running = RunningSidecar(app)
     try:
@@ -113,21 +113,21 @@ async def test_a_reload_that_keeps_the_discovery_config_keeps_the_resolver(tmp_p
     running = RunningSidecar(app)
     try:
         await eventually(lambda: _is(status(running.admin_url("/ready")), 200))
-        [resolver] = app._resolvers.values()
+        [resolver] = app.discovery.resolvers.values()
         task = resolver.task
         old_cluster = app.clusters["backend"]
         # Another cluster setting rebuilds the cluster; the same discovery config keeps the resolver.
         path.write_text(config("127.0.0.1", upstream.port, connect_timeout="2s"))
         assert await app.reload()
         assert app.clusters["backend"] is not old_cluster
-        assert list(app._resolvers.values()) == [resolver] and resolver.task is task and not task.done()
+        assert list(app.discovery.resolvers.values()) == [resolver] and resolver.task is task and not task.done()
         assert app.clusters["backend"].has_endpoints  # the kept set, at once: no unready gap
         assert resolver.subscribers == [app.clusters["backend"].set_endpoints]
         assert await status(running.url("/x")) == 200
         # A changed discovery config starts a new resolver and stops the old one.
         path.write_text(config("127.0.0.1", upstream.port, refresh="2s", connect_timeout="2s"))
         assert await app.reload()
-        [fresh] = app._resolvers.values()
+        [fresh] = app.discovery.resolvers.values()
         assert fresh is not resolver
         await asyncio.sleep(0)
         assert task.cancelled() or task.done()
@@ -157,7 +157,7 @@ async def test_a_changed_answer_moves_new_requests_and_lets_in_flight_ones_finis
         addresses, ttl = await getaddrinfo_lookup(name, port[0])
         return tuple(a for a in addresses if a[0] == "127.0.0.1"), ttl
 
-    app.dns_lookup = switchable
+    app.discovery.dns_lookup = switchable
     await app.start()
     running = RunningSidecar(app)
     try:

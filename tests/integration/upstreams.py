@@ -1,4 +1,5 @@
-"""Real upstream servers for integration tests (aiohttp web apps on 127.0.0.1, port picked by the OS)."""
+"""Real upstream servers for integration tests (aiohttp web apps on 127.0.0.1, or another loopback address
+such as 127.0.0.2 standing in for a second Pod IP; port picked by the OS unless given)."""
 
 from __future__ import annotations
 
@@ -12,21 +13,23 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 class Upstream:
     """A running aiohttp server that records what it received."""
 
-    def __init__(self, runner: web.AppRunner, port: int) -> None:
+    def __init__(self, runner: web.AppRunner, port: int, host: str = "127.0.0.1") -> None:
         self.runner = runner
+        self.host = host
         self.port = port
         self.requests: list[web.Request] = []
         self.bodies: list[bytes] = []
 
     @property
     def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return f"{self.host}:{self.port}"
 
     async def stop(self) -> None:
         await self.runner.cleanup()
 
 
-async def start_upstream(handler: Handler | None = None, name: str = "upstream") -> Upstream:
+async def start_upstream(handler: Handler | None = None, name: str = "upstream", host: str = "127.0.0.1",
+                         port: int = 0) -> Upstream:
     """Start an upstream; the default handler echoes method, path and selected headers as JSON."""
     holder: list[Upstream] = []
 
@@ -50,11 +53,11 @@ async def start_upstream(handler: Handler | None = None, name: str = "upstream")
     app.router.add_route("*", "/{tail:.*}", echo)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
+    site = web.TCPSite(runner, host, port)
     await site.start()
     server = site._server
     assert server is not None
     port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    upstream = Upstream(runner, port)
+    upstream = Upstream(runner, port, host)
     holder.append(upstream)
     return upstream

@@ -33,7 +33,7 @@ def test_the_full_contract_names_what_is_not_built_yet(tmp_path: Path) -> None:
     missing = unsupported_keys(load_config(tmp_path / "full.yaml").config)
     assert "listeners[0].tls" not in missing  # TLS termination exists (issue 16)
     assert not any(".authz" in key or ".api_key" in key for key in missing)  # route authorization runs
-    assert "clusters[0].discovery.kubernetes" in missing
+    assert not any(".discovery" in key for key in missing)  # Kubernetes and DNS discovery run (issue 17)
     assert not any(key.endswith(".load_balancer") for key in missing)  # every balancer is built (issue 17)
     assert "clusters[3].discovery.dns" not in missing  # DNS discovery runs (issue 17)
     assert "tracing.otlp" in missing and "access_log" in missing
