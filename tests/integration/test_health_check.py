@@ -2,8 +2,8 @@
 is switched between 200 and 503 (the failing one leaves the balancer until it passes again, /clusters shows
 it `unhealthy` and `sidecar_endpoints{state="unhealthy"}` counts it), an endpoint whose port is closed, one
 that accepts and never answers (fails by timeout), a `tls:` cluster checked over TLS with the pools'
-identity check, and `sidecar validate` refusing bad settings with the key named. Intervals are 100 ms and
-every wait is bounded."""
+identity check, the checker's task retired by a reload and by stop, and `sidecar validate` refusing bad
+settings with the key named. Intervals are 100 ms and every wait is bounded."""
 
 from __future__ import annotations
 
@@ -100,6 +100,7 @@ async def test_a_failing_endpoint_leaves_the_balancer_until_it_passes_again(side
     good, flaky = await Switchable("good").start(), await Switchable("flaky").start()
     try:
         running = await sidecar(outbound_config([good.address, flaky.address], cluster_extra=CHECK))
+        assert len(checker_tasks()) == 1
         await eventually(lambda: _checked(good, flaky))
         assert await served_by(running.url("/x"), 10) == {"good": 5, "flaky": 5}
         check = flaky.checks[0]
@@ -129,6 +130,8 @@ async def test_a_failing_endpoint_leaves_the_balancer_until_it_passes_again(side
         assert (await health_view(running))["endpoints"][flaky.address]["consecutive_passes"] >= 2
         assert await served_by(running.url("/x"), 10) == {"good": 5, "flaky": 5}
         assert await metric(running, "sidecar_endpoints", cluster="backend", state="unhealthy") == 0
+        await running.app.drain_and_stop()
+        assert checker_tasks() == []  # stopping cancels it
     finally:
         for upstream in (good, flaky):
             assert upstream.upstream is not None
@@ -147,6 +150,29 @@ async def test_an_endpoint_whose_port_is_closed_is_unhealthy(sidecar: Any) -> No
         await eventually(state_is(running, closed, "unhealthy"))
         assert (await health_view(running))["endpoints"][closed]["last_failure"] == "connect refused"
         assert await served_by(running.url("/x"), 6) == {"good": 6}
+    finally:
+        assert good.upstream is not None
+        await good.upstream.stop()
+
+
+def checker_tasks() -> list[asyncio.Task[Any]]:
+    return [t for t in asyncio.all_tasks() if t.get_name() == "health check cluster backend" and not t.done()]
+
+
+async def test_a_reload_without_health_check_retires_the_checker(sidecar: Any,
+                                                                 write_config: Callable[[str], Path]) -> None:
+    good = await Switchable("good").start()
+    closed = f"127.0.0.1:{free_port()}"
+    try:
+        running = await sidecar(outbound_config([good.address, closed], cluster_extra=CHECK))
+        assert len(checker_tasks()) == 1
+        await eventually(state_is(running, closed, "unhealthy"))
+        write_config(outbound_config([good.address, closed]))
+        assert await running.app.reload()
+        await asyncio.sleep(0)
+        assert checker_tasks() == []
+        assert "health_check" not in (await admin_json(running, "/clusters"))["clusters"][0]
+        assert (await endpoint_view(running, closed))["state"] == "ready"  # a new cluster, nothing checks it
     finally:
         assert good.upstream is not None
         await good.upstream.stop()
