@@ -47,6 +47,7 @@ from proxy.stages.route import Router
 from proxy.telemetry.exposition import render_metrics
 from proxy.telemetry.metrics import Metrics
 from proxy.upstream.cluster import Cluster
+from proxy.upstream.health import HealthChecker
 
 log = logging.getLogger("proxy.app")
 
@@ -297,6 +298,10 @@ class App:
         if origin is not None:
             tasks.append(asyncio.create_task(origin.material.watch(self.tls_poll_interval),
                                              name=f"tls watch cluster {cluster.name}"))
+        if config.health_check is not None:
+            checker = HealthChecker(cluster, config.health_check, self.clock)
+            cluster.health_view = checker.snapshot
+            tasks.append(asyncio.create_task(checker.run(), name=f"health check cluster {cluster.name}"))
         if tasks:
             self._tasks.update(tasks)
             self._cluster_tasks[cluster] = tasks

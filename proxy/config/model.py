@@ -517,6 +517,44 @@ class OutlierDetectionConfig(_Model):
     max_ejection_percent: float = Field(default=10, ge=0, le=100)
 
 
+class HealthCheckConfig(_Model):
+    """Active health checks of a cluster's endpoints (`proxy.upstream.health`). Defaults: the config
+    contract's example, `{interval: 5s, timeout: 1s, healthy_threshold: 2, unhealthy_threshold: 3}`."""
+
+    # What is asked: `GET <path>`; a 2xx answer passes.
+    path: str
+    # How often every endpoint is checked (each round starts up to 10 % early: jitter).
+    interval: Duration = 5.0
+    # The bound on one check: connect (and TLS handshake), request, status line.
+    timeout: Duration = 1.0
+    # Consecutive passes that make an unhealthy endpoint healthy again.
+    healthy_threshold: int = Field(default=2, ge=1)
+    # Consecutive failures that make a healthy endpoint unhealthy.
+    unhealthy_threshold: int = Field(default=3, ge=1)
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, value: str) -> str:
+        if not value.startswith("/"):
+            raise ValueError(f"path must start with '/' (got {value!r})")
+        if not value.isascii() or any(c <= " " or c == "\x7f" for c in value):
+            raise ValueError(f"path must be ASCII without spaces or control characters (got {value!r})")
+        return value
+
+    @field_validator("interval", "timeout")
+    @classmethod
+    def _positive(cls, value: float) -> float:
+        if value <= 0:
+            raise ValueError("must be more than 0")
+        return value
+
+    @model_validator(mode="after")
+    def _timeout_within_interval(self) -> HealthCheckConfig:
+        if self.timeout > self.interval:
+            raise ValueError("timeout must not be longer than interval")
+        return self
+
+
 class PoolConfig(_Model):
     max_idle_per_endpoint: int = Field(default=64, ge=0)
     idle_timeout: Duration = 60.0
@@ -559,6 +597,8 @@ class ClusterConfig(_Model):
     circuit_breaker: CircuitBreakerConfig | None = None
     limits: LimitsConfig | None = None
     outlier_detection: OutlierDetectionConfig | None = None
+    # Active health checks (None: none; an endpoint is routable unless something else takes it out).
+    health_check: HealthCheckConfig | None = None
     pool: PoolConfig = Field(default_factory=PoolConfig)
 
     @model_validator(mode="before")

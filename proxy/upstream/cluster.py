@@ -48,6 +48,7 @@ class Cluster:
         "endpoints",
         "has_endpoints",
         "hash_policy",
+        "health_view",
         "limits_rejected",
         "local_zone",
         "name",
@@ -97,6 +98,8 @@ class Cluster:
         discovery = config.discovery
         self.source = "static" if discovery is None else ("dns" if discovery.dns is not None else "kubernetes")
         self.discovery_view: Callable[[], dict[str, object]] | None = None
+        # Active health checks' view (`proxy.upstream.health`), set by the wiring; None: no health checks.
+        self.health_view: Callable[[], dict[str, object]] | None = None
 
     # -- the endpoint set --------------------------------------------------------------------------
 
@@ -256,6 +259,8 @@ class Cluster:
         }
         if self.discovery_view is not None:
             view["discovery"] = self.discovery_view()
+        if self.health_view is not None:
+            view["health_check"] = self.health_view()
         if self.bulkhead is not None:
             view["limits"] = self.bulkhead.snapshot()
         if self.outlier is not None:

@@ -150,7 +150,7 @@ class Pool:
                 if self._tls is None:
                     _, protocol = await self._loop.create_connection(self._protocol, self.host, self.port)
                 else:
-                    protocol = await self._connect_tls(self._tls)
+                    _, protocol = await self._connect_tls(self._tls, self._protocol)
         except TimeoutError:
             raise UpstreamError(
                 FailureKind.CONNECT_TIMEOUT,
@@ -170,11 +170,22 @@ class Pool:
         return cast(asyncio.Protocol, settings.connector(self._loop, self.context, settings.max_head_bytes,
                                                          settings.max_headers))
 
-    async def _connect_tls(self, tls: EndpointTls) -> asyncio.BaseProtocol:
-        """Connect and handshake (under the caller's connect timeout), then admit the upstream's identity."""
+    async def open_unpooled(self, factory: Callable[[], asyncio.Protocol],
+                            ) -> tuple[asyncio.BaseTransport, asyncio.BaseProtocol]:
+        """A connection to this endpoint that the pool does not keep, speaking `factory`'s protocol (active
+        health checks' probes): plain TCP, or for a TLS cluster exactly as the pool's own (the client context
+        in force, SNI, this endpoint's session, the identity check). No timeout: the caller bounds it. Raises
+        OSError (ssl.SSLError for a failed handshake) or UpstreamError (CONNECT_REFUSED: identity refused)."""
+        if self._tls is None:
+            return await self._loop.create_connection(factory, self.host, self.port)
+        return await self._connect_tls(self._tls, factory)
+
+    async def _connect_tls(self, tls: EndpointTls, factory: Callable[[], asyncio.Protocol],
+                           ) -> tuple[asyncio.BaseTransport, asyncio.BaseProtocol]:
+        """Connect and handshake (under the caller's timeout), then admit the upstream's identity."""
         with tls.handshake() as context:
             transport, protocol = await self._loop.create_connection(
-                self._protocol, self.host, self.port, ssl=context, server_hostname=tls.server_name)
+                factory, self.host, self.port, ssl=context, server_hostname=tls.server_name)
         ssl_object = transport.get_extra_info("ssl_object")
         refusal = tls.admit(ssl_object) if ssl_object is not None else "no TLS session"
         if refusal is not None:
@@ -182,7 +193,7 @@ class Pool:
             error = UpstreamError(FailureKind.CONNECT_REFUSED, f"{self.context}: {refusal}")
             log.warning("%s", error.context)
             raise error
-        return protocol
+        return transport, protocol
 
     def _connect_error(self, exc: OSError) -> UpstreamError:
         """A failed connect (or TLS handshake) in the error taxonomy."""

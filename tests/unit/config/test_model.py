@@ -1,12 +1,20 @@
-"""Schema checks of proxy.config.model that the loader tests do not already cover: RE2 regexes and the
-listener's `http.path_normalization`."""
+"""Schema checks of proxy.config.model that the loader tests do not already cover: RE2 regexes, the
+listener's `http.path_normalization`, a cluster's TLS identity and `health_check`."""
 
 from __future__ import annotations
 
 import pytest
 from pydantic import ValidationError
 
-from proxy.config.model import ClusterTlsConfig, HttpConfig, RouteMatchConfig, StringMatcherConfig, compile_regex
+from proxy.config.model import (
+    ClusterConfig,
+    ClusterTlsConfig,
+    HealthCheckConfig,
+    HttpConfig,
+    RouteMatchConfig,
+    StringMatcherConfig,
+    compile_regex,
+)
 
 
 @pytest.mark.parametrize(("pattern", "says"), [
@@ -49,3 +57,26 @@ def test_a_clusters_expect_identity_must_be_a_spiffe_id(identity: str) -> None:
     with pytest.raises(ValidationError, match="expect_identity must be a SPIFFE ID"):
         ClusterTlsConfig(ca="ca.pem", expect_identity=identity)
     assert ClusterTlsConfig(ca="ca.pem", expect_identity="spiffe://cluster.local/ns/a/sa/b").expect_identity
+
+
+def test_health_check_defaults_are_the_contracts_example() -> None:
+    check = HealthCheckConfig(path="/healthz")
+    assert (check.interval, check.timeout, check.healthy_threshold, check.unhealthy_threshold) == (5.0, 1.0, 2, 3)
+    cluster = ClusterConfig.model_validate({"name": "c", "endpoints": ["127.0.0.1:1"]})
+    assert cluster.health_check is None
+
+
+@pytest.mark.parametrize(("settings", "says"), [
+    ({"path": "healthz"}, "path must start with '/'"),
+    ({"path": "/a b"}, "without spaces"),
+    ({"path": "/h\u00e9"}, "ASCII"),
+    ({"path": "/healthz", "interval": "0s"}, "more than 0"),
+    ({"path": "/healthz", "timeout": "0s"}, "more than 0"),
+    ({"path": "/healthz", "interval": "1s", "timeout": "2s"}, "timeout must not be longer than interval"),
+    ({"path": "/healthz", "healthy_threshold": 0}, "greater than or equal to 1"),
+    ({"path": "/healthz", "unhealthy_threshold": 0}, "greater than or equal to 1"),
+    ({"interval": "1s"}, "Field required"),
+])
+def test_health_check_settings_are_checked(settings: dict[str, object], says: str) -> None:
+    with pytest.raises(ValidationError, match=says):
+        HealthCheckConfig.model_validate(settings)

@@ -159,6 +159,7 @@ SHOWN = {
     "clusters[].discovery.kubernetes.labels.*", "clusters[].discovery.dns.name", "clusters[].tls.cert",
     "clusters[].tls.ca", "clusters[].tls.expect_identity", "clusters[].tls.server_name",
     "tracing.otlp.endpoint", "access_log.path", "clusters[].ring_hash.header", "clusters[].ring_hash.cookie",
+    "clusters[].health_check.path",
 }
 
 
