@@ -402,7 +402,27 @@ def test_config_map_loads_and_uses_only_built_features(name: str, tmp_path: Path
     assert CONFIG_KEY in data, f"ConfigMap {name} has no {CONFIG_KEY}"
     config = load_sidecar_yaml(data[CONFIG_KEY], tmp_path)  # raises ConfigError listing every problem
     assert unsupported_keys(config) == [], "`sidecar run` would refuse these keys"
-    assert all(c.endpoints for c in config.clusters), "static endpoints only until discovery exists"
+
+
+def test_the_example_discovers_a_cluster_from_kubernetes(tmp_path: Path) -> None:
+    config = load_sidecar_yaml(by_name("ConfigMap", "payment-service-sidecar")["data"][CONFIG_KEY], tmp_path)
+    discovered = [c for c in config.clusters if c.discovery is not None and c.discovery.kubernetes is not None]
+    assert discovered, "no cluster of the example uses Kubernetes discovery"
+    # What the discovery reads is what rbac.yaml grants (pods only when a cluster selects by labels).
+    needed = {("discovery.k8s.io", "endpointslices")}
+    if any(c.discovery.kubernetes.labels for c in discovered):  # type: ignore[union-attr]
+        needed.add(("", "pods"))
+    assert all(role_grants(role) >= needed for role in objects("Role"))
+
+
+def test_the_node_zone_comes_from_the_downward_api_and_a_node_reader_role() -> None:
+    sidecar = sidecar_container(pod_spec(workload("Deployment/payment-service")))
+    env = {e["name"]: e for e in sidecar.get("env", [])}
+    assert env["NODE_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName"
+    [role] = objects("ClusterRole")
+    assert [(rule["resources"], rule["verbs"]) for rule in role["rules"]] == [(["nodes"], ["get"])]
+    [binding] = objects("ClusterRoleBinding")
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
 
 
 @pytest.mark.parametrize("ident", workload_ids())
