@@ -12,6 +12,7 @@ from prometheus_client import CollectorRegistry
 import proxy.upstream.balancer
 from proxy.clock import ManualClock
 from proxy.config.model import ClusterConfig
+from proxy.discovery.snapshot import DiscoveredEndpoint
 from proxy.errors import FailureKind
 from proxy.resilience.classify import Verdict, classify_cancelled, classify_failure, classify_status
 from proxy.resilience.limits import LimitDecision
@@ -130,3 +131,59 @@ async def test_report_tells_the_balancer_each_attempts_verdict_and_latency() -> 
         cluster.report(picked[0], picked[1], verdict, latency)
     assert observed == [("10.0.0.1", "success", 0.012), ("10.0.0.2", "failure", 0.25),
                         ("10.0.0.1", "cancelled", 1.5)]
+
+
+# -- zones, terminating and health ---------------------------------------------------------------------
+
+
+def zoned_cluster(clock: ManualClock, zones: list[str], for_zones: list[tuple[str, ...]] | None = None) -> Cluster:
+    cluster = make_cluster(clock)
+    cluster.local_zone = "z1"
+    cluster.set_endpoints([DiscoveredEndpoint(f"10.0.0.{i + 1}", 80, zone, for_zones[i] if for_zones else ())
+                           for i, zone in enumerate(zones)])
+    return cluster
+
+
+async def test_the_local_zone_takes_every_pick_while_healthy_enough() -> None:
+    cluster = zoned_cluster(ManualClock(), ["z1", "z1", "z1", "z2", "z2"])
+    assert set(hosts(cluster, 30)) == {"10.0.0.1", "10.0.0.2", "10.0.0.3"}
+    # One of three local endpoints ejected: 2/3 x 1.4 >= 1, still all local.
+    cluster.endpoints[0].ejected = True
+    assert set(hosts(cluster, 30)) == {"10.0.0.2", "10.0.0.3"}
+
+
+async def test_below_the_overprovisioned_share_the_local_zone_sheds_traffic_and_with_none_left_all_of_it() -> None:
+    clock = ManualClock()
+    cluster = zoned_cluster(clock, ["z1", "z1", "z1", "z2", "z2"])
+    cluster.endpoints[0].ejected = True
+    cluster.endpoints[1].ejected = True
+    # 1/3 x 1.4 = 0.47 of picks stay local; the other 0.53 go to round robin over all five, whose turns on
+    # the two ejected endpoints pass to the next available one (the local 10.0.0.3): 2/5 of them leave the zone.
+    picks = hosts(cluster, 2000)
+    other_zone = picks.count("10.0.0.4") + picks.count("10.0.0.5")
+    assert 0.53 * 0.4 * 2000 * 0.8 < other_zone < 0.53 * 0.4 * 2000 * 1.2
+    assert picks.count("10.0.0.4") > 0 and picks.count("10.0.0.5") > 0
+    cluster.endpoints[2].ejected = True
+    assert set(hosts(cluster, 20)) == {"10.0.0.4", "10.0.0.5"}
+
+
+async def test_hints_decide_when_every_endpoint_has_them_else_the_zone_does() -> None:
+    clock = ManualClock()
+    hinted = zoned_cluster(clock, ["z1", "z2", "z2"], [("z1",), ("z1",), ("z2",)])
+    assert set(hosts(hinted, 20)) == {"10.0.0.1", "10.0.0.2"}
+    partly = zoned_cluster(clock, ["z1", "z2", "z2"], [("z1",), ("z1",), ()])
+    assert set(hosts(partly, 20)) == {"10.0.0.1"}
+
+
+async def test_terminating_and_unhealthy_endpoints_leave_the_balancer_and_come_back() -> None:
+    cluster = make_cluster(ManualClock())
+    cluster.set_endpoints([DiscoveredEndpoint("10.0.0.1", 80, terminating=True), DiscoveredEndpoint("10.0.0.2", 80)])
+    assert set(hosts(cluster, 6)) == {"10.0.0.2"}
+    assert [e["state"] for e in cluster.snapshot()["endpoints"]] == ["terminating", "ready"]  # type: ignore[index]
+    second = cluster.endpoints[1]
+    cluster.set_health(second, healthy=False)
+    assert hosts(cluster, 2) == [None, None] and not cluster.available()
+    cluster.set_endpoints([DiscoveredEndpoint("10.0.0.1", 80), DiscoveredEndpoint("10.0.0.2", 80)])
+    assert set(hosts(cluster, 6)) == {"10.0.0.1"} and second.state.value == "unhealthy"  # health outlives the set
+    cluster.set_health(second, healthy=True)
+    assert set(hosts(cluster, 6)) == {"10.0.0.1", "10.0.0.2"}
