@@ -324,6 +324,18 @@ class App:
         self._zone_task = asyncio.create_task(find(self.node_name), name="node zone")
         self._tasks.add(self._zone_task)
 
+    def _set_zone(self, zone: str | None) -> None:
+        """A reload changed `node.zone`: every cluster prefers the new zone (unset: the Node's, read again)."""
+        self.local_zone = zone
+        for cluster in self.clusters.values():
+            cluster.local_zone = zone
+            cluster.rebalance()
+        if zone is None and self._zone_task is not None and self._zone_task.done():
+            self._zone_task = None
+        if any(c.config.discovery is not None and c.config.discovery.kubernetes is not None
+               for c in self.clusters.values()):
+            self._find_zone()
+
     def _retire_cluster(self, cluster: Cluster) -> None:
         """A cluster removed or replaced by a reload: idle connections close now, busy ones when done."""
         for task in self._cluster_tasks.pop(cluster, ()):
@@ -552,7 +564,10 @@ class App:
             raise
         # 2. The swap, in one step (no await until it is done).
         old_listeners, old_servers, old_clusters = self.listeners, self.servers, self.clusters
+        old_zone = self.loaded.config.node.zone
         self._swap(loaded, staged)
+        if config.node.zone != old_zone:
+            self._set_zone(config.node.zone)
         # 3. Drain what the new config no longer uses: old listeners stop accepting and let their
         # connections finish; old clusters close idle connections (in-flight requests keep theirs).
         self._drain_retired(old_listeners, old_servers, old_clusters)

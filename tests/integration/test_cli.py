@@ -27,7 +27,7 @@ def sidecar(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]
 
 
 def test_validate_accepts_examples() -> None:
-    for name in ("minimal.yaml", "routing.yaml", "resilience.yaml"):
+    for name in ("minimal.yaml", "routing.yaml", "resilience.yaml", "kubernetes.yaml"):
         result = sidecar("validate", "-c", f"config/{name}")
         assert result.returncode == 0, result.stderr
         assert "valid" in result.stdout

@@ -358,7 +358,8 @@ async def test_the_local_zone_is_preferred_and_left_when_it_has_no_healthy_endpo
 
 
 async def test_topology_hints_choose_the_local_endpoints_when_every_endpoint_has_them(kube: Kube, start: Any,
-                                                                                       pods: Any) -> None:
+                                                                                       pods: Any,
+                                                                                       tmp_path: Path) -> None:
     a, b, c = await pods(3)
     # Hints can assign an endpoint to a zone it does not run in (kube-controller-manager balances them).
     await kube.create(SLICES, endpoint_slice("web-1", [
@@ -367,6 +368,12 @@ async def test_topology_hints_choose_the_local_endpoints_when_every_endpoint_has
     running = await start(config(WEB, zone="z1"))  # node.zone set: the Node is not read
     await eventually(lambda: _has(running, {a.address: "ready", b.address: "ready", c.address: "ready"}))
     assert await spread(running, 8) == {a.host: 4, b.host: 4}
+    # A reload that moves node.zone moves the preference (the cluster itself is unchanged and kept).
+    cluster = running.app.clusters["web"]
+    (tmp_path / "sidecar.yaml").write_text(config(WEB, zone="z2"))
+    assert await running.app.reload()
+    assert running.app.clusters["web"] is cluster
+    assert await spread(running, 4) == {c.host: 4}
 
 
 async def test_forbidden_is_counted_and_ready_waits(kube: Kube, start: Any) -> None:
@@ -446,3 +453,41 @@ async def _zone_is(running: RunningSidecar, address: str, zone: str) -> bool:
 
 async def _local_zone_is(running: RunningSidecar, zone: str) -> bool:
     return bool((await admin_json(running, "/clusters"))["clusters"][0]["local_zone"] == zone)
+
+
+async def test_the_kubernetes_example_config_routes_to_its_discovered_subsets(kube: Kube, start: Any,
+                                                                              pods: Any) -> None:
+    from aiohttp import web
+
+    async def answer(request: Any) -> Any:
+        return web.json_response({"name": request.transport.get_extra_info("sockname")[0]})
+
+    v1, v2 = await pods(2, answer)
+    s1, s2 = await pods(2, answer)
+    for name, version in (("campaign-a", "v1"), ("campaign-b", "v2")):
+        await kube.create(PODS, {"apiVersion": "v1", "kind": "Pod", "metadata": {
+            "name": name, "namespace": "default", "labels": {"app": "campaign", "version": version}}})
+    await kube.create(SLICES, endpoint_slice("campaign-1", [endpoint(v1.host, pod="campaign-a"),
+                                                             endpoint(v2.host, pod="campaign-b")],
+                                             v1.port, service="campaign-service"))
+    sessions = endpoint_slice("sessions-1", [endpoint(s1.host), endpoint(s2.host)], s1.port, service="session-store")
+    sessions["ports"] = [{"port": s1.port, "protocol": "TCP"}]  # an unnamed port, chosen by number
+    await kube.create(SLICES, sessions)
+    text = (Path(__file__).resolve().parents[2] / "config" / "kubernetes.yaml").read_text()
+    text = text.replace("127.0.0.1:15000", "127.0.0.1:0").replace("127.0.0.1:15001", "127.0.0.1:0")
+    text = text.replace("port: 8080}", f"port: {s1.port}}}").replace("/healthz", "/")
+    running = await start(text)
+    await eventually(lambda: _ready(running))
+    assert await spread(running, 4, {"x-version": "v2"}) == {v2.host: 4}
+    split = await spread(running, 40)
+    assert set(split) <= {v1.host, v2.host} and split.get(v1.host, 0) > split.get(v2.host, 0)
+    # Ring hash on x-user-id: each user sticks to one Pod; users spread over both.
+    homes = set()
+    for user in (f"user-{n}" for n in range(24)):  # 24 users on one Pod of two: odds below 1 in a million
+        seen: collections.Counter[str] = collections.Counter()
+        for _ in range(2):
+            status, name = await get(running.url("/sessions/x"), {"x-user-id": user})
+            seen[name if status == 200 else str(status)] += 1
+        assert len(seen) == 1 and set(seen) <= {s1.host, s2.host}, seen
+        homes |= set(seen)
+    assert homes == {s1.host, s2.host}

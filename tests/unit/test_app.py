@@ -14,7 +14,7 @@ from tests.pki import tls_examples
 CONFIG = Path(__file__).resolve().parents[2] / "config"
 
 
-@pytest.mark.parametrize("name", ["minimal.yaml", "routing.yaml", "resilience.yaml"])
+@pytest.mark.parametrize("name", ["minimal.yaml", "routing.yaml", "resilience.yaml", "kubernetes.yaml"])
 def test_runnable_examples_use_only_built_features(name: str) -> None:
     assert unsupported_keys(load_config(CONFIG / name).config) == []
 
