@@ -132,7 +132,9 @@ def fit_config(loaded: LoadedConfig, ports: dict[int, int]) -> LoadedConfig:
         listeners.append(listener)
     clusters = [
         cluster.model_copy(update={"endpoints": [
-            Address(host=a.host, port=moved.get(a.port, a.port)) for a in cluster.endpoints]})
+            e.model_copy(update={"address": Address(host=e.address.host,
+                                                    port=moved.get(e.address.port, e.address.port))})
+            for e in cluster.endpoints]})
         if cluster.endpoints else cluster
         for cluster in config.clusters
     ]

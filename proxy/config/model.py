@@ -578,9 +578,29 @@ class RingHashConfig(_Model):
         return self
 
 
+class StaticEndpointConfig(_Model):
+    """A static endpoint: `"host:port"`, or `{address, weight, zone}` for weighted or zoned endpoints."""
+
+    address: AddressField
+    # Relative share for balancers that weigh endpoints (Envoy's load_balancing_weight; 1 to 128, as Envoy's).
+    weight: int = Field(default=1, ge=1, le=128)
+    # The endpoint's zone, for zone-aware routing (node.zone).
+    zone: str | None = Field(default=None, min_length=1)
+
+
+def _static_endpoint(value: Any) -> Any:
+    # "host:port" is shorthand for {address: "host:port"}; parsed here so its errors name the entry itself.
+    if isinstance(value, str):
+        return StaticEndpointConfig(address=Address.parse(value))
+    return value
+
+
+StaticEndpoint = Annotated[StaticEndpointConfig, BeforeValidator(_static_endpoint)]
+
+
 class ClusterConfig(_Model):
     name: str
-    endpoints: list[AddressField] | None = None
+    endpoints: list[StaticEndpoint] | None = None
     discovery: DiscoveryConfig | None = None
     load_balancer: LoadBalancer = "round_robin"
     # `load_balancer: {ring_hash: {...}}` arrives here (and `load_balancer` reads ring_hash); plain

@@ -68,7 +68,10 @@ def redacted_dump(loaded: LoadedConfig) -> dict[str, Any]:
         listener_dump["address"] = str(listener.address)
     for cluster_dump, cluster in zip(dumped["clusters"], config.clusters, strict=True):
         if cluster.endpoints is not None:
-            cluster_dump["endpoints"] = [str(a) for a in cluster.endpoints]
+            # "host:port" as written, or {address, weight, zone} when an endpoint has a weight or zone.
+            cluster_dump["endpoints"] = [
+                str(e.address) if e.weight == 1 and e.zone is None
+                else {"address": str(e.address), "weight": e.weight, "zone": e.zone} for e in cluster.endpoints]
     redact(dumped, config.admin.config_dump)
     return {"version_hash": loaded.version_hash, **dumped}
 

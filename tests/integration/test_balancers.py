@@ -107,3 +107,63 @@ async def test_clusters_shows_each_endpoints_peak_ewma_estimate(sidecar) -> None
     finally:
         await slow.stop()
         await fast.stop()
+
+
+def static_config(entries: str, cluster_extra: str = "", top_extra: str = "") -> str:
+    return f"""
+    admin: {{address: "127.0.0.1:0"}}
+    {top_extra}
+    listeners:
+      - name: outbound
+        address: "127.0.0.1:0"
+        routes:
+          - {{name: all, match: {{prefix: /}}, cluster: backend}}
+    clusters:
+      - name: backend
+        endpoints: [{entries}]
+        {cluster_extra}
+    """
+
+
+@pytest.mark.parametrize("balancer", ["round_robin", "least_request"])
+async def test_static_endpoint_weights_set_the_shares(sidecar, balancer: str) -> None:  # type: ignore[no-untyped-def]
+    heavy = await start_upstream(delayed(0.0))
+    light = await start_upstream(delayed(0.0))
+    try:
+        running = await sidecar(static_config(f'{{address: "{heavy.address}", weight: 3}}, "{light.address}"',
+                                              f"load_balancer: {balancer}"))
+        statuses = await drive(running.url("/x"), 200, 1 if balancer == "round_robin" else 4)
+        assert statuses == [200] * 200
+        share = len(heavy.requests) / 200
+        # Round robin's smooth schedule is exact (A A B A ...); least request weighs in-flight by 1/weight.
+        assert share == 0.75 if balancer == "round_robin" else 0.6 <= share <= 0.9, share
+        clusters = await _clusters(running)
+        assert sorted(e["weight"] for e in clusters[0]["endpoints"]) == [1, 3]
+    finally:
+        await heavy.stop()
+        await light.stop()
+
+
+async def test_static_endpoints_in_the_local_zone_are_preferred(sidecar) -> None:  # type: ignore[no-untyped-def]
+    near = await start_upstream(delayed(0.0))
+    far = await start_upstream(delayed(0.0))
+    try:
+        running = await sidecar(static_config(
+            f'{{address: "{near.address}", zone: z1}}, {{address: "{far.address}", zone: z2}}',
+            "circuit_breaker: {min_requests: 2, failure_ratio: 0.5, interval: 100ms, open_timeout: 30s}",
+            top_extra="node: {zone: z1}"))
+        assert await drive(running.url("/x"), 20, 2) == [200] * 20
+        assert (len(near.requests), len(far.requests)) == (20, 0)
+        # The local endpoint dies; once its breaker opens the zone has nothing available: the other takes all.
+        await near.stop()
+        await asyncio.sleep(0.15)  # a new breaker interval: the 20 successes no longer count
+        statuses = await drive(running.url("/x"), 20, 1)
+        assert statuses[:2] == [503, 503] and statuses[2:] == [200] * 18
+        assert len(far.requests) == 18
+    finally:
+        await far.stop()
+
+
+async def _clusters(running):  # type: ignore[no-untyped-def]
+    async with aiohttp.ClientSession() as session, session.get(running.admin_url("/clusters")) as reply:
+        return (await reply.json())["clusters"]
