@@ -423,6 +423,8 @@ class App:
             self.bound[listener_config.name] = bound
         self._watch_keys()
         await self._start_admin(config)
+        # Everything is bound (what the first log line will say): discovery's lookups and API calls may begin.
+        self.discovery.open()
 
     def _watch_keys(self) -> None:
         """Re-read the API keys files when they change on disk (each worker process watches its own)."""

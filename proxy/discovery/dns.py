@@ -71,7 +71,7 @@ class DnsDiscovery:
     """The refresh loop of one `discovery.dns` config, shared by the clusters subscribed to it (a reload that
     keeps the config hands the running resolver, and its last good set, to the cluster that replaces)."""
 
-    __slots__ = ("_clock", "_failures", "_lookup", "_on_error", "cluster", "config", "current", "errors",
+    __slots__ = ("_clock", "_failures", "_lookup", "_on_error", "cluster", "config", "current", "errors", "gate",
                  "last_error", "last_refresh", "subscribers", "task")
 
     def __init__(self, cluster: str, config: DnsDiscoveryConfig, clock: Clock,
@@ -89,6 +89,8 @@ class DnsDiscovery:
         self.last_error: str | None = None
         self.last_refresh: float | None = None
         self.task: asyncio.Task[None] | None = None
+        # Set by the owner: the first lookup waits for it (the sidecar logs what it bound before any lookup).
+        self.gate: asyncio.Event | None = None
 
     def subscribe(self, subscriber: Subscriber) -> None:
         """Deliver every changed set to `subscriber`, the last good one (if any) at once."""
@@ -112,6 +114,8 @@ class DnsDiscovery:
             self.task = None
 
     async def run(self) -> None:
+        if self.gate is not None:
+            await self.gate.wait()
         while True:
             delay = await self.refresh()
             await self._clock.sleep(delay)

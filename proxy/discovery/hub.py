@@ -53,12 +53,16 @@ class DiscoveryHub:
         self.watch_grace: float | None = None
         # Per fed owner (a Cluster object): how to stop feeding it, and the cluster name it feeds.
         self._feeds: dict[object, tuple[Callable[[], None], str]] = {}
+        # Lookups and API calls wait for `open()`: the sidecar's first log line says what it bound, and only
+        # then do discovery's warnings (a name that does not resolve, no kubeconfig) follow.
+        self._gate = asyncio.Event()
 
     @property
     def kube(self) -> WatchRegistry:
         """The Kubernetes watches (and the API client), made on first use."""
         if self._kube is None:
             self._kube = WatchRegistry(KubeApi(self.kube_config_loader))
+            self._kube.gate = self._gate
             if self.watch_seconds is not None:
                 self._kube.watch_seconds = self.watch_seconds
             if self.watch_grace is not None:
@@ -81,6 +85,10 @@ class DiscoveryHub:
         self._feeds[owner] = (service.stop, cluster)
         return service.snapshot
 
+    def open(self) -> None:
+        """Let lookups and API calls begin (called once the sidecar has bound its listeners)."""
+        self._gate.set()
+
     def unfeed(self, owner: object) -> None:
         """`owner` was retired: stop feeding it; a resolver or watch nobody else takes stops too."""
         entry = self._feeds.pop(owner, None)
@@ -96,6 +104,7 @@ class DiscoveryHub:
         resolver = self.resolvers.get(key)
         if resolver is None:
             resolver = DnsDiscovery(cluster, dns, self._clock, count, self.dns_lookup)
+            resolver.gate = self._gate
             self.resolvers[key] = resolver
             resolver.start()
         return resolver
@@ -107,6 +116,7 @@ class DiscoveryHub:
 
     async def node_zone(self, node_name: str) -> str | None:
         """This node's zone, read from its Node (None when unknown or not permitted); a few tries."""
+        await self._gate.wait()
         for attempt in range(1, NODE_ZONE_TRIES + 1):
             try:
                 zone = await node_zone(self.kube.api, node_name)

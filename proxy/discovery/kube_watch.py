@@ -69,6 +69,8 @@ class ResourceWatch(Generic[T]):
         self.watch_seconds = WATCH_SECONDS
         self.watch_grace = WATCH_GRACE
         self.task: asyncio.Task[None] | None = None
+        # Set by the owner: the first request waits for it (the sidecar logs what it bound before any call).
+        self.gate: asyncio.Event | None = None
 
     # -- subscribers ---------------------------------------------------------------------------------
 
@@ -100,6 +102,8 @@ class ResourceWatch(Generic[T]):
     # -- the loop ------------------------------------------------------------------------------------
 
     async def run(self) -> None:
+        if self.gate is not None:
+            await self.gate.wait()
         while True:
             try:
                 if self.resource_version is None or not self.synced:
@@ -242,6 +246,7 @@ class WatchRegistry:
         # Applied to every watch made from now on (tests shorten them).
         self.watch_seconds = WATCH_SECONDS
         self.watch_grace = WATCH_GRACE
+        self.gate: asyncio.Event | None = None
 
     def subscribe(self, path: str, kind: type[T], selector: dict[str, str], on_change: Subscriber,
                   on_error: ErrorSubscriber | None = None) -> ResourceWatch[T]:
@@ -251,6 +256,7 @@ class WatchRegistry:
             watch = ResourceWatch(self.api, path, kind, selector)
             watch.watch_seconds = self.watch_seconds
             watch.watch_grace = self.watch_grace
+            watch.gate = self.gate
             self.watches[key] = watch
             watch.start()
         watch.subscribe(on_change, on_error)

@@ -281,7 +281,7 @@ class Metrics:
         )
         self.discovery_errors_family = Counter(
             "sidecar_discovery_errors",
-            "Failed endpoint discovery lookups, by cluster and kind (nxdomain | timeout | empty | other).",
+            "Failed endpoint discovery lookups (DNS) and Kubernetes API calls, by cluster and kind.",
             ("cluster", "kind"),
             registry=registry,
         )

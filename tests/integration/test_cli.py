@@ -196,3 +196,33 @@ def test_certs_init_and_issue(tmp_path: Path) -> None:
     assert (tmp_path / "web-key.pem").stat().st_mode & 0o777 == 0o600
     again = sidecar("certs", "init", "--dir", str(ca_dir))
     assert again.returncode == 1 and "Traceback" not in again.stderr
+
+
+@pytest.mark.parametrize("discovery", ["{kubernetes: {service: web, port: http}}",
+                                       "{dns: {name: nothing-here.invalid, port: 80}}"])
+def test_run_logs_what_it_bound_before_discovery_complains(tmp_path: Path, discovery: str) -> None:
+    # No kubeconfig anywhere, or a name that never resolves: discovery warns, but only after the first line.
+    port, admin = free_port(), free_port()
+    path = tmp_path / "discovery.yaml"
+    path.write_text(
+        f"admin: {{address: 127.0.0.1:{admin}}}\n"
+        f"listeners: [{{name: outbound, address: '127.0.0.1:{port}', "
+        "routes: [{name: all, match: {prefix: /}, cluster: c}]}]\n"
+        f"clusters: [{{name: c, discovery: {discovery}}}]\n")
+    env = {**os.environ, "KUBECONFIG": str(tmp_path / "missing"), "HOME": str(tmp_path)}
+    proc = subprocess.Popen([sys.executable, "-m", "proxy", "run", "-c", str(path)], cwd=REPO,
+                            stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        assert proc.stderr is not None
+        first = proc.stderr.readline()
+        assert f"outbound=127.0.0.1:{port}" in first, first
+        second = proc.stderr.readline()
+        assert "WARNING" in second and "discovery" in second, second
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(f"http://127.0.0.1:{admin}/ready", timeout=5)
+        assert refused.value.code == 503
+        os.kill(proc.pid, signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()

@@ -274,7 +274,7 @@ sidecar_cert_expiry_timestamp_seconds{listener_or_cluster="in"} 1.9e+09
 # HELP sidecar_config_reloads_total Config reloads, by result (failure = the running config stayed).
 # TYPE sidecar_config_reloads_total counter
 sidecar_config_reloads_total{result="success"} 1.0
-# HELP sidecar_discovery_errors_total Failed endpoint discovery lookups, by cluster and kind (nxdomain | timeout | empty | other).
+# HELP sidecar_discovery_errors_total Failed endpoint discovery lookups (DNS) and Kubernetes API calls, by cluster and kind.
 # TYPE sidecar_discovery_errors_total counter
 sidecar_discovery_errors_total{cluster="shop-v1",kind="nxdomain"} 1.0
 # HELP sidecar_tls_reloads_total Reloads of TLS certificate, key and CA files changed on disk, by result (failure = the old stayed).
