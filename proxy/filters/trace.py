@@ -205,12 +205,7 @@ class TracePropagator:
 
         Call once per upstream attempt: each call draws a new span id, so retries are sibling spans.
         """
-        span_id = self._getrandbits(64)
-        while not span_id:  # all-zero is invalid in both formats; practically never loops
-            span_id = self._getrandbits(64)
-        # hexlify and joins, not `%` formats: compiled (mypyc), a `%` stays a generic operator call, about
-        # twice the cost (docs/decisions/0008).
-        span = hexlify(span_id.to_bytes(8, "big"))
+        span = self.new_span_id()
         drop = _INJECT_DROP
         for name, _ in headers:
             if name in drop:
@@ -231,6 +226,15 @@ class TracePropagator:
             else:
                 headers.append((b"b3", b"".join((trace_id, b"-", span, flag, b"-", parent))))
         return span
+
+    def new_span_id(self) -> bytes:
+        """A fresh span id: 16 lower-hex digits, never all zero."""
+        span_id = self._getrandbits(64)
+        while not span_id:  # all-zero is invalid in both formats; practically never loops
+            span_id = self._getrandbits(64)
+        # hexlify, not a `%` format: compiled (mypyc), a `%` stays a generic operator call, about twice the
+        # cost (docs/decisions/0008).
+        return hexlify(span_id.to_bytes(8, "big"))
 
     def _new_trace(self, sampled: bool, incoming_format: IncomingFormat | None) -> TraceContext:
         trace_id = self._getrandbits(128)

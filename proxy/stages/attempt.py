@@ -31,6 +31,7 @@ from proxy.stream import (
     ResponseReady,
     UpstreamStream,
 )
+from proxy.telemetry.record import AttemptSpan
 from proxy.upstream.endpoint import Endpoint
 
 X_SIDECAR_ATTEMPT = b"x-sidecar-attempt"
@@ -140,8 +141,12 @@ class EndpointAttempt:
         if verdict is None or endpoint is None or target is None:
             return
         ctx.settled = True
-        latency = self.clock.now() - ctx.sent
+        now = self.clock.now()
+        latency = now - ctx.sent
         ctx.upstream_time += latency
+        spans = ctx.attempt_spans
+        if spans is not None:  # a sampled request on a listener exporting spans: this attempt's client span
+            spans.append(AttemptSpan(ctx.span_id, ctx.attempts, ctx.sent, now, endpoint.address, verdict))
         cluster = target.cluster
         cluster.report(endpoint, ctx.token, verdict, latency)
         if not verdict.cancelled:

@@ -174,6 +174,7 @@ class Metrics:
     """
 
     __slots__ = (
+        "access_log_lines_dropped",
         "breaker_state",
         "breaker_transitions_family",
         "cert_expiry",
@@ -189,6 +190,7 @@ class Metrics:
         "retries_family",
         "tls_handshake_errors_family",
         "tls_reloads_family",
+        "trace_spans_dropped",
         "upstream_attempts",
     )
 
@@ -289,6 +291,17 @@ class Metrics:
             "sidecar_tls_reloads",
             "Reloads of TLS certificate, key and CA files changed on disk, by result (failure = the old stayed).",
             ("result",),
+            registry=registry,
+        )
+        # Telemetry's own losses: bounded queues drop rather than grow or block when the far end is slow.
+        self.trace_spans_dropped = Counter(
+            "sidecar_trace_spans_dropped",
+            "Finished spans dropped because the export queue was full or the export failed.",
+            registry=registry,
+        )
+        self.access_log_lines_dropped = Counter(
+            "sidecar_access_log_lines_dropped",
+            "Access log lines dropped because the write queue was full or the write failed.",
             registry=registry,
         )
 

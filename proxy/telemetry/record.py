@@ -8,6 +8,9 @@ unless the route's `api_key` recognised the caller's key). A request that was an
 ends with exactly one record: metrics are one sink of it (`proxy.telemetry.metrics.MetricsSink`); the
 access log and spans will be others, with no change to the request path.
 
+With a sampled trace on a listener that records spans, the record also holds the request's server span
+id and one `AttemptSpan` per upstream attempt (the client spans, whose ids are the ones sent upstream).
+
 The request path's per-request context is a subclass of the record (one object per request, not two),
 so a sink must copy what it keeps beyond its `record` call. Must not do I/O or hold state of its own.
 """
@@ -18,7 +21,25 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from proxy.local_reply import Cause
+    from proxy.message import RequestHead
+    from proxy.resilience.classify import Verdict
     from proxy.telemetry.metrics import RouteMetrics
+
+
+class AttemptSpan:
+    """One upstream attempt of a request whose trace is recorded: its client span's id (the one injected
+    upstream), when it was sent and settled (the request path's clock), the endpoint and its verdict."""
+
+    __slots__ = ("attempt", "ended", "endpoint", "span_id", "started", "verdict")
+
+    def __init__(self, span_id: bytes, attempt: int, started: float, ended: float, endpoint: str,
+                 verdict: Verdict) -> None:
+        self.span_id = span_id
+        self.attempt = attempt
+        self.started = started
+        self.ended = ended
+        self.endpoint = endpoint
+        self.verdict = verdict
 
 
 class RequestRecord:
@@ -30,9 +51,10 @@ class RequestRecord:
     that decided the answer.
     """
 
-    __slots__ = ("api_client", "attempts", "bytes_in", "bytes_out", "cause", "cluster", "counted_in", "duration",
-                 "endpoint", "listener", "peer_identity", "request_id", "reset", "route", "span_id", "started_at",
-                 "status", "trace_id", "upstream_time")
+    __slots__ = ("api_client", "attempt_spans", "attempts", "bytes_in", "bytes_out", "cause", "cluster", "counted_in",
+                 "duration", "endpoint", "head", "listener", "parent_span_id", "path", "peer_identity", "request_id",
+                 "reset", "route", "sampled", "server_span_id", "span_id", "started_at", "status", "trace_id",
+                 "upstream_time")
 
     def __init__(self, listener: str, started_at: float, counted_in: RouteMetrics | None) -> None:
         self.listener = listener
@@ -49,8 +71,20 @@ class RequestRecord:
         self.duration = 0.0
         self.upstream_time = 0.0
         self.request_id = b""
+        # The request's head (its method, headers and authority as forwarded), and its path as it arrived,
+        # before any rewrite: set by the edge (None for a request refused before it had a head).
+        self.head: RequestHead | None = None
+        self.path = ""
         self.trace_id = b""
+        # The last attempt's span id (the one injected upstream).
         self.span_id = b""
+        # Whether the trace is sampled; when the listener records spans and it is, the request's server span
+        # id, its parent (the incoming span, None for a trace started here) and one `AttemptSpan` per attempt
+        # (None when spans are not recorded: unsampled requests pay for nothing more).
+        self.sampled = False
+        self.server_span_id = b""
+        self.parent_span_id: bytes | None = None
+        self.attempt_spans: list[AttemptSpan] | None = None
         self.peer_identity = ""
         # The service a route's `api_key` check recognised the caller's key as ("" without one).
         self.api_client = ""

@@ -90,10 +90,12 @@ def test_openmetrics_exposition_is_unchanged(registry: CollectorRegistry) -> Non
 
 
 def test_fresh_exposition_is_unchanged() -> None:
-    # Before any traffic: HELP and TYPE of every family, in the same order, and no samples.
+    # Before any traffic: HELP and TYPE of every family, in the same order, and no samples but the zeros of the
+    # families without labels.
     registry = CollectorRegistry()
     Metrics(registry)
-    expected = "".join(line for line in BEFORE.splitlines(keepends=True) if line.startswith("#"))
+    unlabelled = ("sidecar_trace_spans_dropped_total ", "sidecar_access_log_lines_dropped_total ")
+    expected = "".join(line for line in BEFORE.splitlines(keepends=True) if line.startswith(("#", *unlabelled)))
     assert generate_latest(registry).decode() == expected
 
 
@@ -280,4 +282,10 @@ sidecar_discovery_errors_total{cluster="shop-v1",kind="nxdomain"} 1.0
 # HELP sidecar_tls_reloads_total Reloads of TLS certificate, key and CA files changed on disk, by result (failure = the old stayed).
 # TYPE sidecar_tls_reloads_total counter
 sidecar_tls_reloads_total{result="failure"} 1.0
+# HELP sidecar_trace_spans_dropped_total Finished spans dropped because the export queue was full or the export failed.
+# TYPE sidecar_trace_spans_dropped_total counter
+sidecar_trace_spans_dropped_total 0.0
+# HELP sidecar_access_log_lines_dropped_total Access log lines dropped because the write queue was full or the write failed.
+# TYPE sidecar_access_log_lines_dropped_total counter
+sidecar_access_log_lines_dropped_total 0.0
 """  # noqa: E501
