@@ -46,6 +46,8 @@ from proxy.stages.path import RequestPath
 from proxy.stages.route import Router
 from proxy.telemetry.exposition import render_metrics
 from proxy.telemetry.metrics import Metrics
+from proxy.telemetry.record import RecordSink
+from proxy.telemetry.tracing import SpanSink
 from proxy.upstream.cluster import Cluster
 from proxy.upstream.health import HealthChecker
 
@@ -55,8 +57,6 @@ log = logging.getLogger("proxy.app")
 def unsupported_keys(config: Config) -> list[str]:
     """Key paths the config uses whose feature is built by a later issue (refused by `run`)."""
     found: list[str] = []
-    if config.tracing.otlp is not None:
-        found.append("tracing.otlp")
     if config.access_log is not None:
         found.append("access_log")
     for i, listener in enumerate(config.listeners):
@@ -266,6 +266,8 @@ class App:
         self.node_name: str | None = None
         self.local_zone: str | None = loaded.config.node.zone
         self._zone_task: asyncio.Task[None] | None = None
+        # Span export (`tracing.otlp`): the sink every listener hands sampled requests to, None without it.
+        self.span_sink: SpanSink | None = None
         self._reload_lock = asyncio.Lock()
         # Coalescing: the one task that reloads while requests keep arriving, and whether one arrived.
         self._reloader: asyncio.Task[None] | None = None
@@ -323,6 +325,22 @@ class App:
 
         self._zone_task = asyncio.create_task(find(self.node_name), name="node zone")
         self._tasks.add(self._zone_task)
+
+    def _set_telemetry(self, config: Config, old: Config | None = None) -> None:
+        """Give every listener the sinks `config` asks for besides metrics: spans (`tracing.otlp`). A reload
+        that keeps the tracing config and the node keeps the span sink; a changed one replaces it (the old
+        flushes in a thread)."""
+        if old is None or old.tracing.otlp != config.tracing.otlp or old.node != config.node:
+            retired, self.span_sink = self.span_sink, None
+            if config.tracing.otlp is not None:
+                metrics = self.metrics
+                self.span_sink = SpanSink.otlp(config.tracing.otlp.endpoint, config.node.service,
+                                               config.node.namespace, self.clock, metrics.trace_spans_dropped.inc)
+            if retired is not None:
+                self._tasks.add(asyncio.create_task(asyncio.to_thread(retired.close), name="span sink close"))
+        sinks: tuple[RecordSink, ...] = (self.span_sink,) if self.span_sink is not None else ()
+        for listener in self.listeners.values():
+            listener.set_sinks(sinks, self.span_sink is not None)
 
     def _set_zone(self, zone: str | None) -> None:
         """A reload changed `node.zone`: every cluster prefers the new zone (unset: the Node's, read again)."""
@@ -422,6 +440,7 @@ class App:
             self.servers[listener_config.name] = server
             self.bound[listener_config.name] = bound
         self._watch_keys()
+        self._set_telemetry(config)
         await self._start_admin(config)
         # Everything is bound (what the first log line will say): discovery's lookups and API calls may begin.
         self.discovery.open()
@@ -566,8 +585,10 @@ class App:
             raise
         # 2. The swap, in one step (no await until it is done).
         old_listeners, old_servers, old_clusters = self.listeners, self.servers, self.clusters
-        old_zone = self.loaded.config.node.zone
+        old_config = self.loaded.config
+        old_zone = old_config.node.zone
         self._swap(loaded, staged)
+        self._set_telemetry(config, old_config)
         if config.node.zone != old_zone:
             self._set_zone(config.node.zone)
         # 3. Drain what the new config no longer uses: old listeners stop accepting and let their
@@ -730,6 +751,8 @@ class App:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await self.discovery.close()
+        if self.span_sink is not None:  # the last spans go out (within the sink's close deadline)
+            await asyncio.to_thread(self.span_sink.close)
         for cluster in self.clusters.values():
             cluster.close()
         if self.admin is not None:

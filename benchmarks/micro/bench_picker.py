@@ -17,6 +17,7 @@ from prometheus_client import CollectorRegistry
 from benchmarks.micro._common import iterations, ns_per_op, print_results
 from proxy.clock import Clock
 from proxy.config.model import ClusterConfig
+from proxy.discovery.static import static_endpoints
 from proxy.resilience.classify import classify_status
 from proxy.telemetry.metrics import Metrics
 from proxy.upstream.cluster import Cluster
@@ -33,7 +34,7 @@ def build(breakers: bool) -> Cluster:
                                   "open_timeout": "30s"}
     config = ClusterConfig.model_validate(raw)
     cluster = Cluster(config, Metrics(CollectorRegistry()), Clock())
-    cluster.set_endpoints((e.host, e.port) for e in config.endpoints or ())
+    cluster.set_endpoints(static_endpoints(config.endpoints or []))
     return cluster
 
 

@@ -34,7 +34,8 @@ log = logging.getLogger("proxy.stages.path")
 class RequestPath:
     """A listener's request handler and state (implements the codec's `Listener` protocol)."""
 
-    __slots__ = ("_clock", "_conn_gauge", "_connections", "edge", "in_flight", "name", "router", "settings", "sinks")
+    __slots__ = ("_clock", "_conn_gauge", "_connections", "edge", "in_flight", "name", "record_spans", "router",
+                 "settings", "sinks")
 
     def __init__(self, name: str, settings: ServerSettings, router: Router, trace: TracePropagator,
                  metrics: Metrics, clock: Clock) -> None:
@@ -43,8 +44,10 @@ class RequestPath:
         self._clock = clock
         self._connections: set[DownstreamConnection] = set()
         self._conn_gauge = metrics.downstream_connections(name)
-        # Metrics first; the access log and spans will join them (issue 18).
+        # Metrics first; the access log and spans join them when configured (`set_sinks`).
         self.sinks: tuple[RecordSink, ...] = (MetricsSink(),)
+        # Whether sampled requests record a server span and attempt spans (a span sink is among the sinks).
+        self.record_spans = False
         self.update(settings, router, trace)
 
     def update(self, settings: ServerSettings, router: Router, trace: TracePropagator) -> None:
@@ -52,6 +55,13 @@ class RequestPath:
         self.settings = settings
         self.router = router
         self.edge = Edge(settings.max_requests_in_flight, settings.scheme, trace, self._clock.random)
+        self.edge.record_spans = self.record_spans
+
+    def set_sinks(self, sinks: tuple[RecordSink, ...], record_spans: bool) -> None:
+        """Where finished requests go besides the metrics (access log, spans), from the next request on."""
+        self.sinks = (MetricsSink(), *sinks)
+        self.record_spans = record_spans
+        self.edge.record_spans = record_spans
 
     # -- Listener protocol -------------------------------------------------------------------------
 
