@@ -37,6 +37,10 @@ NEEDED: dict[str, str] = {
     "nginx": "the backend (Debian package: nginx)",
 }
 CONFIGS = ("realistic", "minimal")
+# `--config telemetry`: the realistic config exporting spans over OTLP/HTTP (to the nginx backend, which
+# answers the POSTs 200) at 0 %, 1 % and 100 % head sampling. Callgrind counts every thread of the process,
+# so the export thread's span building, protobuf encoding and HTTP posts are in the count.
+TELEMETRY = ("trace-0", "trace-1", "trace-100")
 WARMUP_REQUESTS = 300
 CONCURRENCY = 10
 START_TIMEOUT = 180.0  # seconds until a target under valgrind answers (it starts in ~3-10 s)
@@ -57,7 +61,7 @@ class Failed(Exception):
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.instructions", description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=2000, help="measured requests per target (default 2000)")
-    parser.add_argument("--config", choices=(*CONFIGS, "both"), default="both",
+    parser.add_argument("--config", choices=(*CONFIGS, "both", "telemetry"), default="both",
                         help="the sidecar config(s) to count (default both)")
     parser.add_argument("--pyfloor", action="store_true", help="also count the Python floor peer (raw_proxy.py)")
     parser.add_argument("--build", choices=("compiled", "interpreted", "both"), default="both",
@@ -165,7 +169,8 @@ def targets(rig: Rig, backend_port: int, configs: list[str], builds: list[Sideca
     """(name, argv, port, working dir) of each target to count, with its config written to the temp dir."""
     python = interpreter()
     makers: dict[str, Callable[[int], tuple[str, int, int]]] = {
-        "realistic": sidecar_config, "minimal": sidecar_minimal_config}
+        "realistic": sidecar_config, "minimal": sidecar_minimal_config,
+        **{name: traced_config(int(name.split("-")[1]) / 100) for name in TELEMETRY}}
     out: list[tuple[str, list[str], int, Path]] = []
     for build in builds:
         kind = "sidecar" if build.compiled or len(builds) == 1 else "sidecar-py"
@@ -180,9 +185,20 @@ def targets(rig: Rig, backend_port: int, configs: list[str], builds: list[Sideca
     return out
 
 
+def traced_config(sampling: float) -> Callable[[int], tuple[str, int, int]]:
+    """The realistic config with span export to the backend at `sampling`."""
+    def make(backend_port: int) -> tuple[str, int, int]:
+        text, port, admin = sidecar_config(backend_port)
+        otlp = f"otlp: {{endpoint: 'http://127.0.0.1:{backend_port}/v1/traces'}}"
+        traced = re.sub(r"(?m)^  sampling: .*$", f"  sampling: {sampling}\n  {otlp}", text)
+        assert traced != text, "the realistic config has no tracing.sampling line to replace"
+        return traced, port, admin
+    return make
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     pinning = Pinning.detect()
-    configs = list(CONFIGS) if args.config == "both" else [args.config]
+    configs = {"both": list(CONFIGS), "telemetry": ["realistic", *TELEMETRY]}.get(args.config, [args.config])
     results: dict[str, Any] = {
         "machine": machine(), "pinning": pinning.note, "valgrind": tool_version(["valgrind", "--version"]),
         "unit": "user-space instructions per request (callgrind Ir)", "concurrency": CONCURRENCY,
