@@ -21,7 +21,16 @@ from pathlib import Path
 from benchmarks import memory, report
 from benchmarks.build import COMPILED_TREE_ENV, compiled_build, interpreted
 from benchmarks.load import LoadError, hey, wrk
-from benchmarks.peers import ALL_TARGETS, PROXIES, STARTERS, Skip, Started, start_backend, start_sidecar
+from benchmarks.peers import (
+    ALL_TARGETS,
+    PROXIES,
+    STARTERS,
+    TELEMETRY_TARGETS,
+    Skip,
+    Started,
+    start_backend,
+    start_sidecar,
+)
 from benchmarks.rig import (
     REPO,
     TOOLS,
@@ -79,6 +88,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--skip-memory", action="store_true", help="skip the sidecar memory measurements")
     parser.add_argument("--skip-latency", action="store_true", help="skip latency at fixed load (hey)")
     parser.add_argument("--workers", help="also run the sidecar with `workers: N` for each N, e.g. 1,2")
+    parser.add_argument("--telemetry", action="store_true",
+                        help=f"also run the realistic config with telemetry on: {', '.join(TELEMETRY_TARGETS)}")
     parser.add_argument("--out", type=Path, default=RESULTS, help="where results go (default benchmarks/results)")
     parser.add_argument("--interpreted", action="store_true",
                         help="do not compile: `sidecar` is then the interpreted source, and `sidecar-py` is not run")
@@ -87,12 +98,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.only:
         wanted = [t.strip() for t in args.only.split(",") if t.strip()]
-        unknown = [t for t in wanted if t not in ALL_TARGETS]
+        unknown = [t for t in wanted if t not in (*ALL_TARGETS, *TELEMETRY_TARGETS)]
         if unknown:
-            parser.error(f"unknown target(s) {unknown}; choose among {', '.join(PROXIES)}")
-        args.targets = [t for t in PROXIES if t in wanted]
+            parser.error(f"unknown target(s) {unknown}; choose among {', '.join((*PROXIES, *TELEMETRY_TARGETS))}")
+        args.targets = [t for t in (*PROXIES, *TELEMETRY_TARGETS) if t in wanted]
     else:
         args.targets = list(PROXIES)
+    if args.telemetry:
+        args.targets += [t for t in TELEMETRY_TARGETS if t not in args.targets]
     if args.interpreted and "sidecar-py" in args.targets:
         args.targets.remove("sidecar-py")
     try:

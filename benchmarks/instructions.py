@@ -26,7 +26,15 @@ from typing import Any
 
 from benchmarks.build import SidecarBuild, compiled_build, interpreted
 from benchmarks.load import LoadError, run_tool
-from benchmarks.peers import Skip, pyfloor_argv, sidecar_config, sidecar_minimal_config, start_backend
+from benchmarks.peers import (
+    TELEMETRY_VARIANTS,
+    Skip,
+    pyfloor_argv,
+    sidecar_config,
+    sidecar_minimal_config,
+    start_backend,
+    telemetry_config,
+)
 from benchmarks.rig import REPO, Pinning, Proc, Rig, free_port, http_get, machine, signals_raise, tool_version, which
 
 # What this needs and what for; when one is missing the run is skipped with this message (exit 0).
@@ -37,10 +45,10 @@ NEEDED: dict[str, str] = {
     "nginx": "the backend (Debian package: nginx)",
 }
 CONFIGS = ("realistic", "minimal")
-# `--config telemetry`: the realistic config exporting spans over OTLP/HTTP (to the nginx backend, which
-# answers the POSTs 200) at 0 %, 1 % and 100 % head sampling. Callgrind counts every thread of the process,
-# so the export thread's span building, protobuf encoding and HTTP posts are in the count.
-TELEMETRY = ("trace-0", "trace-1", "trace-100")
+# `--config telemetry`: the realistic config with telemetry on (benchmarks.peers.TELEMETRY_VARIANTS: span
+# export at 0 %, 1 % and 100 % head sampling). Callgrind counts every thread of the process, so the export
+# thread's span building, protobuf encoding and HTTP posts are in the count.
+TELEMETRY = tuple(TELEMETRY_VARIANTS)
 WARMUP_REQUESTS = 300
 CONCURRENCY = 10
 START_TIMEOUT = 180.0  # seconds until a target under valgrind answers (it starts in ~3-10 s)
@@ -170,7 +178,7 @@ def targets(rig: Rig, backend_port: int, configs: list[str], builds: list[Sideca
     python = interpreter()
     makers: dict[str, Callable[[int], tuple[str, int, int]]] = {
         "realistic": sidecar_config, "minimal": sidecar_minimal_config,
-        **{name: traced_config(int(name.split("-")[1]) / 100) for name in TELEMETRY}}
+        **{name: variant_config(name) for name in TELEMETRY}}
     out: list[tuple[str, list[str], int, Path]] = []
     for build in builds:
         kind = "sidecar" if build.compiled or len(builds) == 1 else "sidecar-py"
@@ -185,14 +193,9 @@ def targets(rig: Rig, backend_port: int, configs: list[str], builds: list[Sideca
     return out
 
 
-def traced_config(sampling: float) -> Callable[[int], tuple[str, int, int]]:
-    """The realistic config with span export to the backend at `sampling`."""
+def variant_config(variant: str) -> Callable[[int], tuple[str, int, int]]:
     def make(backend_port: int) -> tuple[str, int, int]:
-        text, port, admin = sidecar_config(backend_port)
-        otlp = f"otlp: {{endpoint: 'http://127.0.0.1:{backend_port}/v1/traces'}}"
-        traced = re.sub(r"(?m)^  sampling: .*$", f"  sampling: {sampling}\n  {otlp}", text)
-        assert traced != text, "the realistic config has no tracing.sampling line to replace"
-        return traced, port, admin
+        return telemetry_config(backend_port, variant)
     return make
 
 

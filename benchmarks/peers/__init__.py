@@ -8,8 +8,10 @@ refuses `workers: N`). Configs are templates with `{{name}}` placeholders, writt
 from __future__ import annotations
 
 import os
+import re
 import resource
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +23,8 @@ CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 # interpreted, so the run shows what compiling buys.
 PROXIES = ("nginx", "haproxy", "caddy", "aiohttp", "pyfloor", "sidecar", "sidecar-py")
 ALL_TARGETS = ("direct", *PROXIES)
+# Opt-in targets (`--only`, `--telemetry`): the sidecar's realistic config with telemetry on.
+TELEMETRY_TARGETS = ("sidecar-trace0", "sidecar-trace1", "sidecar-trace100")
 BINARIES = {"nginx": "nginx", "haproxy": "haproxy", "caddy": "caddy"}
 
 
@@ -148,11 +152,35 @@ def sidecar_minimal_config(backend_port: int) -> tuple[str, int, int]:
     return render("sidecar-minimal.yaml", port=port, admin_port=admin_port, backend_port=backend_port), port, admin_port
 
 
+# The realistic config with telemetry on (opt-in targets of compare, `--config telemetry` of instructions):
+# span export over OTLP/HTTP to the nginx backend (it answers the POSTs 200) at 0 %, 1 % and 100 % head
+# sampling. (The access log joins these when it exists.)
+TELEMETRY_VARIANTS: dict[str, dict[str, float]] = {
+    "sidecar-trace0": {"sampling": 0.0}, "sidecar-trace1": {"sampling": 0.01}, "sidecar-trace100": {"sampling": 1.0},
+}
+
+
+def telemetry_config(backend_port: int, variant: str) -> tuple[str, int, int]:
+    """The realistic config with the telemetry of `variant` (a TELEMETRY_VARIANTS name)."""
+    text, port, admin = sidecar_config(backend_port)
+    settings = TELEMETRY_VARIANTS[variant]
+    if "sampling" in settings:
+        otlp = f"otlp: {{endpoint: 'http://127.0.0.1:{backend_port}/v1/traces'}}"
+        traced = re.sub(r"(?m)^  sampling: .*$", f"  sampling: {settings['sampling']}\n  {otlp}", text)
+        if traced == text:
+            raise ValueError("the realistic config has no tracing.sampling line to replace")
+        text = traced
+    return text, port, admin
+
+
 def start_sidecar(rig: Rig, backend_port: int, workers: int = 1, stream_port: int | None = None,
-                  name: str = "sidecar", tree: Path | None = None) -> Started:
+                  name: str = "sidecar", tree: Path | None = None, variant: str | None = None) -> Started:
     """`python -m proxy run -c <generated yaml>` on the proxy CPU (all its workers share that CPU), run from
-    `tree` (default: the rig's sidecar build)."""
-    text, port, _admin = sidecar_config(backend_port, workers, stream_port)
+    `tree` (default: the rig's sidecar build); `variant`: a telemetry variant of the realistic config."""
+    if variant is not None:
+        text, port, _admin = telemetry_config(backend_port, variant)
+    else:
+        text, port, _admin = sidecar_config(backend_port, workers, stream_port)
     conf = write_config(rig, f"{name}.yaml", text)
     proc = rig.start(name, [sys.executable, "-m", "proxy", "run", "-c", str(conf)], rig.pinning.proxy,
                      cwd=tree or rig.sidecar_tree)
@@ -177,6 +205,12 @@ def _binary(name: str) -> str:
     return path
 
 
+def _variant_starter(variant: str) -> Callable[[Rig, int], Started]:
+    def start(rig: Rig, backend_port: int) -> Started:
+        return start_sidecar(rig, backend_port, name=variant, variant=variant)
+    return start
+
+
 STARTERS = {
     "nginx": start_nginx,
     "haproxy": start_haproxy,
@@ -185,4 +219,5 @@ STARTERS = {
     "pyfloor": start_pyfloor,
     "sidecar": start_sidecar,
     "sidecar-py": start_sidecar_interpreted,
+    **{variant: _variant_starter(variant) for variant in TELEMETRY_VARIANTS},
 }

@@ -34,8 +34,8 @@ log = logging.getLogger("proxy.stages.path")
 class RequestPath:
     """A listener's request handler and state (implements the codec's `Listener` protocol)."""
 
-    __slots__ = ("_clock", "_conn_gauge", "_connections", "edge", "in_flight", "name", "record_spans", "router",
-                 "settings", "sinks")
+    __slots__ = ("_clock", "_conn_gauge", "_connections", "edge", "in_flight", "metrics_sink", "name", "record_spans",
+                 "router", "settings", "sinks")
 
     def __init__(self, name: str, settings: ServerSettings, router: Router, trace: TracePropagator,
                  metrics: Metrics, clock: Clock) -> None:
@@ -44,8 +44,9 @@ class RequestPath:
         self._clock = clock
         self._connections: set[DownstreamConnection] = set()
         self._conn_gauge = metrics.downstream_connections(name)
-        # Metrics first; the access log and spans join them when configured (`set_sinks`).
-        self.sinks: tuple[RecordSink, ...] = (MetricsSink(),)
+        # Metrics for every request (a native call); the access log and spans when configured (`set_sinks`).
+        self.metrics_sink = MetricsSink()
+        self.sinks: tuple[RecordSink, ...] = ()
         # Whether sampled requests record a server span and attempt spans (a span sink is among the sinks).
         self.record_spans = False
         self.update(settings, router, trace)
@@ -59,7 +60,7 @@ class RequestPath:
 
     def set_sinks(self, sinks: tuple[RecordSink, ...], record_spans: bool) -> None:
         """Where finished requests go besides the metrics (access log, spans), from the next request on."""
-        self.sinks = (MetricsSink(), *sinks)
+        self.sinks = sinks
         self.record_spans = record_spans
         self.edge.record_spans = record_spans
 
@@ -150,5 +151,6 @@ class RequestPath:
             ctx.bytes_in = body.received
         if not ctx.status:
             ctx.status = CLIENT_CLOSED
+        self.metrics_sink.record(ctx)
         for sink in self.sinks:
             sink.record(ctx)

@@ -31,7 +31,7 @@ from typing import Final
 from prometheus_client import CollectorRegistry, Counter, Gauge, disable_created_metrics
 
 from proxy.telemetry.cells import CounterCell, CounterFamily, GaugeCell, GaugeFamily, HistogramCell, HistogramFamily
-from proxy.telemetry.record import RecordSink, RequestRecord
+from proxy.telemetry.record import RequestRecord
 
 # Request latency of a proxy spans sub-millisecond local replies to long upstream calls; 30 s is the
 # top finite bucket because longer requests are streams whose exact duration nobody alerts on.
@@ -93,7 +93,7 @@ class RouteMetrics:
         return cell
 
 
-class MetricsSink(RecordSink):
+class MetricsSink:
     """The metrics sink of the request record: one finished request, counted in the child it names."""
 
     __slots__ = ()

@@ -17,7 +17,7 @@ so a sink must copy what it keeps beyond its `record` call. Must not do I/O or h
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     from proxy.local_reply import Cause
@@ -96,8 +96,10 @@ class RequestRecord:
         return max(0.0, self.duration - self.upstream_time)
 
 
-class RecordSink:
-    """Where finished requests go. Called once per request, on the event loop: must not block."""
+class RecordSink(Protocol):
+    """Where finished requests go. Called once per request, on the event loop: must not block.
 
-    def record(self, request: RequestRecord) -> None:
-        raise NotImplementedError
+    A Protocol, not a base class: sinks written in interpreted modules (the access log, spans) cannot
+    inherit from a class this compiled module defines, and need not."""
+
+    def record(self, request: RequestRecord) -> None: ...

@@ -32,7 +32,7 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
 from proxy.clock import Clock
-from proxy.telemetry.record import AttemptSpan, RecordSink, RequestRecord
+from proxy.telemetry.record import AttemptSpan, RequestRecord
 
 log = logging.getLogger("proxy.telemetry.tracing")
 
@@ -100,8 +100,8 @@ def request_attributes(record: RequestRecord) -> dict[str, Any]:
     return attributes
 
 
-class SpanSink(RecordSink):
-    """The record sink that queues sampled requests' spans for export."""
+class SpanSink:
+    """The record sink (`RecordSink`) that queues sampled requests' spans for export."""
 
     def __init__(self, exporter: SpanExporter, resource: Resource, clock: Clock,
                  on_drop: Callable[[int], None]) -> None:
