@@ -8,7 +8,8 @@ exporter from a thread of its own.
 
 On the event loop a sampled request costs one tuple appended to a bounded queue (`SpanSink.record`); an
 unsampled one returns at the first test and pays for nothing of the SDK. The export thread builds the
-spans and posts them in batches (`MAX_BATCH`, or whatever arrived within `EXPORT_INTERVAL`). When the
+spans and posts them in batches (`MAX_BATCH`, or whatever arrived within `EXPORT_INTERVAL`; the SDK
+batch processor's defaults: each POST costs milliseconds of CPU in `requests`, so few and full is cheaper). When the
 queue is full (a collector that is down or slow) new spans are dropped, and when an export fails its
 batch is dropped: both counted in `sidecar_trace_spans_dropped_total`; memory stays bounded and the
 request path never waits. `close()` flushes what is queued, within a deadline. Must not block the loop or
@@ -38,7 +39,7 @@ log = logging.getLogger("proxy.telemetry.tracing")
 
 MAX_QUEUE: Final = 2048        # requests whose spans wait for export (the SDK's BatchSpanProcessor default)
 MAX_BATCH: Final = 512         # spans per OTLP request
-EXPORT_INTERVAL: Final = 1.0   # seconds a span waits at most before its batch goes
+EXPORT_INTERVAL: Final = 5.0   # seconds a span waits at most before its batch goes (the SDK's schedule delay)
 EXPORT_TIMEOUT: Final = 5.0    # one OTLP request (the exporter's own retries included)
 CLOSE_TIMEOUT: Final = 5.0     # flushing on shutdown
 
@@ -137,7 +138,7 @@ class SpanSink:
             return
         offset = time.time() - self._clock.now()
         self._queue.append(FinishedRequest(request, offset, request_attributes(request), attempts))
-        if len(self._queue) >= MAX_BATCH // 4:
+        if len(self._queue) >= MAX_BATCH // 2:  # about a batch of spans (a server span and a client span each)
             with self._wake:
                 self._wake.notify()
 
