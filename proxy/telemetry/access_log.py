@@ -62,11 +62,11 @@ def is_error(record: RequestRecord) -> bool:
 
 def _iso_time(wall: float, cache: list[Any]) -> str:
     """ISO-8601 UTC with milliseconds; the seconds part is cached (`cache` = [second, text])."""
-    second = int(wall)
+    second, millis = divmod(round(wall * 1000), 1000)
     if cache[0] != second:
         cache[0] = second
         cache[1] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-    return f"{cache[1]}.{int((wall - second) * 1000):03d}Z"
+    return f"{cache[1]}.{millis:03d}Z"
 
 
 def fields(record: RequestRecord, wall_end: float, cache: list[Any]) -> dict[str, Any]:
