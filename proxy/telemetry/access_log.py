@@ -76,7 +76,10 @@ def fields(record: RequestRecord, wall_end: float, cache: list[Any]) -> dict[str
     if head is not None:
         method: str | None = head.method.decode("latin-1")
         query = head.query
-        path: str | None = f"{record.path}?{query.decode('latin-1')}" if query else record.path
+        # The path as it arrived (before rewrites); a request refused by the codec has only its head's.
+        path: str | None = record.path or head.path or None
+        if query and path is not None:
+            path = f"{path}?{query.decode('latin-1')}"
         authority: str | None = head.host_header.decode("latin-1") or head.authority or None
         agent = head.header(b"user-agent")
         user_agent = agent.decode("latin-1") if agent is not None else None
