@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import http.server
 import json
+import logging
 import os
 import re
 import signal
@@ -298,3 +299,18 @@ def test_log_format_json(tmp_path: Path) -> None:
         assert proc.stderr is not None
         for rest in proc.stderr.read().splitlines():
             json.loads(rest)
+
+
+async def test_log_lines_about_a_request_carry_its_ids(sidecar, tmp_path: Path, caplog) -> None:  # type: ignore[no-untyped-def]
+    refused = f"127.0.0.1:{free_port()}"
+    running = await sidecar(config([refused], f"attempts: 1, on: [connect-failure], {FAST}") + access_log())
+    with caplog.at_level(logging.INFO, logger="proxy.stages.attempt"):
+        status, headers = await get(running.url("/down"), headers={
+            "traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"})
+    assert status == 503
+    [line] = await wait_lines(tmp_path / "access.log", 1)
+    assert (line["cause"], line["attempts"]) == ("connection_refused", 2)
+    [given_up] = [r for r in caplog.records if "retries given up" in r.getMessage()]
+    assert given_up.request_id == headers["x-request-id"] == line["request_id"]  # type: ignore[attr-defined]
+    assert given_up.trace_id == "4bf92f3577b34da6a3ce929d0e0e4736"  # type: ignore[attr-defined]
+    assert f"request_id={line['request_id']} trace_id=4bf92f3577b34da6a3ce929d0e0e4736" in given_up.getMessage()
