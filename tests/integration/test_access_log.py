@@ -267,17 +267,23 @@ def _reopen_after_rename(tmp_path: Path, *extra_args: str) -> None:
         read_lines(tmp_path / "access.log", 1)
         (tmp_path / "access.log").rename(tmp_path / "access.log.1")  # logrotate's `create` mode
         os.kill(proc.pid, signal.SIGUSR1)
-        # The signal reaches the writer asynchronously: retry (bounded) until a line lands in the new file.
+        # The signal reaches the writers asynchronously: retry (bounded) until a line lands in the new file
+        # (the reopen creates it empty), then give every worker a moment to reopen too.
+        fresh = tmp_path / "access.log"
         deadline = time.monotonic() + 10
-        while not (tmp_path / "access.log").exists() and time.monotonic() < deadline:
+        while not (fresh.exists() and fresh.read_text()) and time.monotonic() < deadline:
             assert fetch(port, "/after") == 200
             time.sleep(0.1)
+        time.sleep(0.5)
+        for _ in range(20):  # a new connection each: with workers, the kernel spreads them
+            assert fetch(port, "/later") == 200
+        read_lines(fresh, 21)
         os.kill(proc.pid, signal.SIGTERM)
         assert proc.wait(timeout=15) == 0
     rotated = [json.loads(text)["path"] for text in (tmp_path / "access.log.1").read_text().splitlines()]
-    fresh = [json.loads(text)["path"] for text in (tmp_path / "access.log").read_text().splitlines()]
+    new = [json.loads(text)["path"] for text in fresh.read_text().splitlines()]
     assert rotated[0] == "/before" and set(rotated[1:]) <= {"/after"}
-    assert fresh and set(fresh) == {"/after"}
+    assert new.count("/later") == 20 and set(new) == {"/after", "/later"}
 
 
 def test_sigusr1_reopens_the_file_after_a_rename(tmp_path: Path) -> None:
