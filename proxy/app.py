@@ -447,11 +447,10 @@ class App:
         """After a reload's swap: every listener (draining ones too) writes to `sink`; a replaced sink writes
         what it has queued and closes in the background."""
         old, self.access_log = self.access_log, sink
-        if old is sink:
-            return
+        # Every listener, even with the sink unchanged: a listener the reload added or moved is a new one.
         for listener in {*old_listeners.values(), *self.listeners.values(), *self._draining_listeners}:
             self._attach_access_log(listener)
-        if old is not None:
+        if old is not None and old is not sink:
             task = asyncio.create_task(old.aclose(), name="close replaced access log")
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)

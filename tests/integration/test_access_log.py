@@ -176,6 +176,20 @@ async def test_a_reload_moves_the_log(sidecar, tmp_path: Path) -> None:  # type:
     await upstream.stop()
 
 
+async def test_a_listener_added_by_a_reload_logs_too(sidecar, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    upstream = await start_upstream()
+    running = await sidecar(outbound_config(upstream.address, top_extra=access_log()))
+    app = running.app
+    second = ('  - {name: second, address: "127.0.0.1:0", routes: [{name: other, match: {prefix: /}, '
+              'cluster: backend}]}\nclusters:')
+    app.loaded.path.write_text(app.loaded.path.read_text().replace("\nclusters:", f"\n{second}"))
+    assert await app.reload()
+    assert (await get(running.url("/added", listener="second")))[0] == 200
+    [line] = await wait_lines(tmp_path / "access.log", 1)
+    assert (line["listener"], line["route"], line["path"]) == ("second", "other", "/added")
+    await upstream.stop()
+
+
 # -- the process: drain, SIGUSR1, --log-format json --------------------------------------------------------
 
 
