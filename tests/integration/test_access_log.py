@@ -13,6 +13,7 @@ import re
 import signal
 import subprocess
 import sys
+import textwrap
 import threading
 import time
 import urllib.request
@@ -188,6 +189,30 @@ async def test_a_listener_added_by_a_reload_logs_too(sidecar, tmp_path: Path) ->
     [line] = await wait_lines(tmp_path / "access.log", 1)
     assert (line["listener"], line["route"], line["path"]) == ("second", "other", "/added")
     await upstream.stop()
+
+
+async def test_a_reload_to_a_file_that_cannot_be_opened_is_refused(sidecar, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    upstream = await start_upstream()
+    running = await sidecar(outbound_config(upstream.address, top_extra=access_log()))
+    app = running.app
+    sink = app.access_log
+    app.loaded.path.write_text(app.loaded.path.read_text().replace("path: access.log", "path: no/such/dir.log"))
+    assert not await app.reload()
+    assert app.access_log is sink
+    await get(running.url("/still"))
+    [line] = await wait_lines(tmp_path / "access.log", 1)
+    assert line["path"] == "/still"
+    await upstream.stop()
+
+
+def test_run_names_an_access_log_it_cannot_open(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(textwrap.dedent(outbound_config("127.0.0.1:1", top_extra="access_log: {path: no/such/dir.log}")))
+    done = subprocess.run([sys.executable, "-m", "proxy", "run", "-c", str(path)], cwd=REPO, capture_output=True,
+                          text=True, timeout=30)
+    assert done.returncode == 1
+    assert f"cannot start: access_log.path {tmp_path}/no/such/dir.log: No such file or directory" in done.stderr
+    assert "Traceback" not in done.stderr
 
 
 # -- the process: drain, SIGUSR1, --log-format json --------------------------------------------------------
