@@ -47,6 +47,7 @@ from proxy.stages.route import Router
 from proxy.telemetry.access_log import AccessLogSink
 from proxy.telemetry.exposition import render_metrics
 from proxy.telemetry.metrics import Metrics
+from proxy.telemetry.record import ForwardingSink
 from proxy.upstream.cluster import Cluster
 from proxy.upstream.health import HealthChecker
 
@@ -440,8 +441,10 @@ class App:
 
     def _attach_access_log(self, listener: RequestPath) -> None:
         """Put the running access log sink (or none) in `listener`'s sinks, in place of any other one."""
-        sinks = tuple(sink for sink in listener.sinks if not isinstance(sink, AccessLogSink))
-        listener.sinks = sinks if self.access_log is None else (*sinks, self.access_log)
+        sinks = tuple(sink for sink in listener.sinks
+                      if not (isinstance(sink, ForwardingSink) and isinstance(sink.of, AccessLogSink)))
+        log_sink = self.access_log
+        listener.sinks = sinks if log_sink is None else (*sinks, ForwardingSink(log_sink.record, log_sink))
 
     def _swap_access_log(self, sink: AccessLogSink | None, old_listeners: dict[str, RequestPath]) -> None:
         """After a reload's swap: every listener (draining ones too) writes to `sink`; a replaced sink writes

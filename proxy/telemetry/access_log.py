@@ -1,6 +1,6 @@
 """The access log: one line per finished request, written off the event loop.
 
-Owns `AccessLogSink`, a `RecordSink` the app adds to every listener's request path when `access_log:` is
+Owns `AccessLogSink`, a record sink the app adds to every listener's request path when `access_log:` is
 configured (with it absent, no sink exists and requests pay nothing). On the event loop, `record` only
 decides whether the request is logged (errors always; successes with probability `success_sample`),
 formats its line (JSON with a fixed key order, or the text format below) and appends it to a bounded
@@ -37,7 +37,7 @@ from typing import Any, Final
 
 from prometheus_client import Counter
 
-from proxy.telemetry.record import RecordSink, RequestRecord
+from proxy.telemetry.record import RequestRecord
 
 log = logging.getLogger("proxy.telemetry.access_log")
 
@@ -149,8 +149,11 @@ FORMATTERS: Final[dict[str, Callable[[RequestRecord, float, list[Any]], str]]] =
     "json": json_line, "text": text_line}
 
 
-class AccessLogSink(RecordSink):
-    """Formats each logged request's line on the loop; a writer thread writes them (see the module doc)."""
+class AccessLogSink:
+    """Formats each logged request's line on the loop; a writer thread writes them (see the module doc).
+
+    A `RecordSink` in all but name: the request path's modules are compiled, and an interpreted class
+    cannot subclass a compiled one, so listeners hold it through a `ForwardingSink`."""
 
     def __init__(self, path: str, line_format: str, success_sample: float, dropped: Counter, *,
                  rng: random.Random | None = None, wall: Callable[[], float] = time.time,
