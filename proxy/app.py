@@ -44,6 +44,7 @@ from proxy.security.termination import TlsTermination, acceptor_factory
 from proxy.security.tls import ServerTls, TlsError
 from proxy.stages.path import RequestPath
 from proxy.stages.route import Router
+from proxy.telemetry.access_log import AccessLogSink
 from proxy.telemetry.exposition import render_metrics
 from proxy.telemetry.metrics import Metrics
 from proxy.telemetry.record import RecordSink
@@ -57,8 +58,6 @@ log = logging.getLogger("proxy.app")
 def unsupported_keys(config: Config) -> list[str]:
     """Key paths the config uses whose feature is built by a later issue (refused by `run`)."""
     found: list[str] = []
-    if config.access_log is not None:
-        found.append("access_log")
     for i, listener in enumerate(config.listeners):
         found.extend(_unsupported_listener_keys(listener, f"listeners[{i}]"))
     for i, cluster in enumerate(config.clusters):
@@ -277,6 +276,8 @@ class App:
         # Listeners replaced by a reload (address change, removal) whose connections are still finishing.
         self._draining_listeners: set[RequestPath] = set()
         self._reloads_succeeded = self.metrics.config_reloads("success")
+        # The access log's sink, in every listener's sinks while `access_log:` is configured (None: off).
+        self.access_log: AccessLogSink | None = None
         self._reloads_failed = self.metrics.config_reloads("failure")
 
     # -- building ----------------------------------------------------------------------------------
@@ -327,7 +328,7 @@ class App:
         self._tasks.add(self._zone_task)
 
     def _set_telemetry(self, config: Config, old: Config | None = None) -> None:
-        """Give every listener the sinks `config` asks for besides metrics: spans (`tracing.otlp`). A reload
+        """Make the span sink `config` asks for (`tracing.otlp`) and give every listener its sinks. A reload
         that keeps the tracing config and the node keeps the span sink; a changed one replaces it (the old
         flushes in a thread)."""
         if old is None or old.tracing.otlp != config.tracing.otlp or old.node != config.node:
@@ -338,9 +339,8 @@ class App:
                                                config.node.namespace, self.clock, metrics.trace_spans_dropped.inc)
             if retired is not None:
                 self._tasks.add(asyncio.create_task(asyncio.to_thread(retired.close), name="span sink close"))
-        sinks: tuple[RecordSink, ...] = (self.span_sink,) if self.span_sink is not None else ()
-        for listener in self.listeners.values():
-            listener.set_sinks(sinks, self.span_sink is not None)
+        for listener in {*self.listeners.values(), *self._draining_listeners}:
+            self._attach_sinks(listener)
 
     def _set_zone(self, zone: str | None) -> None:
         """A reload changed `node.zone`: every cluster prefers the new zone (unset: the Node's, read again)."""
@@ -428,6 +428,7 @@ class App:
         for cluster_config in config.clusters:
             self.clusters[cluster_config.name] = self._make_cluster(cluster_config)
         trace = self._make_trace(config)
+        self.access_log = self._make_access_log(config)
         for listener_config in config.listeners:
             termination = self._make_tls(listener_config)
             if termination is not None:
@@ -435,6 +436,7 @@ class App:
             router = self._make_router(listener_config, self.clusters)
             listener = RequestPath(listener_config.name, server_settings(listener_config), router, trace,
                                         self.metrics, self.clock)
+            self._attach_sinks(listener)
             server, bound = await self._bind(listener, listener_config.address)
             self.listeners[listener_config.name] = listener
             self.servers[listener_config.name] = server
@@ -444,6 +446,37 @@ class App:
         await self._start_admin(config)
         # Everything is bound (what the first log line will say): discovery's lookups and API calls may begin.
         self.discovery.open()
+
+    def _make_access_log(self, config: Config) -> AccessLogSink | None:
+        """The access log's sink for `config` (None when `access_log:` is absent: requests pay nothing).
+        Opens the file: OSError when it cannot."""
+        settings = config.access_log
+        if settings is None:
+            return None
+        return AccessLogSink(settings.path, settings.format, settings.success_sample,
+                             self.metrics.access_log_lines_dropped)
+
+    def _attach_sinks(self, listener: RequestPath) -> None:
+        """Give `listener` the running telemetry sinks besides metrics (the access log, spans), or none."""
+        sinks: tuple[RecordSink, ...] = tuple(sink for sink in (self.access_log, self.span_sink) if sink is not None)
+        listener.set_sinks(sinks, self.span_sink is not None)
+
+    def _swap_access_log(self, sink: AccessLogSink | None, old_listeners: dict[str, RequestPath]) -> None:
+        """After a reload's swap: every listener (draining ones too) writes to `sink`; a replaced sink writes
+        what it has queued and closes in the background."""
+        old, self.access_log = self.access_log, sink
+        # Every listener, even with the sink unchanged: a listener the reload added or moved is a new one.
+        for listener in {*old_listeners.values(), *self.listeners.values(), *self._draining_listeners}:
+            self._attach_sinks(listener)
+        if old is not None and old is not sink:
+            task = asyncio.create_task(old.aclose(), name="close replaced access log")
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    def reopen_access_log(self) -> None:
+        """SIGUSR1: reopen the access log file (logrotate renamed it)."""
+        if self.access_log is not None:
+            self.access_log.reopen()
 
     def _watch_keys(self) -> None:
         """Re-read the API keys files when they change on disk (each worker process watches its own)."""
@@ -557,6 +590,9 @@ class App:
         except TlsError as exc:  # a listener's or changed cluster's cert, key or CA files cannot be loaded
             self._refuse(digest, str(exc))
             return False
+        except OSError as exc:  # the access log's file cannot be opened
+            self._refuse(digest, exc.strerror or str(exc))
+            return False
         except Exception:  # a bug building the new objects: _apply undid what it built, so refuse it
             log.exception("reload: building the config of %s failed", path)
             self._refuse(digest, "cannot build it (the error is above)")
@@ -578,10 +614,16 @@ class App:
         # 1. Build everything new off to the side; nothing running changes until the swap, and whatever
         # fails here (a port taken) undoes what was built, so a reload applies whole or not at all.
         staged = _Staged()
+        # The access log first (it opens its file): unchanged settings keep the running sink.
+        access_log = self.access_log
+        if config.access_log != self.loaded.config.access_log:
+            access_log = self._make_access_log(config)
         try:
             await self._stage(config, tables or {}, staged)
         except BaseException:
             self._unstage(staged)
+            if access_log is not None and access_log is not self.access_log:
+                access_log.close(1.0)
             raise
         # 2. The swap, in one step (no await until it is done).
         old_listeners, old_servers, old_clusters = self.listeners, self.servers, self.clusters
@@ -589,6 +631,7 @@ class App:
         old_zone = old_config.node.zone
         self._swap(loaded, staged)
         self._set_telemetry(config, old_config)
+        self._swap_access_log(access_log, old_listeners)
         if config.node.zone != old_zone:
             self._set_zone(config.node.zone)
         # 3. Drain what the new config no longer uses: old listeners stop accepting and let their
@@ -751,13 +794,20 @@ class App:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await self.discovery.close()
-        if self.span_sink is not None:  # the last spans go out (within the sink's close deadline)
-            await asyncio.to_thread(self.span_sink.close)
         for cluster in self.clusters.values():
             cluster.close()
         if self.admin is not None:
             await self.admin.stop()
+        await self._close_telemetry()
         self.stopped.set()
+
+    async def _close_telemetry(self) -> None:
+        """Last: every request that ended (drained, or reset by the aborts) has its line and spans queued;
+        they are written and exported now (spans within the sink's close deadline)."""
+        if self.span_sink is not None:
+            await asyncio.to_thread(self.span_sink.close)
+        if self.access_log is not None:
+            await self.access_log.aclose()
 
 
 class AdminView:

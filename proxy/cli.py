@@ -82,9 +82,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         )
         return 1
     workers = _worker_count(args.workers if args.workers is not None else loaded.config.workers)
-    setup_logging(args.log_level)
+    setup_logging(args.log_level, log_format=args.log_format)
     # The downward API's spec.nodeName (deploy/kubernetes): Kubernetes discovery reads the node's zone from it.
-    return run(loaded, workers=workers, log_level=args.log_level, node_name=os.environ.get("NODE_NAME") or None)
+    return run(loaded, workers=workers, log_level=args.log_level, node_name=os.environ.get("NODE_NAME") or None,
+               log_format=args.log_format)
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
@@ -98,9 +99,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
     for item in args.port:
         name, _, port = item.rpartition("=")
         ports[name] = int(port)
-    setup_logging(args.log_level, tag=f"worker-{args.index}")
+    setup_logging(args.log_level, tag=f"worker-{args.index}", log_format=args.log_format)
     return run_worker(loaded, args.admin_socket, ports, Path(args.snapshot) if args.snapshot else None,
-                      os.environ.get("NODE_NAME") or None)
+                      os.environ.get("NODE_NAME") or None, args.stdout_fd)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -160,6 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("-c", "--config", required=True, help="the YAML config file")
     run.add_argument("--workers", type=_workers_arg, help="override `workers:` (a number or 'auto')")
     run.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    run.add_argument("--log-format", default="text", choices=["text", "json"],
+                     help="the process log on stderr: text, or one JSON object per line")
     run.set_defaults(func=cmd_run)
 
     worker = commands.add_parser("worker")
@@ -169,6 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--admin-socket", required=True, help="serve this worker's admin view here")
     worker.add_argument("--port", action="append", default=[], help="NAME=PORT: bind listener NAME on PORT")
     worker.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    worker.add_argument("--log-format", default="text", choices=["text", "json"])
+    worker.add_argument("--stdout-fd", type=int, help="the supervisor's stdout (the access log's `stdout`)")
     worker.set_defaults(func=cmd_worker)
 
     validate = commands.add_parser("validate", help="check a config file and print every problem")

@@ -40,6 +40,7 @@ from proxy.config.model import Config, host_port
 from proxy.config.watch import ConfigWatcher
 from proxy.security.tls import TlsError
 from proxy.telemetry.exposition import render_metrics
+from proxy.telemetry.log_format import JsonFormatter, text_format
 from proxy.telemetry.merge import MergedMetrics, Source, merge
 from proxy.telemetry.metrics import RELOAD_RESULTS, Metrics
 
@@ -59,17 +60,21 @@ WORKER_ADMIN_TIMEOUT: Final = 5.0
 STOP_GRACE: Final = 5.0
 
 
-def setup_logging(level: str = "info", tag: str | None = None) -> None:
-    """Log to stderr; `tag` (e.g. "worker-1") marks a worker's lines, which share the supervisor's stderr."""
-    where = f" {tag}" if tag else ""
-    logging.basicConfig(stream=sys.stderr, level=level.upper(),
-                        format=f"%(asctime)s %(levelname)s{where} %(name)s: %(message)s")
+def setup_logging(level: str = "info", tag: str | None = None, log_format: str = "text") -> None:
+    """Log to stderr, as text or one JSON object per line (`--log-format`); `tag` (e.g. "worker-1") marks
+    a worker's lines, which share the supervisor's stderr."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter(tag) if log_format == "json" else logging.Formatter(text_format(tag)))
+    logging.basicConfig(level=level.upper(), handlers=[handler])
 
 
 def _wire_reload(app: App, *, watch: bool = True) -> None:
-    """SIGHUP and a change of the config file on disk reload the App (CONTRACT "Reload and lifecycle").
-    A supervised worker does not watch the file: its supervisor does, and signals it once it approves."""
-    asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, app.request_reload)
+    """SIGHUP and a change of the config file on disk reload the App (CONTRACT "Reload and lifecycle");
+    SIGUSR1 reopens the access log file (logrotate). A supervised worker does not watch the file: its
+    supervisor does, and signals it once it approves."""
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGHUP, app.request_reload)
+    loop.add_signal_handler(signal.SIGUSR1, app.reopen_access_log)
     if watch:
         app.watch_config()
 
@@ -102,13 +107,14 @@ async def serve(loaded: LoadedConfig, node_name: str | None = None) -> int:
     return 0
 
 
-def run(loaded: LoadedConfig, workers: int = 1, log_level: str = "info", node_name: str | None = None) -> int:
+def run(loaded: LoadedConfig, workers: int = 1, log_level: str = "info", node_name: str | None = None,
+        log_format: str = "text") -> int:
     """Run the sidecar on uvloop: in this process for one worker, else as a supervisor of `workers` (each
     worker reads `$NODE_NAME` itself)."""
     uvloop.install()
     if workers <= 1:
         return asyncio.run(serve(loaded, node_name))
-    return asyncio.run(supervise(loaded, workers, log_level))
+    return asyncio.run(supervise(loaded, workers, log_level, log_format))
 
 
 # -- a worker process (spawned by the supervisor) --------------------------------------------------
@@ -143,7 +149,8 @@ def _report(message: dict[str, Any]) -> None:
 
 
 async def serve_worker(loaded: LoadedConfig, admin_socket: str, snapshot: Path | None = None,
-                       ports: Mapping[str, int] | None = None, node_name: str | None = None) -> int:
+                       ports: Mapping[str, int] | None = None, node_name: str | None = None,
+                       stdout_fd: int | None = None) -> int:
     """Run one worker: listeners with SO_REUSEPORT, the admin view on `admin_socket`, reloads from the
     supervisor's `snapshot` of the config it approved, port-0 listeners pinned to `ports`; drain on
     SIGTERM, SIGINT, or when the supervisor goes away."""
@@ -168,6 +175,10 @@ async def serve_worker(loaded: LoadedConfig, admin_socket: str, snapshot: Path |
     _report({"bound": app.bound})
     # Nothing else may write to the report pipe (nobody reads it after the first line).
     sys.stdout = sys.stderr
+    if stdout_fd is not None:
+        # The supervisor's own stdout, passed down: the access log's `path: stdout` writes to fd 1.
+        os.dup2(stdout_fd, 1)
+        os.close(stdout_fd)
     await app.wait_for_shutdown()
     log.debug("draining (up to %gs)", loaded.config.drain_timeout)
     await app.drain_and_stop()
@@ -181,12 +192,14 @@ async def serve_worker(loaded: LoadedConfig, admin_socket: str, snapshot: Path |
 
 
 def run_worker(loaded: LoadedConfig, admin_socket: str, ports: Mapping[str, int],
-               snapshot: Path | None = None, node_name: str | None = None) -> int:
+               snapshot: Path | None = None, node_name: str | None = None, stdout_fd: int | None = None) -> int:
     """The hidden `worker` command: one worker process of a supervised sidecar."""
-    # A SIGHUP forwarded before the loop's handler exists must not kill the worker (the default action).
+    # A SIGHUP (or SIGUSR1) forwarded before the loop's handler exists must not kill the worker (the
+    # default action).
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
     uvloop.install()
-    return asyncio.run(serve_worker(loaded, admin_socket, snapshot, ports, node_name))
+    return asyncio.run(serve_worker(loaded, admin_socket, snapshot, ports, node_name, stdout_fd))
 
 
 # -- the supervisor (workers: N > 1) ---------------------------------------------------------------
@@ -282,6 +295,10 @@ class Supervisor:
         self._reloader: asyncio.Task[None] | None = None
         self._reload_wanted = False
         self._refused_hash: str | None = None
+        # Our stdout, passed to every worker (whose fd 1 is its report pipe) for the access log's `stdout`.
+        self.stdout_fd = os.dup(1)
+        # How workers format their log lines (`--log-format`).
+        self.log_format = "text"
 
     def _slot(self, index: int) -> WorkerSlot:
         path = str(self.runtime_dir / f"worker-{index}.sock")
@@ -301,7 +318,8 @@ class Supervisor:
     def _command(self, slot: WorkerSlot) -> list[str]:
         command = [sys.executable, "-m", "proxy", "worker", "--config", str(self.loaded.path),
                    "--snapshot", str(self.snapshot), "--index", str(slot.index), "--admin-socket", slot.socket_path,
-                   "--log-level", self.log_level]
+                   "--log-level", self.log_level, "--log-format", self.log_format,
+                   "--stdout-fd", str(self.stdout_fd)]
         for name, port in self.ports.items():
             command += ["--port", f"{name}={port}"]
         return command
@@ -316,7 +334,8 @@ class Supervisor:
         version = self.loaded.version_hash
         try:
             proc = await asyncio.create_subprocess_exec(
-                *self._command(slot), stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
+                *self._command(slot), stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+                pass_fds=(self.stdout_fd,))
         except OSError as exc:  # out of processes or file descriptors: retried like a crash
             return f"cannot spawn: {exc.strerror or exc}"
         slot.proc = proc
@@ -555,6 +574,7 @@ class Supervisor:
         """Close the admin client sessions (after the admin server, whose pages use them, has stopped)."""
         for slot in self.slots:
             await slot.session.close()
+        os.close(self.stdout_fd)
 
     # -- talking to workers ----------------------------------------------------------------------------
 
@@ -663,14 +683,17 @@ class SupervisorView:
 
 
 
-async def supervise(loaded: LoadedConfig, count: int, log_level: str) -> int:
+async def supervise(loaded: LoadedConfig, count: int, log_level: str, log_format: str = "text") -> int:
     """Run `count` workers behind one admin endpoint until SIGTERM/SIGINT/POST /shutdown; 0 after the drain."""
     runtime_dir = Path(tempfile.mkdtemp(prefix="sidecar-"))  # mode 0700: only we reach the worker sockets
     supervisor = Supervisor(loaded, count, runtime_dir, log_level)
+    supervisor.log_format = log_format
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, supervisor.request_shutdown)
     loop.add_signal_handler(signal.SIGHUP, supervisor.request_reload)
+    # Each worker writes its own access log lines: each reopens the file.
+    loop.add_signal_handler(signal.SIGUSR1, supervisor.forward, signal.SIGUSR1)
     admin_address = loaded.config.admin.address
     supervisor.admin = AdminServer(SupervisorView(supervisor), admin_address.host, admin_address.port)
     try:

@@ -657,7 +657,10 @@ class TracingConfig(_Model):
 
 class AccessLogConfig(_Model):
     format: Literal["json", "text"] = "json"
+    # stdout, stderr, or a file (relative to the config file's directory), reopened on SIGUSR1.
     path: str = "stdout"
+    # The share of successful requests logged; errors (>= 400, resets, local replies) always are.
+    success_sample: float = Field(default=1.0, ge=0, le=1)
 
 
 class Config(_Model):

@@ -14,6 +14,7 @@ endpoint whose breaker this attempt just opened. Must not parse or frame bytes (
 from __future__ import annotations
 
 import asyncio
+import logging
 
 from proxy.clock import Clock
 from proxy.errors import FailureKind, UpstreamError
@@ -31,12 +32,15 @@ from proxy.stream import (
     ResponseReady,
     UpstreamStream,
 )
+from proxy.telemetry.log_format import correlation
 from proxy.telemetry.record import AttemptSpan
 from proxy.upstream.endpoint import Endpoint
 
 X_SIDECAR_ATTEMPT = b"x-sidecar-attempt"
 # `x-sidecar-attempt: N` headers, made once (attempts beyond the table are made on the fly).
 _ATTEMPT_HEADERS = tuple((X_SIDECAR_ATTEMPT, b"%d" % n) for n in range(17))
+
+log = logging.getLogger("proxy.stages.attempt")
 
 
 class EndpointAttempt:
@@ -162,6 +166,8 @@ class EndpointAttempt:
             delay = retry.decide(ctx, verdict, reached_upstream, None)
             if delay is not None:
                 return delay
+        if kind is FailureKind.PROTOCOL or kind is FailureKind.HEADERS_TOO_LARGE or ctx.attempts > 1:
+            _log_failure(ctx, kind, context)
         ctx.answer(failure_reply(kind, context))
         return None
 
@@ -248,3 +254,16 @@ class EndpointAttempt:
     def _resendable(ctx: RequestContext) -> bool:
         stream = ctx.stream
         return stream.head.method in IDEMPOTENT_METHODS and (stream.body is None or ctx.whole is not None)
+
+
+def _log_failure(ctx: RequestContext, kind: FailureKind, context: str) -> None:
+    """The failure-path log line about a request (never called on success): an upstream that broke the
+    protocol (a warning: its bug, worth a look), or a request that failed after its retries (info: how many
+    is bounded by the retry budget). Both name the request and trace ids, to find its access log line and
+    trace."""
+    ids = correlation(ctx.stream.request_id, ctx.trace_id)
+    if kind is FailureKind.PROTOCOL or kind is FailureKind.HEADERS_TOO_LARGE:
+        log.warning("%s (request_id=%s trace_id=%s)", context, ids["request_id"], ids["trace_id"], extra=ids)
+    else:
+        log.info("retries given up after %d attempts: %s (request_id=%s trace_id=%s)", ctx.attempts, context,
+                 ids["request_id"], ids["trace_id"], extra=ids)

@@ -25,6 +25,7 @@ from proxy.stages.context import RequestContext
 from proxy.stages.edge import Edge
 from proxy.stages.route import Router
 from proxy.stream import CLIENT_CLOSED, DownstreamConnection, RequestStream
+from proxy.telemetry.log_format import correlation
 from proxy.telemetry.metrics import Metrics, MetricsSink
 from proxy.telemetry.record import RecordSink
 
@@ -117,7 +118,9 @@ class RequestPath:
                 raise
         except Exception:
             # A bug must never show a client a traceback: log it, and answer 500 or reset.
-            log.exception("request handler failed (request id %s)", stream.request_id.decode("latin-1"))
+            ids = correlation(stream.request_id, ctx.trace_id)
+            log.exception("request handler failed (request_id=%s trace_id=%s)", ids["request_id"], ids["trace_id"],
+                          extra=ids)
             ctx.answer(local_reply(Cause.INTERNAL))
         finally:
             self.in_flight -= 1

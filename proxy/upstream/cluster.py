@@ -17,6 +17,7 @@ connections with it. Must not know routes.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable
 
 from proxy.clock import Clock
@@ -31,6 +32,7 @@ from proxy.upstream.endpoint import ACTIVE, DRAINING, TERMINATING, UNHEALTHY, En
 from proxy.upstream.outlier import OutlierDetector
 from proxy.upstream.pool import Connector, OriginTls, PoolSettings, no_connector
 
+log = logging.getLogger("proxy.upstream.cluster")
 
 class Cluster:
     """A named set of endpoints, the balancer that orders them and the policies that guard them."""
@@ -176,6 +178,10 @@ class Cluster:
 
             # Bound once per endpoint (not per request): state changes update the metrics.
             def on_transition(_old: BreakerState, new: BreakerState) -> None:
+                if new is BreakerState.OPEN:
+                    # No request at hand: the breaker changes state inside `report`, which the request path
+                    # calls without its context; the tripping request's own line names its ids.
+                    log.warning("cluster %s: endpoint %s: breaker opened", self.name, endpoint.address)
                 gauge.set(new.value)
                 getattr(transitions, new.label).inc()
                 self.update_gauges()
