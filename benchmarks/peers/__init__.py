@@ -24,7 +24,7 @@ CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 PROXIES = ("nginx", "haproxy", "caddy", "aiohttp", "pyfloor", "sidecar", "sidecar-py")
 ALL_TARGETS = ("direct", *PROXIES)
 # Opt-in targets (`--only`, `--telemetry`): the sidecar's realistic config with telemetry on.
-TELEMETRY_TARGETS = ("sidecar-trace0", "sidecar-trace1", "sidecar-trace100")
+TELEMETRY_TARGETS = ("sidecar-trace0", "sidecar-trace1", "sidecar-trace100", "sidecar-accesslog")
 BINARIES = {"nginx": "nginx", "haproxy": "haproxy", "caddy": "caddy"}
 
 
@@ -154,9 +154,10 @@ def sidecar_minimal_config(backend_port: int) -> tuple[str, int, int]:
 
 # The realistic config with telemetry on (opt-in targets of compare, `--config telemetry` of instructions):
 # span export over OTLP/HTTP to the nginx backend (it answers the POSTs 200) at 0 %, 1 % and 100 % head
-# sampling. (The access log joins these when it exists.)
+# sampling, and the JSON access log of every request to a file beside the config (the rig's temp dir).
 TELEMETRY_VARIANTS: dict[str, dict[str, float]] = {
     "sidecar-trace0": {"sampling": 0.0}, "sidecar-trace1": {"sampling": 0.01}, "sidecar-trace100": {"sampling": 1.0},
+    "sidecar-accesslog": {"access_log": 1.0},
 }
 
 
@@ -170,6 +171,8 @@ def telemetry_config(backend_port: int, variant: str) -> tuple[str, int, int]:
         if traced == text:
             raise ValueError("the realistic config has no tracing.sampling line to replace")
         text = traced
+    if "access_log" in settings:
+        text += "\naccess_log: {format: json, path: access.log}\n"
     return text, port, admin
 
 
