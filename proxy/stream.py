@@ -298,6 +298,10 @@ class UpstreamStream:
     context: str
     closed: bool
     requests_sent: int
+    # Bytes read from and written to the upstream (heads, bodies, framing, tunnelled; after TLS) that the
+    # pool has not yet added to its cluster's counters (it does when the stream comes back, and when it closes).
+    rx: int
+    tx: int
     on_idle: Callable[[Any], None] | None
     on_lost: Callable[[Any], None] | None
 

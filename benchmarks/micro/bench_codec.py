@@ -110,6 +110,9 @@ class AnsweringListener:
     def connection_closed(self, conn: ServerConnection) -> None:
         pass
 
+    def count_bytes(self, rx: int, tx: int) -> None:
+        pass
+
     def local_reply_sent(self, exchange: Exchange, reply: LocalReply) -> None:
         raise AssertionError(f"unexpected local reply {reply.head.status}")
 

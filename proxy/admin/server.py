@@ -226,6 +226,9 @@ class AdminServer:
     def connection_closed(self, conn: ServerConnection) -> None:
         self._connections.discard(conn)
 
+    def count_bytes(self, rx: int, tx: int) -> None:
+        """The admin port's traffic is not counted (only listeners' is)."""
+
     def refuse(self, exchange: Exchange, reply: LocalReply | None) -> None:
         exchange.request_id = new_request_id(self.rng)
         if reply is not None:

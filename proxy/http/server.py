@@ -73,6 +73,9 @@ class Listener(Protocol):
         the cancellation that stopped its handler before its first step (`answer_cancelled`)."""
     def connection_opened(self, conn: ServerConnection) -> None: ...
     def connection_closed(self, conn: ServerConnection) -> None: ...
+    def count_bytes(self, rx: int, tx: int) -> None:
+        """Bytes a connection read and wrote since it last said: after each response, and once more as it
+        closes (before `connection_closed`)."""
 
 
 class Http1RequestBody(RequestBody):
@@ -403,7 +406,9 @@ class ServerConnection(asyncio.Protocol):
         "now",
         "parser",
         "peer",
+        "rx",
         "transport",
+        "tx",
         "write_paused",
     )
 
@@ -456,6 +461,10 @@ class ServerConnection(asyncio.Protocol):
         # Our socket's write buffer is over its high-water mark: an upstream attached now starts paused.
         self.write_paused = False
         self.idle_since = loop.time()
+        # Bytes read and written (heads, bodies, framing, tunnelled; after TLS) not yet reported to the
+        # listener: plain integer adds per read and write, reported per response and at close.
+        self.rx = 0
+        self.tx = 0
 
     def identify(self, identity: str, client_cert: bytes) -> None:
         """A TLS listener's acceptor, before connection_made: the peer's SPIFFE ID ("" without one) and the
@@ -484,11 +493,19 @@ class ServerConnection(asyncio.Protocol):
         if self._tunnel is not None:
             self._tunnel.tunnel_close()
             self._tunnel = None
-        self.listener.connection_closed(self)
+        listener = self.listener
+        listener.count_bytes(self.rx, self.tx)
+        self.rx = self.tx = 0
+        listener.connection_closed(self)
         # The client went away mid-request (or we closed an idle one): its handler stops its work.
         self._client_gone("closed its connection")
 
     def data_received(self, data: bytes) -> None:
+        self.rx += len(data)
+        self._receive(data)
+
+    def _receive(self, data: bytes) -> None:
+        """Bytes read (or held back and now due): the tunnel's, or HTTP/1.1 to parse."""
         if self._tunnel is not None:
             self._tunnel.tunnel_write(data)
             return
@@ -516,7 +533,7 @@ class ServerConnection(asyncio.Protocol):
             if pos < size and not self._closing:
                 rest = bytes(view[pos:])
                 if self._stopped:
-                    self.data_received(rest)  # tunnel bytes after a handshake, or dropped after an error
+                    self._receive(rest)  # tunnel bytes after a handshake, or dropped after an error
                 else:
                     self._pending += rest
         # Handlers start only once the whole read is parsed: a framing error later in the same read then
@@ -845,6 +862,8 @@ class ServerConnection(asyncio.Protocol):
         self.active = None
         self._task = None
         exchange.upstream_reader = None
+        self.listener.count_bytes(self.rx, self.tx)
+        self.rx = self.tx = 0
         # The upstream may have paused this socket for the body (its write buffer was full when the
         # exchange ended): the next request must be read.
         self._unblock(_BLOCK_UPSTREAM)
@@ -865,6 +884,7 @@ class ServerConnection(asyncio.Protocol):
     def write(self, data: bytes) -> None:
         transport = self.transport
         if transport is not None and not self._closing:
+            self.tx += len(data)
             transport.write(data)
 
     def close(self) -> None:
@@ -964,7 +984,7 @@ class ServerConnection(asyncio.Protocol):
                     body.length or 0)
                 self.parser.feed_data(b"POST / HTTP/1.1\r\nhost: -\r\n" + framing + b"\r\n\r\n")
             if rest:
-                self.data_received(rest)
+                self._receive(rest)
 
     def start_tunnel(self, peer: TunnelPeer) -> None:
         self._tunnel = peer

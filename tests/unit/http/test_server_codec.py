@@ -76,6 +76,8 @@ class FakeListener:
         self.bodies: list[bytes] = []
         self.opened = 0
         self.closed = 0
+        self.rx = 0
+        self.tx = 0
         self.local_replies: list[int] = []
 
     async def handle(self, exchange: Exchange) -> None:
@@ -97,6 +99,10 @@ class FakeListener:
 
     def connection_closed(self, conn: ServerConnection) -> None:
         self.closed += 1
+
+    def count_bytes(self, rx: int, tx: int) -> None:
+        self.rx += rx
+        self.tx += tx
 
     def refuse(self, exchange: Exchange, reply: LocalReply | None) -> None:
         """The request path's contract: answer what the codec refused (or the cancellation)."""
