@@ -38,6 +38,7 @@ from proxy.stream import (
     CLIENT_GONE,
     STREAM_IDLE,
     BodySink,
+    ByteCounter,
     CancelReason,
     ReadControl,
     RequestBody,
@@ -73,9 +74,11 @@ class Listener(Protocol):
         the cancellation that stopped its handler before its first step (`answer_cancelled`)."""
     def connection_opened(self, conn: ServerConnection) -> None: ...
     def connection_closed(self, conn: ServerConnection) -> None: ...
-    def count_bytes(self, rx: int, tx: int) -> None:
-        """Bytes a connection read and wrote since it last said: after each response, and once more as it
-        closes (before `connection_closed`)."""
+
+    @property
+    def traffic(self) -> ByteCounter:
+        """Where connections report their bytes: after each response, and once more as they close (before
+        `connection_closed`). Read once per connection."""
 
 
 class Http1RequestBody(RequestBody):
@@ -393,6 +396,7 @@ class ServerConnection(asyncio.Protocol):
         "_stopped",
         "_task",
         "_timer",
+        "_traffic",
         "_trailer_bytes",
         "_trailer_count",
         "_trailers",
@@ -465,6 +469,7 @@ class ServerConnection(asyncio.Protocol):
         # listener: plain integer adds per read and write, reported per response and at close.
         self.rx = 0
         self.tx = 0
+        self._traffic = listener.traffic
 
     def identify(self, identity: str, client_cert: bytes) -> None:
         """A TLS listener's acceptor, before connection_made: the peer's SPIFFE ID ("" without one) and the
@@ -493,10 +498,9 @@ class ServerConnection(asyncio.Protocol):
         if self._tunnel is not None:
             self._tunnel.tunnel_close()
             self._tunnel = None
-        listener = self.listener
-        listener.count_bytes(self.rx, self.tx)
+        self._traffic.add(self.rx, self.tx)
         self.rx = self.tx = 0
-        listener.connection_closed(self)
+        self.listener.connection_closed(self)
         # The client went away mid-request (or we closed an idle one): its handler stops its work.
         self._client_gone("closed its connection")
 
@@ -862,7 +866,7 @@ class ServerConnection(asyncio.Protocol):
         self.active = None
         self._task = None
         exchange.upstream_reader = None
-        self.listener.count_bytes(self.rx, self.tx)
+        self._traffic.add(self.rx, self.tx)
         self.rx = self.tx = 0
         # The upstream may have paused this socket for the body (its write buffer was full when the
         # exchange ended): the next request must be read.

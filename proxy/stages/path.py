@@ -34,8 +34,8 @@ log = logging.getLogger("proxy.stages.path")
 class RequestPath:
     """A listener's request handler and state (implements the codec's `Listener` protocol)."""
 
-    __slots__ = ("_clock", "_conn_gauge", "_connections", "_traffic", "edge", "in_flight", "name", "router", "settings",
-                 "sinks")
+    __slots__ = ("_clock", "_conn_gauge", "_connections", "edge", "in_flight", "name", "router", "settings", "sinks",
+                 "traffic")
 
     def __init__(self, name: str, settings: ServerSettings, router: Router, trace: TracePropagator,
                  metrics: Metrics, clock: Clock) -> None:
@@ -44,7 +44,8 @@ class RequestPath:
         self._clock = clock
         self._connections: set[DownstreamConnection] = set()
         self._conn_gauge = metrics.downstream_connections(name)
-        self._traffic = metrics.listener_traffic(name)
+        # Connections report their bytes here (the codec's `Listener.traffic`).
+        self.traffic = metrics.listener_traffic(name)
         # Metrics first; the access log and spans will join them (issue 18).
         self.sinks: tuple[RecordSink, ...] = (MetricsSink(clock),)
         self.update(settings, router, trace)
@@ -60,14 +61,11 @@ class RequestPath:
     def connection_opened(self, conn: DownstreamConnection) -> None:
         self._connections.add(conn)
         self._conn_gauge.inc()
-        self._traffic.connections.inc()
+        self.traffic.connections.inc()
 
     def connection_closed(self, conn: DownstreamConnection) -> None:
         self._connections.discard(conn)
         self._conn_gauge.dec()
-
-    def count_bytes(self, rx: int, tx: int) -> None:
-        self._traffic.add(rx, tx)
 
     @property
     def connections(self) -> set[DownstreamConnection]:

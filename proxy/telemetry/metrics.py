@@ -38,6 +38,7 @@ from typing import Final
 from prometheus_client import CollectorRegistry, Counter, Gauge, disable_created_metrics
 
 from proxy.clock import Clock
+from proxy.stream import ByteCounter
 from proxy.telemetry.cells import (
     CounterCell,
     CounterFamily,
@@ -119,8 +120,11 @@ class RouteMetrics:
         if cell is None:
             cell = self._bind_code(code)
         cell.inc()
-        self._duration.observe(request.duration)
-        self._overhead.observe(request.sidecar_time)
+        duration = request.duration
+        self._duration.observe(duration)
+        # `request.sidecar_time`, inline: compiled, `max()` of two floats is a generic builtin call.
+        overhead = duration - request.upstream_time
+        self._overhead.observe(overhead if overhead > 0.0 else 0.0)
 
     def record_sampled(self, request: RequestRecord, wall: float) -> None:
         """`record_request` for a sampled trace: its id becomes the exemplar of both histograms' buckets
@@ -161,7 +165,7 @@ class MetricsSink(RecordSink):
                 counted_in.record_request(request)
 
 
-class ListenerTraffic:
+class ListenerTraffic(ByteCounter):
     """A listener's connection and byte counters (`sidecar_downstream_connections_total`,
     `sidecar_downstream_bytes_total`), bound once per listener. Connections count their own bytes in plain
     integers and add them here when a request on them ends and when they close, not per read."""
@@ -179,7 +183,7 @@ class ListenerTraffic:
         self.tx.value += tx
 
 
-class ClusterTraffic:
+class ClusterTraffic(ByteCounter):
     """A cluster's connection and byte counters (`sidecar_upstream_connections_total`,
     `sidecar_upstream_bytes_total`), bound once per cluster and shared by its endpoints' pools."""
 
