@@ -80,10 +80,10 @@ class HistogramCell:
 
     `counts[i]` counts observations `v` with `bounds[i-1] < v <= bounds[i]` (Prometheus' `le` is
     inclusive); the last slot is the `+Inf` bucket. `bucket_of` returns the first index whose bound
-    is >= v (as `bisect_left` would), which is exactly that bucket: a value equal to a bound lands in the bound's own bucket.
-    The `_count` series is the `+Inf` cumulative count, so `observe` keeps no separate count. (A NaN
-    would land in the first bucket, where prometheus_client counts it nowhere; durations from a
-    monotonic clock are never NaN, so the hot path does not test for it.)
+    is >= v (as `bisect_left` would), which is exactly that bucket: a value equal to a bound lands in
+    the bound's own bucket. The `_count` series is the `+Inf` cumulative count, so `observe` keeps no
+    separate count. (A NaN would land in the first bucket, where prometheus_client counts it nowhere;
+    durations from a monotonic clock are never NaN, so the hot path does not test for it.)
 
     `exemplars` stays None until the first `observe_exemplar` (a sampled request): unsampled traffic pays
     nothing for them. Then it holds, per bucket, the latest exemplar that fell in that bucket (OpenMetrics

@@ -24,6 +24,7 @@ import pytest
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as openmetrics_families
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.integration.test_websocket import WsUpstream
 from tests.unit.telemetry.test_metrics import openmetrics_as_text_format
 
 REPO = Path(__file__).resolve().parents[2]
@@ -215,4 +216,31 @@ async def test_dashboard_queries_name_only_exposed_families(sidecar) -> None:  #
     named = {name for expr in exprs for name in METRIC_NAME.findall(expr)}
     assert named, "no sidecar_* names in the dashboard's queries"
     assert sorted(named - exposed) == []
+    await upstream.stop()
+
+
+async def test_tunnelled_bytes_count_when_the_tunnel_ends(sidecar) -> None:  # type: ignore[no-untyped-def]
+    upstream = await WsUpstream().start()
+    running = await sidecar(config(f"127.0.0.1:{upstream.port}").replace("prefix: /api", "prefix: /"))
+    big = bytes(range(256)) * 4096  # 1 MiB each way
+    async with aiohttp.ClientSession() as session:
+        async with session.ws_connect(running.url("/ws"), timeout=aiohttp.ClientWSTimeout(ws_close=2)) as ws:
+            await ws.receive(timeout=2)
+            await ws.send_bytes(big)
+            reply = await ws.receive(timeout=5)
+            assert reply.data == b"echo:" + big
+            await ws.close()
+        deadline = time.monotonic() + 5
+        while True:
+            got = samples(await scrape(session, running.admin_url("/metrics")))
+            if got[("sidecar_downstream_connections", (("listener", "outbound"),))] == 0 or \
+                    time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.05)
+    down = {d: got[("sidecar_downstream_bytes_total", (("direction", d), ("listener", "outbound")))]
+            for d in ("rx", "tx")}
+    up = {d: got[("sidecar_upstream_bytes_total", (("cluster", "backend"), ("direction", d)))] for d in ("rx", "tx")}
+    # Frames are relayed byte for byte; only the handshake heads differ (headers the sidecar adds or drops).
+    assert down["rx"] > len(big) and down["tx"] > len(big)
+    assert abs(down["rx"] - up["tx"]) < 2048 and abs(down["tx"] - up["rx"]) < 2048, (down, up)
     await upstream.stop()
