@@ -39,7 +39,7 @@ from proxy.config.load import ConfigError, ConfigUnreadable, LoadedConfig, parse
 from proxy.config.model import Config, host_port
 from proxy.config.watch import ConfigWatcher
 from proxy.security.tls import TlsError
-from proxy.telemetry.exposition import render_metrics
+from proxy.telemetry.exposition import OPENMETRICS, render_metrics
 from proxy.telemetry.log_format import JsonFormatter, text_format
 from proxy.telemetry.merge import MergedMetrics, Source, merge
 from proxy.telemetry.metrics import RELOAD_RESULTS, Metrics
@@ -578,9 +578,10 @@ class Supervisor:
 
     # -- talking to workers ----------------------------------------------------------------------------
 
-    async def ask(self, slot: WorkerSlot, method: str, path: str) -> tuple[int, str]:
+    async def ask(self, slot: WorkerSlot, method: str, path: str,
+                  headers: dict[str, str] | None = None) -> tuple[int, str]:
         """One admin request to a worker over its unix socket: (status, body)."""
-        async with slot.session.request(method, f"http://worker-{slot.index}{path}") as response:
+        async with slot.session.request(method, f"http://worker-{slot.index}{path}", headers=headers) as response:
             return response.status, await response.text()
 
     def metrics_text(self) -> str:
@@ -650,7 +651,8 @@ class SupervisorView:
         async def one(slot: WorkerSlot) -> str | None:
             if not slot.serving:
                 return None
-            status, text = await self._sup.ask(slot, "GET", "/metrics")
+            # OpenMetrics: it carries the workers' exemplars, which the merge keeps (merge.py).
+            status, text = await self._sup.ask(slot, "GET", "/metrics", {"Accept": OPENMETRICS})
             return text if status == 200 else None
 
         sources = [Source(None, self._sup.metrics_text())]

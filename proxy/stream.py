@@ -14,7 +14,8 @@ Owns the interfaces between the request path and the codecs:
   `CancelReason`; the strongest reason wins, and `RequestStream.answer_cancelled()` is the one function
   that turns it into the local reply (before the response started) or a reset (after);
 - the small capabilities they hand each other (`BodySink`, `ReadControl`, `TunnelPeer`, `TunnelEnd`,
-  `DownstreamConnection`) and `ResponseReady`, what an attempt learns when a response head arrives.
+  `DownstreamConnection`) and `ResponseReady`, what an attempt learns when a response head arrives;
+- `ByteCounter`: where a connection reports the bytes it moved (the metrics implement it).
 The HTTP/1 codec (`proxy.http.server`, `proxy.http.client`) implements them; an HTTP/2 codec will
 implement the same ones, so the stages above never read framing or HTTP/1-only facts.
 
@@ -30,7 +31,7 @@ from collections.abc import Callable
 from enum import IntEnum
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
-from mypy_extensions import trait
+from mypy_extensions import mypyc_attr, trait
 
 from proxy.message import Headers, RequestHead, ResponseHead
 
@@ -107,6 +108,20 @@ class DownstreamConnection(Protocol):
 
     def drain(self) -> None: ...
     def abort(self) -> None: ...
+
+
+@mypyc_attr(allow_interpreted_subclasses=True)
+class ByteCounter:
+    """Where a connection reports the bytes it read (`rx`) and wrote (`tx`) since it last reported: its codec
+    counts in plain integers and reports once per response and once as it closes. A native base class, so
+    that report is a vtable call from the compiled codec, not a Protocol's Python-level lookup. This base
+    counts nothing (the admin port's connections, tests); the metrics' `ListenerTraffic` and
+    `ClusterTraffic` add to counters."""
+
+    __slots__ = ()
+
+    def add(self, rx: int, tx: int) -> None:
+        pass
 
 
 class ResponseReady:
@@ -298,6 +313,10 @@ class UpstreamStream:
     context: str
     closed: bool
     requests_sent: int
+    # Bytes read from and written to the upstream (heads, bodies, framing, tunnelled; after TLS) that the
+    # pool has not yet added to its cluster's counters (it does when the stream comes back, and when it closes).
+    rx: int
+    tx: int
     on_idle: Callable[[Any], None] | None
     on_lost: Callable[[Any], None] | None
 

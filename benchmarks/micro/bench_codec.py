@@ -27,6 +27,7 @@ from proxy.http.server import Exchange, ServerConnection
 from proxy.http.settings import ServerSettings
 from proxy.local_reply import LocalReply
 from proxy.message import RequestHead, ResponseHead
+from proxy.stream import ByteCounter
 
 REQUEST = (
     b"GET /api/v1/campaigns?page=2 HTTP/1.1\r\n"
@@ -98,6 +99,7 @@ class AnsweringListener:
         self.in_flight = 0
         self.rng = random.Random(0)
         self.handled = 0
+        self.traffic = ByteCounter()
 
     async def handle(self, exchange: Exchange) -> None:
         self.handled += 1

@@ -27,6 +27,7 @@ from proxy.http.server import Exchange, ServerConnection, create_protocol_factor
 from proxy.http.settings import ServerSettings
 from proxy.local_reply import LocalReply
 from proxy.message import Headers, ResponseHead, reason_phrase
+from proxy.stream import ByteCounter
 
 log = logging.getLogger(__name__)
 
@@ -188,6 +189,8 @@ class AdminServer:
         self.in_flight = 0
         self.rng = random.Random()
         self._connections: set[ServerConnection] = set()
+        # The codec's `Listener.traffic`: the admin port's bytes are counted nowhere.
+        self.traffic = ByteCounter()
 
     async def start(self) -> int:
         """Bind and serve; return the bound port (0 on a unix socket)."""

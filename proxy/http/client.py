@@ -118,7 +118,9 @@ class ClientConnection(asyncio.Protocol, UpstreamStream):
         "on_lost",
         "parser",
         "requests_sent",
+        "rx",
         "transport",
+        "tx",
         "write_paused",
     )
 
@@ -135,6 +137,9 @@ class ClientConnection(asyncio.Protocol, UpstreamStream):
         # The pool's hook for a closed connection (so its count of open connections stays true).
         self.on_lost: Callable[[Any], None] | None = None
         self.requests_sent = 0
+        # Bytes read and written, not yet reported (the pool adds them to the cluster's counters).
+        self.rx = 0
+        self.tx = 0
         self.downstream: ResponseSink | None = None
         # The client connection whose request body streams into this one (paused while we cannot write).
         self.body_reader: ReadControl | None = None
@@ -198,14 +203,11 @@ class ClientConnection(asyncio.Protocol, UpstreamStream):
         request = serialize_request(head, extra, framing)
         assert self.transport is not None
         if whole:
-            if chunked:
-                self.transport.write(request + chunk(whole) + last_chunk(trailers))
-            else:
-                self.transport.write(request + whole)
+            request = request + chunk(whole) + last_chunk(trailers) if chunked else request + whole
         elif whole is not None and chunked:
-            self.transport.write(request + last_chunk(trailers))
-        else:
-            self.transport.write(request)
+            request = request + last_chunk(trailers)
+        self.tx += len(request)
+        self.transport.write(request)
 
     # BodySink: the downstream request body streams through these.
     def write_body(self, data: bytes) -> None:
@@ -213,8 +215,11 @@ class ClientConnection(asyncio.Protocol, UpstreamStream):
             return
         if self._body_chunked:
             if data:
-                self.transport.write(chunk(data))
+                framed = chunk(data)
+                self.tx += len(framed)
+                self.transport.write(framed)
         else:
+            self.tx += len(data)
             self.transport.write(data)
 
     def set_body_reader(self, reader: ReadControl | None) -> None:
@@ -231,7 +236,9 @@ class ClientConnection(asyncio.Protocol, UpstreamStream):
 
     def end_body(self, trailers: Headers | None = None) -> None:
         if self._body_chunked and not self.closed and self.transport is not None:
-            self.transport.write(last_chunk(trailers))
+            last = last_chunk(trailers)
+            self.tx += len(last)
+            self.transport.write(last)
 
     async def response_head(self) -> ResponseReady:
         """Wait for the response head (1xx other than 101 are skipped)."""
@@ -353,6 +360,7 @@ class ClientConnection(asyncio.Protocol, UpstreamStream):
         return UpstreamError(FailureKind.RESET, f"{self.context}: {detail}", stale=stale)
 
     def data_received(self, data: bytes) -> None:
+        self.rx += len(data)
         if self._tunnel is not None:
             self._tunnel.write(data)
             return
@@ -557,6 +565,7 @@ class ClientConnection(asyncio.Protocol, UpstreamStream):
 
     def tunnel_write(self, data: bytes) -> None:
         if self.transport is not None and not self.closed:
+            self.tx += len(data)
             self.transport.write(data)
 
     def tunnel_eof(self) -> None:

@@ -38,6 +38,7 @@ from proxy.stream import (
     CLIENT_GONE,
     STREAM_IDLE,
     BodySink,
+    ByteCounter,
     CancelReason,
     ReadControl,
     RequestBody,
@@ -73,6 +74,11 @@ class Listener(Protocol):
         the cancellation that stopped its handler before its first step (`answer_cancelled`)."""
     def connection_opened(self, conn: ServerConnection) -> None: ...
     def connection_closed(self, conn: ServerConnection) -> None: ...
+
+    @property
+    def traffic(self) -> ByteCounter:
+        """Where connections report their bytes: after each response, and once more as they close (before
+        `connection_closed`). Read once per connection."""
 
 
 class Http1RequestBody(RequestBody):
@@ -390,6 +396,7 @@ class ServerConnection(asyncio.Protocol):
         "_stopped",
         "_task",
         "_timer",
+        "_traffic",
         "_trailer_bytes",
         "_trailer_count",
         "_trailers",
@@ -403,7 +410,9 @@ class ServerConnection(asyncio.Protocol):
         "now",
         "parser",
         "peer",
+        "rx",
         "transport",
+        "tx",
         "write_paused",
     )
 
@@ -456,6 +465,11 @@ class ServerConnection(asyncio.Protocol):
         # Our socket's write buffer is over its high-water mark: an upstream attached now starts paused.
         self.write_paused = False
         self.idle_since = loop.time()
+        # Bytes read and written (heads, bodies, framing, tunnelled; after TLS) not yet reported to the
+        # listener: plain integer adds per read and write, reported per response and at close.
+        self.rx = 0
+        self.tx = 0
+        self._traffic = listener.traffic
 
     def identify(self, identity: str, client_cert: bytes) -> None:
         """A TLS listener's acceptor, before connection_made: the peer's SPIFFE ID ("" without one) and the
@@ -484,11 +498,18 @@ class ServerConnection(asyncio.Protocol):
         if self._tunnel is not None:
             self._tunnel.tunnel_close()
             self._tunnel = None
+        self._traffic.add(self.rx, self.tx)
+        self.rx = self.tx = 0
         self.listener.connection_closed(self)
         # The client went away mid-request (or we closed an idle one): its handler stops its work.
         self._client_gone("closed its connection")
 
     def data_received(self, data: bytes) -> None:
+        self.rx += len(data)
+        self._receive(data)
+
+    def _receive(self, data: bytes) -> None:
+        """Bytes read (or held back and now due): the tunnel's, or HTTP/1.1 to parse."""
         if self._tunnel is not None:
             self._tunnel.tunnel_write(data)
             return
@@ -516,7 +537,7 @@ class ServerConnection(asyncio.Protocol):
             if pos < size and not self._closing:
                 rest = bytes(view[pos:])
                 if self._stopped:
-                    self.data_received(rest)  # tunnel bytes after a handshake, or dropped after an error
+                    self._receive(rest)  # tunnel bytes after a handshake, or dropped after an error
                 else:
                     self._pending += rest
         # Handlers start only once the whole read is parsed: a framing error later in the same read then
@@ -845,6 +866,8 @@ class ServerConnection(asyncio.Protocol):
         self.active = None
         self._task = None
         exchange.upstream_reader = None
+        self._traffic.add(self.rx, self.tx)
+        self.rx = self.tx = 0
         # The upstream may have paused this socket for the body (its write buffer was full when the
         # exchange ended): the next request must be read.
         self._unblock(_BLOCK_UPSTREAM)
@@ -865,6 +888,7 @@ class ServerConnection(asyncio.Protocol):
     def write(self, data: bytes) -> None:
         transport = self.transport
         if transport is not None and not self._closing:
+            self.tx += len(data)
             transport.write(data)
 
     def close(self) -> None:
@@ -964,7 +988,7 @@ class ServerConnection(asyncio.Protocol):
                     body.length or 0)
                 self.parser.feed_data(b"POST / HTTP/1.1\r\nhost: -\r\n" + framing + b"\r\n\r\n")
             if rest:
-                self.data_received(rest)
+                self._receive(rest)
 
     def start_tunnel(self, peer: TunnelPeer) -> None:
         self._tunnel = peer

@@ -36,7 +36,7 @@ class RequestPath:
     """A listener's request handler and state (implements the codec's `Listener` protocol)."""
 
     __slots__ = ("_clock", "_conn_gauge", "_connections", "edge", "in_flight", "metrics_sink", "name", "record_spans",
-                 "router", "settings", "sinks")
+                 "router", "settings", "sinks", "traffic")
 
     def __init__(self, name: str, settings: ServerSettings, router: Router, trace: TracePropagator,
                  metrics: Metrics, clock: Clock) -> None:
@@ -45,8 +45,10 @@ class RequestPath:
         self._clock = clock
         self._connections: set[DownstreamConnection] = set()
         self._conn_gauge = metrics.downstream_connections(name)
+        # Connections report their bytes here (the codec's `Listener.traffic`).
+        self.traffic = metrics.listener_traffic(name)
         # Metrics for every request (a native call); the access log and spans when configured (`set_sinks`).
-        self.metrics_sink = MetricsSink()
+        self.metrics_sink = MetricsSink(clock)
         self.sinks: tuple[RecordSink, ...] = ()
         # Whether sampled requests record a server span and attempt spans (a span sink is among the sinks).
         self.record_spans = False
@@ -70,6 +72,7 @@ class RequestPath:
     def connection_opened(self, conn: DownstreamConnection) -> None:
         self._connections.add(conn)
         self._conn_gauge.inc()
+        self.traffic.connections.inc()
 
     def connection_closed(self, conn: DownstreamConnection) -> None:
         self._connections.discard(conn)

@@ -23,12 +23,12 @@ from __future__ import annotations
 
 import itertools
 import math
-from bisect import bisect_left
 from collections.abc import Iterator, Sequence
 from typing import Generic, TypeVar
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.samples import Exemplar
 from prometheus_client.utils import floatToGoString
 
 
@@ -63,27 +63,66 @@ class GaugeCell:
         self.value = float(value)
 
 
+class CellExemplar:
+    """The last exemplar of one bucket: the trace id (hex bytes, as on the wire) of a sampled request that
+    fell in it, the value it observed and when (wall-clock seconds). Decoded only at scrape time."""
+
+    __slots__ = ("timestamp", "trace_id", "value")
+
+    def __init__(self, trace_id: bytes, value: float, timestamp: float) -> None:
+        self.trace_id = trace_id
+        self.value = value
+        self.timestamp = timestamp
+
+
 class HistogramCell:
     """One histogram series: per-bucket (not cumulative) counts, made cumulative at scrape time.
 
     `counts[i]` counts observations `v` with `bounds[i-1] < v <= bounds[i]` (Prometheus' `le` is
-    inclusive); the last slot is the `+Inf` bucket. `bisect_left` returns the first index whose bound
-    is >= v, which is exactly that bucket: a value equal to a bound lands in the bound's own bucket.
-    The `_count` series is the `+Inf` cumulative count, so `observe` keeps no separate count. (A NaN
-    would land in the first bucket, where prometheus_client counts it nowhere; durations from a
-    monotonic clock are never NaN, so the hot path does not test for it.)
+    inclusive); the last slot is the `+Inf` bucket. `bucket_of` returns the first index whose bound
+    is >= v (as `bisect_left` would), which is exactly that bucket: a value equal to a bound lands in
+    the bound's own bucket. The `_count` series is the `+Inf` cumulative count, so `observe` keeps no
+    separate count. (A NaN would land in the first bucket, where prometheus_client counts it nowhere;
+    durations from a monotonic clock are never NaN, so the hot path does not test for it.)
+
+    `exemplars` stays None until the first `observe_exemplar` (a sampled request): unsampled traffic pays
+    nothing for them. Then it holds, per bucket, the latest exemplar that fell in that bucket (OpenMetrics
+    puts an exemplar on the `_bucket` line its value falls in; the Prometheus text format has none).
     """
 
-    __slots__ = ("bounds", "counts", "sum")
+    __slots__ = ("bounds", "counts", "exemplars", "sum")
 
     def __init__(self, bounds: tuple[float, ...]) -> None:
         self.bounds = bounds
         self.counts = [0] * (len(bounds) + 1)
         self.sum = 0.0
+        self.exemplars: list[CellExemplar | None] | None = None
 
     def observe(self, value: float) -> None:
-        self.counts[bisect_left(self.bounds, value)] += 1
+        self.counts[self.bucket_of(value)] += 1
         self.sum += value
+
+    def bucket_of(self, value: float) -> int:
+        """`bisect_left(bounds, value)`: the first bucket whose bound is >= value (the `+Inf` slot after them
+        all; NaN, for which every comparison is false, the first, as bisect puts it). A scan from the
+        smallest bound, compiled: request durations land in the first few buckets, and this costs a fraction
+        of a call into `bisect` with a boxed float (measured in docs/decisions/0022)."""
+        bounds = self.bounds
+        at = 0
+        end = len(bounds)
+        while at < end and bounds[at] < value:
+            at += 1
+        return at
+
+    def observe_exemplar(self, value: float, trace_id: bytes, timestamp: float) -> None:
+        """`observe`, keeping `trace_id` as the exemplar of the bucket the value falls in (sampled requests)."""
+        at = self.bucket_of(value)
+        self.counts[at] += 1
+        self.sum += value
+        exemplars = self.exemplars
+        if exemplars is None:
+            exemplars = self.exemplars = [None] * len(self.counts)
+        exemplars[at] = CellExemplar(trace_id, value, timestamp)
 
 
 CellT = TypeVar("CellT", CounterCell, GaugeCell, HistogramCell)
@@ -155,6 +194,19 @@ class CounterFamily(_Family[CounterCell]):
         metric.add_sample(self.name + "_total", labels, cell.value)
 
 
+class UnclaimedCounterFamily(CounterFamily):
+    """A counter family whose name without `_total` is a gauge's (`sidecar_downstream_connections_total`
+    beside the `sidecar_downstream_connections` gauge): it claims no names in the registry, whose duplicate
+    check would otherwise see the counter's base name as the gauge's. The text exposition keeps them apart
+    (`_total` on the counter's HELP and TYPE); `exposition.render_metrics` renames the family for
+    OpenMetrics, where both would be one family name."""
+
+    __slots__ = ()
+
+    def describe(self) -> list[Metric]:
+        return []
+
+
 class GaugeFamily(_Family[GaugeCell]):
     """A gauge family."""
 
@@ -204,8 +256,13 @@ class HistogramFamily(_Family[HistogramCell]):
     def _add_samples(self, metric: Metric, labels: dict[str, str], cell: HistogramCell) -> None:
         bucket = self.name + "_bucket"
         total = 0.0
-        for le, count in zip(self._les, cell.counts, strict=True):
+        exemplars = cell.exemplars
+        for at, (le, count) in enumerate(zip(self._les, cell.counts, strict=True)):
             total += count
-            metric.add_sample(bucket, {**labels, "le": le}, total)
+            kept = exemplars[at] if exemplars is not None else None
+            # prometheus_client's OpenMetrics encoder renders the exemplar; its text encoder ignores it.
+            exemplar = None if kept is None else Exemplar(
+                {"trace_id": kept.trace_id.decode("latin-1")}, kept.value, kept.timestamp)
+            metric.add_sample(bucket, {**labels, "le": le}, total, None, exemplar)
         metric.add_sample(self.name + "_count", labels, total)
         metric.add_sample(self.name + "_sum", labels, cell.sum)

@@ -8,6 +8,14 @@ endpoints per cluster, certificate expiry) describes one worker's own view, so i
 worker with an extra `worker="I"` label instead of a meaningless sum. `sidecar_config_reloads_total`
 takes the largest value, not the sum: every process applies (and counts) the same reload.
 
+Exemplars: a source may be OpenMetrics (it ends with `# EOF`; the supervisor asks its workers for it), whose
+histogram buckets carry the trace id of a sampled request. The merged bucket keeps the newest exemplar any
+worker had for it (by its timestamp), so the sidecar's OpenMetrics `/metrics` links to traces in worker mode
+too. A counter that OpenMetrics had to name in full as an `unknown` family (`exposition.OpenMetricsNames`)
+is read back as the counter it is, so a mix of formats merges into the same families. A counter is kept
+apart from a family of another type with its name: `sidecar_downstream_connections` is both a gauge and
+(with `_total`) a counter.
+
 Must not: do I/O, know where the texts come from, or hold state between scrapes. It is pure: text in,
 `Metric` families out (rendered by `exposition.render_metrics` through `MergedMetrics`).
 
@@ -23,9 +31,10 @@ from dataclasses import dataclass
 from typing import Final
 
 from prometheus_client.metrics_core import Metric
+from prometheus_client.openmetrics.parser import text_string_to_metric_families as openmetrics_families
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
-from prometheus_client.samples import Sample
+from prometheus_client.samples import Exemplar, Sample
 
 # Gauges whose values add up across workers. Others get a `worker` label (see the module docstring).
 SUMMED_GAUGES: Final[frozenset[str]] = frozenset({"sidecar_downstream_connections"})
@@ -56,32 +65,35 @@ def merge(sources: Sequence[Source], summed_gauges: frozenset[str] = SUMMED_GAUG
     Families and series keep the order in which they were first seen, so histogram buckets of one
     label set stay together and in `le` order, as they were in each worker's output.
     """
-    families: dict[str, Metric] = {}
+    families: dict[tuple[str, bool], Metric] = {}
     # Per family: (sample name, sorted labels) -> index into the family's samples, for summing.
-    index: dict[str, dict[tuple[str, tuple[tuple[str, str], ...]], int]] = {}
+    index: dict[tuple[str, bool], dict[tuple[str, tuple[tuple[str, str], ...]], int]] = {}
     for source in sources:
-        for family in text_string_to_metric_families(source.text):
-            merged = families.get(family.name)
+        for family in parse(source.text):
+            # A counter's samples end in `_total`, so it may share its name with one other family; two
+            # other types of one name would render clashing samples.
+            key = (family.name, family.type == "counter")
+            merged = families.get(key)
             if merged is None:
                 merged = Metric(family.name, family.documentation, family.type, family.unit)
-                families[family.name] = merged
-                index[family.name] = {}
+                families[key] = merged
+                index[key] = {}
             elif merged.type != family.type:
                 # Only a version skew between workers could cause this; keep the first type rather than
                 # emit a family Prometheus would reject.
                 continue
             maximum = merged.name in maxed
             combined = maximum or merged.type in _SUMMED_TYPES or merged.name in summed_gauges
-            seen = index[family.name]
+            seen = index[key]
             for sample in family.samples:
                 labels = dict(sample.labels)
                 if not combined and source.worker is not None:
                     labels[WORKER_LABEL] = source.worker
-                key = (sample.name, tuple(sorted(labels.items())))
-                at = seen.get(key)
+                at_key = (sample.name, tuple(sorted(labels.items())))
+                at = seen.get(at_key)
                 if at is None:
-                    seen[key] = len(merged.samples)
-                    merged.samples.append(Sample(sample.name, labels, sample.value, None, None))
+                    seen[at_key] = len(merged.samples)
+                    merged.samples.append(Sample(sample.name, labels, sample.value, None, sample.exemplar))
                     continue
                 old = merged.samples[at]
                 if maximum:
@@ -90,8 +102,39 @@ def merge(sources: Sequence[Source], summed_gauges: frozenset[str] = SUMMED_GAUG
                     value = old.value + sample.value
                 else:
                     value = sample.value  # the same gauge series from two non-worker sources: the later wins
-                merged.samples[at] = Sample(old.name, old.labels, value, None, None)
+                merged.samples[at] = Sample(old.name, old.labels, value, None, _newer(old.exemplar, sample.exemplar))
     return list(families.values())
+
+
+def parse(text: str) -> list[Metric]:
+    """The families of one exposition, Prometheus text or OpenMetrics (which ends with `# EOF`). A counter
+    OpenMetrics carried as an `unknown` family under its `_total` name becomes that counter again."""
+    if not text.rstrip().endswith("# EOF"):
+        return list(text_string_to_metric_families(text))
+    families = []
+    for family in openmetrics_families(text):  # type: ignore[no-untyped-call]
+        if family.type == "unknown" and family.name.endswith("_total"):
+            counter = Metric(family.name.removesuffix("_total"), family.documentation, "counter", family.unit)
+            counter.samples = list(family.samples)
+            family = counter
+        families.append(family)
+    return families
+
+
+def _newer(old: Exemplar | None, new: Exemplar | None) -> Exemplar | None:
+    """The later of two exemplars of one bucket (by timestamp; one without a timestamp loses)."""
+    if old is None:
+        return new
+    if new is None:
+        return old
+    return new if _seconds(new) >= _seconds(old) else old
+
+
+def _seconds(exemplar: Exemplar) -> float:
+    stamp = exemplar.timestamp
+    if stamp is None:
+        return float("-inf")
+    return float(stamp) if isinstance(stamp, int | float) else float(stamp.sec) + stamp.nsec / 1e9
 
 
 class MergedMetrics(Collector):

@@ -13,7 +13,8 @@ Binding happens when a route, cluster or listener is built (or rebuilt on reload
 then held by those runtime objects for their lifetime.
 
 The families the request path touches on every request or connection (requests, request duration,
-upstream attempts, retries, rate limited, limits rejected, downstream connections) are lock-free cells
+proxy overhead, upstream attempts, retries, rate limited, limits rejected, downstream connections, the
+connection and byte counters) are lock-free cells
 from `cells.py` rather than prometheus_client children: a worker is one process with one event loop,
 and scrapes run on that loop, so prometheus_client's per-`inc()` lock, amount check and per-bucket
 locked histogram walk are pure cost there. Their exposition (names, HELP/TYPE, labels, buckets,
@@ -21,6 +22,12 @@ order) is byte-for-byte what prometheus_client rendered for them, so dashboards 
 merge (merge.py, which parses the text) see no difference. The control-path families (breaker,
 endpoints, TLS, certificates, reloads) stay prometheus_client families: they change rarely, and may
 be touched from wherever the control path runs.
+
+Issue 18's families (overhead, connections opened, bytes) are registered after all the others, so the
+exposition of every earlier family stays as it was. Bytes are counted by the codec's connections in plain
+integers and reported to `ListenerTraffic` / `ClusterTraffic` when a response ends and when the connection
+closes: one add per read or write on the connection, two cell adds per request. Exemplars: the request
+path keeps only the trace id (bytes) of a sampled request, on the bucket its value fell in (`cells.py`).
 """
 
 from __future__ import annotations
@@ -30,13 +37,30 @@ from typing import Final
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, disable_created_metrics
 
-from proxy.telemetry.cells import CounterCell, CounterFamily, GaugeCell, GaugeFamily, HistogramCell, HistogramFamily
+from proxy.clock import Clock
+from proxy.stream import ByteCounter
+from proxy.telemetry.cells import (
+    CounterCell,
+    CounterFamily,
+    GaugeCell,
+    GaugeFamily,
+    HistogramCell,
+    HistogramFamily,
+    UnclaimedCounterFamily,
+)
 from proxy.telemetry.record import RequestRecord
 
 # Request latency of a proxy spans sub-millisecond local replies to long upstream calls; 30 s is the
 # top finite bucket because longer requests are streams whose exact duration nobody alerts on.
 DURATION_BUCKETS: Final[tuple[float, ...]] = (
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+)
+
+# The sidecar's own share of a request (everything but waiting on upstreams): a plain proxied request costs
+# tens of microseconds, a request that builds a local reply or parks in a bulkhead queue more. 10 us to 10 ms
+# (the contract), about three buckets a decade; slower than 10 ms lands in +Inf, which is itself the alert.
+OVERHEAD_BUCKETS: Final[tuple[float, ...]] = (
+    0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01,
 )
 
 # Label values the contract fixes. Kept as tuples so tests and callers can enumerate them.
@@ -47,6 +71,8 @@ BREAKER_STATES: Final = ("closed", "open", "half_open")
 # The contract's three, then this sidecar's two more: failed by active health checks, terminating (Kubernetes).
 ENDPOINT_STATES: Final = ("healthy", "ejected", "breaker_open", "unhealthy", "terminating")
 RELOAD_RESULTS: Final = ("success", "failure")
+# The `direction` label of the byte counters: rx = read from that peer's socket, tx = written to it.
+DIRECTIONS: Final = ("rx", "tx")
 # The `kind` label of sidecar_discovery_errors_total (proxy/discovery/dns.py says which failure is which).
 # DNS: nxdomain, timeout, empty, other; Kubernetes (proxy/discovery/kube_api.py): config, unreachable,
 # unauthorized, forbidden, not_found, gone, api_error, malformed (and timeout).
@@ -58,33 +84,59 @@ BREAKER_STATE_VALUE: Final[dict[str, float]] = {"closed": 0.0, "open": 1.0, "hal
 
 
 class RouteMetrics:
-    """Request count and duration for one (listener, route, cluster), bound once.
+    """Request count, duration and the sidecar's overhead for one (listener, route, cluster), bound once.
 
-    `record` is called once per logical request (retries included, as the contract says). The
-    requests counter has a `code` label, whose values are only known as responses arrive, so the
-    cell for each code is bound on first use and cached here: later requests with that code are a
-    dict lookup plus an add.
+    `record_request` (or `record_sampled`) is called once per logical request (retries included, as the
+    contract says). The requests counter has a `code` label, whose values are only known as responses
+    arrive, so the cell for each code is bound on first use and cached here: later requests with that code
+    are a dict lookup plus an add. The overhead histogram is labelled by (listener, route) only: the
+    handles of one route's clusters share its one cell.
     """
 
-    __slots__ = ("_cluster", "_codes", "_duration", "_listener", "_requests", "_route")
+    __slots__ = ("_cluster", "_codes", "_duration", "_listener", "_overhead", "_requests", "_route")
 
-    def __init__(
-        self, requests: CounterFamily, duration: HistogramFamily, listener: str, route: str, cluster: str
-    ) -> None:
+    def __init__(self, requests: CounterFamily, duration: HistogramFamily, overhead: HistogramFamily,
+                 listener: str, route: str, cluster: str) -> None:
         self._requests = requests
         self._listener = listener
         self._route = route
         self._cluster = cluster
         self._codes: dict[int, CounterCell] = {}
         self._duration: HistogramCell = duration.labels(listener, route, cluster)
+        self._overhead: HistogramCell = overhead.labels(listener, route)
 
     def record(self, code: int, seconds: float) -> None:
-        """Count one finished logical request with status `code` that took `seconds`."""
+        """Count one finished logical request with status `code` that took `seconds` (no overhead known)."""
         cell = self._codes.get(code)
         if cell is None:
             cell = self._bind_code(code)
         cell.inc()
         self._duration.observe(seconds)
+
+    def record_request(self, request: RequestRecord) -> None:
+        """Count a finished request: its status, its duration and the sidecar's own share of it."""
+        code = request.status
+        cell = self._codes.get(code)
+        if cell is None:
+            cell = self._bind_code(code)
+        cell.inc()
+        duration = request.duration
+        self._duration.observe(duration)
+        # `request.sidecar_time`, inline: compiled, `max()` of two floats is a generic builtin call.
+        overhead = duration - request.upstream_time
+        self._overhead.observe(overhead if overhead > 0.0 else 0.0)
+
+    def record_sampled(self, request: RequestRecord, wall: float) -> None:
+        """`record_request` for a sampled trace: its id becomes the exemplar of both histograms' buckets
+        (`wall`: when, in Unix seconds)."""
+        code = request.status
+        cell = self._codes.get(code)
+        if cell is None:
+            cell = self._bind_code(code)
+        cell.inc()
+        trace_id = request.trace_id
+        self._duration.observe_exemplar(request.duration, trace_id, wall)
+        self._overhead.observe_exemplar(request.sidecar_time, trace_id, wall)
 
     def _bind_code(self, code: int) -> CounterCell:
         # Off the common path: runs once per distinct status code seen on this route.
@@ -94,14 +146,62 @@ class RouteMetrics:
 
 
 class MetricsSink:
-    """The metrics sink of the request record: one finished request, counted in the child it names."""
+    """The metrics sink of the request record (a `RecordSink`): one finished request, counted in the child it
+    names.
 
-    __slots__ = ()
+    A sampled request with a trace id leaves that id as an exemplar (read the wall clock for it only then);
+    every other request stores nothing but counts."""
+
+    __slots__ = ("_clock",)
+
+    def __init__(self, clock: Clock) -> None:
+        self._clock = clock
 
     def record(self, request: RequestRecord) -> None:
         counted_in = request.counted_in
         if counted_in is not None:
-            counted_in.record(request.status, request.duration)
+            if request.sampled and request.trace_id:
+                counted_in.record_sampled(request, self._clock.wall())
+            else:
+                counted_in.record_request(request)
+
+
+class ListenerTraffic(ByteCounter):
+    """A listener's connection and byte counters (`sidecar_downstream_connections_total`,
+    `sidecar_downstream_bytes_total`), bound once per listener. Connections count their own bytes in plain
+    integers and add them here when a request on them ends and when they close, not per read."""
+
+    __slots__ = ("connections", "rx", "tx")
+
+    def __init__(self, connections: CounterFamily, transferred: CounterFamily, listener: str) -> None:
+        self.connections: CounterCell = connections.labels(listener)
+        self.rx: CounterCell = transferred.labels(listener, "rx")
+        self.tx: CounterCell = transferred.labels(listener, "tx")
+
+    def add(self, rx: int, tx: int) -> None:
+        """Bytes a connection read (`rx`) and wrote (`tx`) since it last reported."""
+        self.rx.value += rx
+        self.tx.value += tx
+
+
+class ClusterTraffic(ByteCounter):
+    """A cluster's connection and byte counters (`sidecar_upstream_connections_total`,
+    `sidecar_upstream_bytes_total`), bound once per cluster and shared by its endpoints' pools."""
+
+    __slots__ = ("connections", "rx", "tx")
+
+    def __init__(self, connections: CounterFamily, transferred: CounterFamily, cluster: str) -> None:
+        self.connections: CounterCell = connections.labels(cluster)
+        self.rx: CounterCell = transferred.labels(cluster, "rx")
+        self.tx: CounterCell = transferred.labels(cluster, "tx")
+
+    def opened(self) -> None:
+        self.connections.value += 1
+
+    def add(self, rx: int, tx: int) -> None:
+        """Bytes a connection read from the upstream (`rx`) and wrote to it (`tx`) since it last reported."""
+        self.rx.value += rx
+        self.tx.value += tx
 
 
 class AttemptMetrics:
@@ -180,9 +280,12 @@ class Metrics:
         "cert_expiry",
         "config_reloads_family",
         "discovery_errors_family",
+        "downstream_bytes_family",
         "downstream_connections_family",
+        "downstream_connections_total_family",
         "endpoints_family",
         "limits_rejected_family",
+        "proxy_overhead",
         "rate_limited_family",
         "registry",
         "request_duration",
@@ -192,6 +295,8 @@ class Metrics:
         "tls_reloads_family",
         "trace_spans_dropped",
         "upstream_attempts",
+        "upstream_bytes_family",
+        "upstream_connections_family",
     )
 
     def __init__(self, registry: CollectorRegistry) -> None:
@@ -304,22 +409,62 @@ class Metrics:
             "Access log lines dropped because the write queue was full or the write failed.",
             registry=registry,
         )
+        # Issue 18's families come last, so the exposition of every family before them is unchanged.
+        self.proxy_overhead = HistogramFamily(
+            "sidecar_proxy_overhead_seconds",
+            "Time requests spent in the sidecar itself, not waiting on upstreams.",
+            ("listener", "route"),
+            registry=registry,
+            buckets=OVERHEAD_BUCKETS,
+        )
+        self.downstream_connections_total_family = UnclaimedCounterFamily(
+            "sidecar_downstream_connections",
+            "Downstream connections accepted (closed: this minus the open gauge).",
+            ("listener",),
+            registry=registry,
+        )
+        self.upstream_connections_family = CounterFamily(
+            "sidecar_upstream_connections",
+            "Upstream connections opened per cluster (not health check probes).",
+            ("cluster",),
+            registry=registry,
+        )
+        self.downstream_bytes_family = CounterFamily(
+            "sidecar_downstream_bytes",
+            "Bytes read (rx) and written (tx) on downstream connections, after TLS.",
+            ("listener", "direction"),
+            registry=registry,
+        )
+        self.upstream_bytes_family = CounterFamily(
+            "sidecar_upstream_bytes",
+            "Bytes read (rx) and written (tx) on upstream connections, after TLS.",
+            ("cluster", "direction"),
+            registry=registry,
+        )
 
     # -- request path handles (bind once, keep) -------------------------------------------------
 
     def for_route(self, listener: str, route: str, cluster: str) -> RouteMetrics:
         """Request count/duration handle for requests routed by `route` to `cluster`."""
-        return RouteMetrics(self.requests, self.request_duration, listener, route, cluster)
+        return RouteMetrics(self.requests, self.request_duration, self.proxy_overhead, listener, route, cluster)
 
     def for_local(self, listener: str) -> RouteMetrics:
         """Handle for replies made before any route or cluster was chosen (no route matched,
         listener-wide limit, malformed request, ...). Such series carry `route=""` and
         `cluster=""`, which keeps label sets uniform per family as Prometheus expects."""
-        return RouteMetrics(self.requests, self.request_duration, listener, "", "")
+        return RouteMetrics(self.requests, self.request_duration, self.proxy_overhead, listener, "", "")
 
     def downstream_connections(self, listener: str) -> GaugeCell:
         """Gauge cell for open downstream connections of `listener` (inc on accept, dec on close)."""
         return self.downstream_connections_family.labels(listener)
+
+    def listener_traffic(self, listener: str) -> ListenerTraffic:
+        """Connection and byte counters of `listener`."""
+        return ListenerTraffic(self.downstream_connections_total_family, self.downstream_bytes_family, listener)
+
+    def cluster_traffic(self, cluster: str) -> ClusterTraffic:
+        """Connection and byte counters of `cluster` (its pools share them)."""
+        return ClusterTraffic(self.upstream_connections_family, self.upstream_bytes_family, cluster)
 
     def attempts(self, cluster: str) -> AttemptMetrics:
         return AttemptMetrics(self.upstream_attempts, cluster)

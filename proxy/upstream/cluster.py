@@ -77,6 +77,7 @@ class Cluster:
             connector=connector if connector is not None else no_connector,
             # TLS origination (a cluster with `tls:`), made by the wiring from the config; None: plain TCP.
             tls=tls,
+            traffic=metrics.cluster_traffic(config.name),
         )
         self.tls = tls
         self.endpoints: tuple[Endpoint, ...] = ()

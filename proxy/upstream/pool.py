@@ -34,6 +34,7 @@ from typing import Protocol, cast
 from proxy.clock import Clock, Timer
 from proxy.errors import FailureKind, UpstreamError
 from proxy.stream import UpstreamStream
+from proxy.telemetry.metrics import ClusterTraffic
 
 log = logging.getLogger("proxy.upstream.pool")
 
@@ -97,6 +98,8 @@ class PoolSettings:
     connector: Connector = no_connector
     # TLS origination for a cluster with `tls:`; None: plain TCP.
     tls: OriginTls | None = None
+    # The cluster's connection and byte counters (None: not counted, as in tests of the pool alone).
+    traffic: ClusterTraffic | None = None
 
 
 class Pool:
@@ -162,6 +165,8 @@ class Pool:
         conn.on_idle = self._release
         conn.on_lost = self._forget
         self._open.add(conn)
+        if settings.traffic is not None:
+            settings.traffic.opened()
         return conn
 
     def _protocol(self) -> asyncio.Protocol:
@@ -211,6 +216,11 @@ class Pool:
 
     def _release(self, conn: UpstreamStream) -> None:
         settings = self.settings
+        # Each exchange's bytes reach the counters as it ends (once per request, not per read).
+        traffic = settings.traffic
+        if traffic is not None:
+            traffic.add(conn.rx, conn.tx)
+            conn.rx = conn.tx = 0
         if (
             self._closed
             or len(self._idle) >= settings.max_idle
@@ -229,6 +239,12 @@ class Pool:
 
     def _forget(self, conn: UpstreamStream) -> None:
         self._open.discard(conn)
+        # Closed (or about to be): what it moved since it was last released. Also runs for a connection
+        # `_release` already reported and then closed, and again when it is lost: then it adds zeros.
+        traffic = self.settings.traffic
+        if traffic is not None:
+            traffic.add(conn.rx, conn.tx)
+            conn.rx = conn.tx = 0
 
     def _sweep(self) -> None:
         """Close connections idle longer than idle_timeout (oldest are at the left)."""

@@ -26,6 +26,7 @@ from proxy.http.server import HTTP2_PREFACE, PARSE_SLICE, Exchange, ServerConnec
 from proxy.http.settings import ServerSettings
 from proxy.local_reply import LocalReply
 from proxy.message import ResponseHead
+from proxy.stream import ByteCounter
 from tests.unit.http.fakes import Driver, FakeTransport, split_at
 
 LOCAL_STATUSES = {400, 405, 408, 413, 431, 505}
@@ -64,6 +65,18 @@ def head_key(exchange: Exchange) -> HeadKey:
             not exchange.close_after, exchange.http_minor)
 
 
+class CountedBytes(ByteCounter):
+    """What the codec reports of its connections' bytes."""
+
+    def __init__(self) -> None:
+        self.rx = 0
+        self.tx = 0
+
+    def add(self, rx: int, tx: int) -> None:
+        self.rx += rx
+        self.tx += tx
+
+
 class FakeListener:
     """Records each exchange's head (when handed over) and body (once complete); answers 200 `ok`."""
 
@@ -76,6 +89,7 @@ class FakeListener:
         self.bodies: list[bytes] = []
         self.opened = 0
         self.closed = 0
+        self.traffic = CountedBytes()
         self.local_replies: list[int] = []
 
     async def handle(self, exchange: Exchange) -> None:
@@ -169,6 +183,18 @@ class Outcome:
         return heads, self.bodies, statuses, self.closed
 
 
+class Delivered:
+    """Passes reads on to the connection, counting the bytes the transport delivered."""
+
+    def __init__(self, conn: ServerConnection) -> None:
+        self.conn = conn
+        self.bytes = 0
+
+    def data_received(self, data: bytes) -> None:
+        self.bytes += len(data)
+        self.conn.data_received(data)
+
+
 @pytest.fixture(scope="module")
 def driver() -> Iterator[Driver]:
     drv = Driver()
@@ -185,7 +211,8 @@ def run(driver: Driver, pieces: list[bytes], server_settings: ServerSettings = D
     conn = ServerConnection(listener, driver.loop)
     transport = FakeTransport()
     conn.connection_made(transport)  # type: ignore[arg-type]
-    driver.feed(conn, transport, pieces, settle_between)
+    delivered = Delivered(conn)
+    driver.feed(delivered, transport, pieces, settle_between)  # type: ignore[arg-type]
     driver.settle()
     outcome = Outcome(list(listener.heads), list(listener.bodies), parse_written(bytes(transport.written)),
                       transport.closed, listener, transport)
@@ -197,6 +224,8 @@ def run(driver: Driver, pieces: list[bytes], server_settings: ServerSettings = D
     driver.settle()
     assert not leaked, f"handler tasks still pending after the connection was lost: {leaked}"
     assert listener.opened == 1 and listener.closed == 1
+    # Every byte read and written was reported once the connection closed, whatever the input.
+    assert (listener.traffic.rx, listener.traffic.tx) == (delivered.bytes, len(transport.written))
     assert not driver.loop_errors, driver.loop_errors
     assert not driver.errors.records, [r.getMessage() for r in driver.errors.records]
     return outcome

@@ -153,6 +153,8 @@ class FakeUpstream(UpstreamStream):
         self.context = "cluster c: endpoint fake"
         self.closed = False
         self.requests_sent = 0
+        self.rx = 0
+        self.tx = 0
         self.on_idle: Callable[[Any], None] | None = None
         self.on_lost: Callable[[Any], None] | None = None
         self.answer = answer

@@ -128,3 +128,17 @@ def test_counter_and_gauge_exposition_equal_prometheus_client(ops: list[tuple[st
             gauge.labels(x).set(amount)
             ref_gauge.labels(x).set(amount)
     assert generate_latest(ours) == generate_latest(theirs)
+
+
+def test_exemplars_are_kept_per_bucket_and_only_once_asked_for() -> None:
+    cell = HistogramCell((0.001, 0.01))
+    cell.observe(0.005)
+    assert cell.exemplars is None  # unsampled traffic allocates nothing
+    cell.observe_exemplar(0.005, b"aa" * 16, 100.0)
+    cell.observe_exemplar(0.004, b"bb" * 16, 101.0)  # same bucket: the later one stays
+    cell.observe_exemplar(5.0, b"cc" * 16, 102.0)  # +Inf
+    assert cell.counts == [0, 3, 1]
+    assert cell.sum == pytest.approx(5.014)
+    assert cell.exemplars is not None
+    kept = [(e.trace_id, e.value, e.timestamp) if e is not None else None for e in cell.exemplars]
+    assert kept == [None, (b"bb" * 16, 0.004, 101.0), (b"cc" * 16, 5.0, 102.0)]

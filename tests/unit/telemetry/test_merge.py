@@ -9,9 +9,11 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from proxy.clock import ManualClock
 from proxy.telemetry.exposition import render_metrics
 from proxy.telemetry.merge import MergedMetrics, Source, merge
-from proxy.telemetry.metrics import Metrics
+from proxy.telemetry.metrics import Metrics, MetricsSink
+from proxy.telemetry.record import RequestRecord
 
 
 def worker_text(requests: int, seconds: float, connections: int, breaker: float | None = None,
@@ -96,10 +98,20 @@ def test_no_sources_and_empty_families() -> None:
 
 
 def test_a_type_clash_keeps_the_first_type() -> None:
-    first = "# TYPE x_total counter\nx_total 1.0\n"
-    second = "# TYPE x gauge\nx 5.0\n"
-    families = merge([Source("0", first), Source("1", second)])
-    assert [(f.name, f.type, [s.value for s in f.samples]) for f in families] == [("x", "counter", [1.0])]
+    first = "# TYPE x gauge\nx 1.0\n"
+    second = "# TYPE x histogram\nx_bucket{le=\"+Inf\"} 5.0\nx_count 5.0\nx_sum 2.0\n"
+    families = merge([Source(None, first), Source(None, second)])
+    assert [(f.name, f.type, [s.value for s in f.samples]) for f in families] == [("x", "gauge", [1.0])]
+
+
+def test_a_counter_and_a_gauge_of_one_name_are_two_families() -> None:
+    # sidecar_downstream_connections_total (accepted) beside sidecar_downstream_connections (open).
+    text = "# TYPE x_total counter\nx_total 1.0\n# TYPE x gauge\nx 5.0\n"
+    families = merge([Source(None, text), Source(None, text)])
+    assert [(f.name, f.type, [s.value for s in f.samples]) for f in families] == [
+        ("x", "counter", [2.0]), ("x", "gauge", [5.0])]
+    body, _ = render_metrics(MergedMetrics(families), None)
+    assert "x_total 2.0\n" in body.decode()
 
 
 def test_openmetrics_rendering_of_the_merge() -> None:
@@ -118,3 +130,39 @@ def test_merged_output_passes_promtool() -> None:
                    Source("1", worker_text(2, 0.01, 0, breaker=0, code=404, route="x"))])
     check = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True, timeout=30)
     assert check.returncode == 0, check.stdout + check.stderr
+
+
+def openmetrics_worker(trace_id: bytes, wall: float, seconds: float = 0.004) -> str:
+    """A worker's OpenMetrics exposition after one sampled request (what the supervisor asks workers for)."""
+    registry = CollectorRegistry()
+    metrics = Metrics(registry)
+    record = RequestRecord("outbound", 0.0, metrics.for_route("outbound", "r", "c"))
+    record.status, record.duration, record.upstream_time = 200, seconds, seconds / 2
+    record.sampled, record.trace_id = True, trace_id
+    MetricsSink(ManualClock(start=wall)).record(record)
+    metrics.listener_traffic("outbound").connections.inc()
+    metrics.downstream_connections("outbound").inc()
+    body, _ = render_metrics(registry, "application/openmetrics-text; version=1.0.0")
+    return body.decode()
+
+
+def test_exemplars_survive_the_merge_newest_first() -> None:
+    older, newer = openmetrics_worker(b"a" * 32, 1000.0), openmetrics_worker(b"b" * 32, 2000.0)
+    families = merge([Source(None, generate_latest(CollectorRegistry()).decode()), Source("0", older),
+                      Source("1", newer)])
+    bucket = {"cluster": "c", "le": "0.005", "listener": "outbound", "route": "r"}
+    merged = [s for f in families for s in f.samples
+              if s.name == "sidecar_request_duration_seconds_bucket" and s.labels == bucket]
+    assert merged[0].value == 2
+    assert merged[0].exemplar is not None and merged[0].exemplar.labels == {"trace_id": "b" * 32}
+    body, _ = render_metrics(MergedMetrics(families), "application/openmetrics-text; version=1.0.0")
+    text = body.decode()
+    assert '# {trace_id="' + "b" * 32 + '"} 0.004 2000.0' in text
+    assert "a" * 32 not in text
+    assert "trace_id" not in render([Source("0", older)])  # the text format has no exemplars
+    # The counter OpenMetrics had to send as `unknown` is a counter again, beside the gauge of its name.
+    kinds = {(f.name, f.type) for f in families}
+    assert ("sidecar_downstream_connections", "counter") in kinds
+    assert ("sidecar_downstream_connections", "gauge") in kinds
+    assert samples(render([Source("0", older), Source("1", newer)]))[
+        ("sidecar_downstream_connections_total", (("listener", "outbound"),))] == 2

@@ -2,34 +2,45 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 
 import pytest
 from prometheus_client import CollectorRegistry
+from prometheus_client.openmetrics.parser import text_string_to_metric_families as openmetrics_families
 from prometheus_client.parser import text_string_to_metric_families
 
+from proxy.clock import ManualClock
 from proxy.telemetry.cells import CounterCell, GaugeCell, HistogramCell
 from proxy.telemetry.exposition import render_metrics
-from proxy.telemetry.metrics import ATTEMPT_OUTCOMES, LIMIT_REASONS, RETRY_RESULTS, Metrics
+from proxy.telemetry.metrics import ATTEMPT_OUTCOMES, LIMIT_REASONS, RETRY_RESULTS, Metrics, MetricsSink, RouteMetrics
+from proxy.telemetry.record import RequestRecord
 
-CONTRACT_FAMILIES = {
-    # family name as exposed (counters carry _total in samples; the family name omits it)
-    "sidecar_requests": ("counter", {"listener", "route", "cluster", "code"}),
-    "sidecar_request_duration_seconds": ("histogram", {"listener", "route", "cluster"}),
-    "sidecar_upstream_attempts": ("counter", {"cluster", "outcome"}),
-    "sidecar_retries": ("counter", {"route", "cluster", "result"}),
-    "sidecar_circuit_breaker_state": ("gauge", {"cluster", "endpoint"}),
-    "sidecar_circuit_breaker_transitions": ("counter", {"cluster", "to"}),
-    "sidecar_rate_limited": ("counter", {"listener", "route"}),
-    "sidecar_limits_rejected": ("counter", {"cluster", "reason"}),
-    "sidecar_endpoints": ("gauge", {"cluster", "state"}),
-    "sidecar_downstream_connections": ("gauge", {"listener"}),
-    "sidecar_tls_handshake_errors": ("counter", {"listener", "reason"}),
-    "sidecar_cert_expiry_timestamp_seconds": ("gauge", {"listener_or_cluster"}),
-    "sidecar_config_reloads": ("counter", {"result"}),
-    "sidecar_tls_reloads": ("counter", {"result"}),
-}
+CONTRACT_FAMILIES = [
+    # (family name as exposed (counters carry _total in samples; the family name omits it), type, labels)
+    ("sidecar_requests", "counter", {"listener", "route", "cluster", "code"}),
+    ("sidecar_request_duration_seconds", "histogram", {"listener", "route", "cluster"}),
+    ("sidecar_upstream_attempts", "counter", {"cluster", "outcome"}),
+    ("sidecar_retries", "counter", {"route", "cluster", "result"}),
+    ("sidecar_circuit_breaker_state", "gauge", {"cluster", "endpoint"}),
+    ("sidecar_circuit_breaker_transitions", "counter", {"cluster", "to"}),
+    ("sidecar_rate_limited", "counter", {"listener", "route"}),
+    ("sidecar_limits_rejected", "counter", {"cluster", "reason"}),
+    ("sidecar_endpoints", "gauge", {"cluster", "state"}),
+    ("sidecar_downstream_connections", "gauge", {"listener"}),
+    ("sidecar_tls_handshake_errors", "counter", {"listener", "reason"}),
+    ("sidecar_cert_expiry_timestamp_seconds", "gauge", {"listener_or_cluster"}),
+    ("sidecar_config_reloads", "counter", {"result"}),
+    ("sidecar_tls_reloads", "counter", {"result"}),
+    # Issue 18: the sidecar's own cost, connections and bytes (a counter may share its name with a gauge:
+    # sidecar_downstream_connections_total counts accepted connections, the gauge those open).
+    ("sidecar_proxy_overhead_seconds", "histogram", {"listener", "route"}),
+    ("sidecar_downstream_connections", "counter", {"listener"}),
+    ("sidecar_upstream_connections", "counter", {"cluster"}),
+    ("sidecar_downstream_bytes", "counter", {"listener", "direction"}),
+    ("sidecar_upstream_bytes", "counter", {"cluster", "direction"}),
+]
 
 
 def value(registry: CollectorRegistry, name: str, **labels: str) -> float | None:
@@ -62,6 +73,12 @@ def populate(m: Metrics) -> None:
     m.cert_expiry_of("inbound").set(1_900_000_000)
     m.config_reloads("success").inc()
     m.tls_reloads("success").inc()
+    traffic = m.listener_traffic("outbound")
+    traffic.connections.inc()
+    traffic.add(120, 480)
+    upstream = m.cluster_traffic("campaign-v1")
+    upstream.opened()
+    upstream.add(300, 90)
 
 
 def test_record_counts_code_and_observes_duration(registry: CollectorRegistry, metrics: Metrics) -> None:
@@ -182,21 +199,20 @@ def test_every_contract_family_is_exposed(registry: CollectorRegistry, metrics: 
     populate(metrics)
     body, content_type = render_metrics(registry, None)
     assert content_type.startswith("text/plain; version=0.0.4")
-    families = {f.name: f for f in text_string_to_metric_families(body.decode())}
-    for name, (kind, labels) in CONTRACT_FAMILIES.items():
-        assert name in families, name
-        assert families[name].type == kind, name
-        sample_labels = {k for s in families[name].samples for k in s.labels} - {"le"}
+    families = {(f.name, f.type): f for f in text_string_to_metric_families(body.decode())}
+    for name, kind, labels in CONTRACT_FAMILIES:
+        assert (name, kind) in families, name
+        sample_labels = {k for s in families[name, kind].samples for k in s.labels} - {"le"}
         assert sample_labels == labels, name
     text = body.decode()
-    for counter in (n for n, (k, _) in CONTRACT_FAMILIES.items() if k == "counter"):
+    for counter in (n for n, k, _ in CONTRACT_FAMILIES if k == "counter"):
         assert f"{counter}_total{{" in text
 
 
 def test_families_exist_before_any_request(registry: CollectorRegistry, metrics: Metrics) -> None:
     # A fresh worker already shows HELP/TYPE for every family (dashboards see the names at once).
     text = render_metrics(registry, None)[0].decode()
-    for name, (kind, _) in CONTRACT_FAMILIES.items():
+    for name, kind, _ in CONTRACT_FAMILIES:
         exposed = f"{name}_total" if kind == "counter" else name
         assert f"# TYPE {exposed} {kind}\n" in text
 
@@ -216,4 +232,101 @@ def test_exposition_passes_promtool(registry: CollectorRegistry, metrics: Metric
     populate(metrics)
     body, _ = render_metrics(registry, None)
     proc = subprocess.run([promtool, "check", "metrics"], input=body, capture_output=True, timeout=60)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr).decode()
+
+
+def sampled_record(rm: RouteMetrics, duration: float, upstream: float, trace_id: bytes, sampled: bool) -> RequestRecord:
+    record = RequestRecord("outbound", 0.0, rm)
+    record.status = 200
+    record.duration = duration
+    record.upstream_time = upstream
+    record.trace_id = trace_id
+    record.sampled = sampled
+    return record
+
+
+TRACE = b"0af7651916cd43dd8448eb211c80319c"
+
+
+def test_sink_observes_overhead_and_leaves_exemplars_of_sampled_requests_only(
+        registry: CollectorRegistry, metrics: Metrics) -> None:
+    rm = metrics.for_route("outbound", "campaign", "campaign-v1")
+    sink = MetricsSink(ManualClock(start=1_800_000_000.5))
+    sink.record(sampled_record(rm, 0.004, 0.00395, TRACE, sampled=True))
+    sink.record(sampled_record(rm, 0.2, 0.195, b"ff" * 16, sampled=False))  # a trace id, but not sampled
+    route = {"listener": "outbound", "route": "campaign"}
+    assert value(registry, "sidecar_proxy_overhead_seconds_count", **route) == 2
+    assert value(registry, "sidecar_proxy_overhead_seconds_bucket", **route, le="5e-05") == 1
+    assert value(registry, "sidecar_proxy_overhead_seconds_bucket", **route, le="0.01") == 2
+    assert value(registry, "sidecar_proxy_overhead_seconds_sum", **route) == pytest.approx(0.00505)
+    assert value(registry, "sidecar_request_duration_seconds_count", **route, cluster="campaign-v1") == 2
+    text = render_metrics(registry, None)[0].decode()
+    assert "trace_id" not in text and "# {" not in text  # no exemplars in the Prometheus text format
+    body, _ = render_metrics(registry, "application/openmetrics-text; version=1.0.0")
+    lines = [line for line in body.decode().splitlines() if "trace_id" in line]
+    assert lines == [
+        'sidecar_request_duration_seconds_bucket{cluster="campaign-v1",le="0.005",listener="outbound",'
+        f'route="campaign"}} 1.0 # {{trace_id="{TRACE.decode()}"}} 0.004 1800000000.5',
+        'sidecar_proxy_overhead_seconds_bucket{le="5e-05",listener="outbound",route="campaign"} 1.0 '
+        f'# {{trace_id="{TRACE.decode()}"}} 4.99999999999997e-05 1800000000.5',
+    ]
+    # prometheus_client's strict OpenMetrics parser reads the exemplar back.
+    exemplars = [s.exemplar for f in openmetrics_families(body.decode()) for s in f.samples if s.exemplar]
+    assert [e.labels for e in exemplars] == [{"trace_id": TRACE.decode()}] * 2
+
+
+def test_traffic_handles_count_connections_and_bytes(registry: CollectorRegistry, metrics: Metrics) -> None:
+    down = metrics.listener_traffic("outbound")
+    down.connections.inc()
+    down.add(10, 20)
+    down.add(1, 2)
+    up = metrics.cluster_traffic("c")
+    up.opened()
+    up.opened()
+    up.add(7, 3)
+    assert value(registry, "sidecar_downstream_connections_total", listener="outbound") == 1
+    assert value(registry, "sidecar_downstream_bytes_total", listener="outbound", direction="rx") == 11
+    assert value(registry, "sidecar_downstream_bytes_total", listener="outbound", direction="tx") == 22
+    assert value(registry, "sidecar_upstream_connections_total", cluster="c") == 2
+    assert value(registry, "sidecar_upstream_bytes_total", cluster="c", direction="rx") == 7
+    assert value(registry, "sidecar_upstream_bytes_total", cluster="c", direction="tx") == 3
+    assert metrics.listener_traffic("outbound").connections is down.connections  # bound once, shared
+
+
+def test_openmetrics_names_the_accepted_connections_counter_apart_from_the_gauge(
+        registry: CollectorRegistry, metrics: Metrics) -> None:
+    populate(metrics)
+    metrics.listener_traffic("outbound").connections.inc()
+    body, _ = render_metrics(registry, "application/openmetrics-text; version=1.0.0")
+    families = {(f.name, f.type) for f in openmetrics_families(body.decode())}  # strict: refuses a name twice
+    assert ("sidecar_downstream_connections", "gauge") in families
+    assert ("sidecar_downstream_connections_total", "unknown") in families
+    assert ("sidecar_downstream_bytes", "counter") in families
+
+
+def openmetrics_as_text_format(body: bytes) -> bytes:
+    """OpenMetrics rewritten in the text format's grammar, everything else untouched: promtool 2.42 (Debian's)
+    parses only that grammar, and fails OpenMetrics on exemplars, `unknown`, counters' HELP/TYPE names without
+    `_total` and `# EOF`. What it still checks: every name, label, value and the histograms' structure."""
+    text = re.sub(rb" # \{[^}]*\} \S+ \S+$", b"", body, flags=re.MULTILINE)
+    text = re.sub(rb"^(# TYPE \w+) unknown$", rb"\1 untyped", text, flags=re.MULTILINE)
+    counters = set(re.findall(rb"^# TYPE (\w+) counter$", text, flags=re.MULTILINE))
+    text = re.sub(rb"^# (HELP|TYPE) (\w+) ", lambda m: b"# %s %s%s " % (
+        m[1], m[2], b"_total" if m[2] in counters else b""), text, flags=re.MULTILINE)
+    return text.removesuffix(b"# EOF\n")
+
+
+def test_openmetrics_passes_promtool(registry: CollectorRegistry, metrics: Metrics) -> None:
+    # The OpenMetrics syntax itself (exemplars, `# EOF`) is checked by prometheus_client's strict parser (above)
+    # and by a real Prometheus scraping it (tests/integration/test_metrics_prometheus.py).
+    promtool = shutil.which("promtool") or shutil.which("promtool", path="/usr/bin")
+    if promtool is None:
+        pytest.skip("promtool not installed (Debian package `prometheus` provides /usr/bin/promtool)")
+    populate(metrics)
+    rm = metrics.for_route("outbound", "campaign", "campaign-v1")
+    MetricsSink(ManualClock()).record(sampled_record(rm, 0.004, 0.001, TRACE, sampled=True))
+    body, _ = render_metrics(registry, "application/openmetrics-text; version=1.0.0")
+    assert b"# {trace_id=" in body
+    proc = subprocess.run([promtool, "check", "metrics"], input=openmetrics_as_text_format(body),
+                          capture_output=True, timeout=60)
     assert proc.returncode == 0, (proc.stdout + proc.stderr).decode()

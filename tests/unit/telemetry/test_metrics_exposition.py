@@ -67,6 +67,20 @@ def record_golden_traffic(m: Metrics) -> None:
     m.config_reloads("success").inc()
     m.discovery_errors("shop-v1", "nxdomain").inc()
     m.tls_reloads("failure").inc()
+    # Issue 18's families (ADDED): overhead on, just off and beyond its bounds; traffic of two listeners and
+    # a cluster. The routes bound above already show their (zero) overhead series.
+    overhead = m.proxy_overhead.labels("out", "shop")
+    for seconds in (0.0, 0.00001, 0.0000101, 0.00004, 0.0003, 0.01, 0.2):
+        overhead.observe(seconds)
+    out = m.listener_traffic("out")
+    out.connections.inc()
+    out.connections.inc()
+    out.add(300, 1200)
+    out.add(0, 5)
+    m.listener_traffic("in").connections.inc()
+    shop = m.cluster_traffic("shop-v1")
+    shop.opened()
+    shop.add(2000, 250)
 
 
 @pytest.fixture
@@ -77,14 +91,20 @@ def registry() -> CollectorRegistry:
 
 
 def test_text_exposition_is_unchanged(registry: CollectorRegistry) -> None:
-    assert generate_latest(registry).decode() == BEFORE
-    assert render_metrics(registry, None)[0].decode() == BEFORE
+    # The families that existed are byte for byte what they were; issue 18's follow them (ADDED).
+    assert generate_latest(registry).decode() == BEFORE + ADDED
+    assert render_metrics(registry, None)[0].decode() == BEFORE + ADDED
 
 
 def test_openmetrics_exposition_is_unchanged(registry: CollectorRegistry) -> None:
     # prometheus_client's OpenMetrics rendering of the same families differed from BEFORE only in the
     # counters' HELP/TYPE names (without `_total`) and the closing `# EOF` (checked when BEFORE was taken).
-    expected = re.sub(r"^(# (?:HELP|TYPE) \w+)_total ", r"\1 ", BEFORE, flags=re.MULTILINE) + "# EOF\n"
+    # One exception among ADDED: sidecar_downstream_connections_total would be the family
+    # `sidecar_downstream_connections`, the gauge's name, so it goes out whole and `unknown` (exposition.py).
+    added = re.sub(r"^(# (?:HELP|TYPE) (?!sidecar_downstream_connections_total)\w+)_total ", r"\1 ", ADDED,
+                   flags=re.MULTILINE).replace("# TYPE sidecar_downstream_connections_total counter",
+                                               "# TYPE sidecar_downstream_connections_total unknown")
+    expected = re.sub(r"^(# (?:HELP|TYPE) \w+)_total ", r"\1 ", BEFORE, flags=re.MULTILINE) + added + "# EOF\n"
     body, _ = render_metrics(registry, "application/openmetrics-text; version=1.0.0")
     assert body.decode() == expected
 
@@ -95,7 +115,8 @@ def test_fresh_exposition_is_unchanged() -> None:
     registry = CollectorRegistry()
     Metrics(registry)
     unlabelled = ("sidecar_trace_spans_dropped_total ", "sidecar_access_log_lines_dropped_total ")
-    expected = "".join(line for line in BEFORE.splitlines(keepends=True) if line.startswith(("#", *unlabelled)))
+    expected = "".join(line for line in (BEFORE + ADDED).splitlines(keepends=True)
+                       if line.startswith(("#", *unlabelled)))
     assert generate_latest(registry).decode() == expected
 
 
@@ -289,3 +310,91 @@ sidecar_trace_spans_dropped_total 0.0
 # TYPE sidecar_access_log_lines_dropped_total counter
 sidecar_access_log_lines_dropped_total 0.0
 """  # noqa: E501
+
+# Issue 18's families after record_golden_traffic, checked by hand: each overhead value in the bucket of the
+# smallest bound >= it (0.2 only in +Inf), sum 0.2103601; bytes added per report; zero series of bound routes.
+ADDED = r"""# HELP sidecar_proxy_overhead_seconds Time requests spent in the sidecar itself, not waiting on upstreams.
+# TYPE sidecar_proxy_overhead_seconds histogram
+sidecar_proxy_overhead_seconds_bucket{le="1e-05",listener="out",route="shop"} 2.0
+sidecar_proxy_overhead_seconds_bucket{le="2.5e-05",listener="out",route="shop"} 3.0
+sidecar_proxy_overhead_seconds_bucket{le="5e-05",listener="out",route="shop"} 4.0
+sidecar_proxy_overhead_seconds_bucket{le="0.0001",listener="out",route="shop"} 4.0
+sidecar_proxy_overhead_seconds_bucket{le="0.00025",listener="out",route="shop"} 4.0
+sidecar_proxy_overhead_seconds_bucket{le="0.0005",listener="out",route="shop"} 5.0
+sidecar_proxy_overhead_seconds_bucket{le="0.001",listener="out",route="shop"} 5.0
+sidecar_proxy_overhead_seconds_bucket{le="0.0025",listener="out",route="shop"} 5.0
+sidecar_proxy_overhead_seconds_bucket{le="0.005",listener="out",route="shop"} 5.0
+sidecar_proxy_overhead_seconds_bucket{le="0.01",listener="out",route="shop"} 6.0
+sidecar_proxy_overhead_seconds_bucket{le="+Inf",listener="out",route="shop"} 7.0
+sidecar_proxy_overhead_seconds_count{listener="out",route="shop"} 7.0
+sidecar_proxy_overhead_seconds_sum{listener="out",route="shop"} 0.21036010000000002
+sidecar_proxy_overhead_seconds_bucket{le="1e-05",listener="out",route="a\"b\\c\nd"} 0.0
+sidecar_proxy_overhead_seconds_bucket{le="2.5e-05",listener="out",route="a\"b\\c\nd"} 0.0
+sidecar_proxy_overhead_seconds_bucket{le="5e-05",listener="out",route="a\"b\\c\nd"} 0.0
+sidecar_proxy_overhead_seconds_bucket{le="0.0001",listener="out",route="a\"b\\c\nd"} 0.0
+sidecar_proxy_overhead_seconds_bucket{le="0.00025",listener="out",route="a\"b\\c\nd"} 0.0
+sidecar_proxy_overhead_seconds_bucket{le="0.0005",listener="out",route="a\"b\\c\nd"} 0.0
+sidecar_proxy_overhead_seconds_bucket{le="0.001",listener="out",route="a\"b\\c\nd"} 0.0
+sidecar_proxy_overhead_seconds_bucket{le="0.0025",listener="out",route="a\"b\\c\nd"} 0.0
+sidecar_proxy_overhead_seconds_bucket{le="0.005",listener="out",route="a\"b\\c\nd"} 0.0
+sidecar_proxy_overhead_seconds_bucket{le="0.01",listener="out",route="a\"b\\c\nd"} 0.0
+sidecar_proxy_overhead_seconds_bucket{le="+Inf",listener="out",route="a\"b\\c\nd"} 0.0
+sidecar_proxy_overhead_seconds_count{listener="out",route="a\"b\\c\nd"} 0.0
+sidecar_proxy_overhead_seconds_sum{listener="out",route="a\"b\\c\nd"} 0.0
+sidecar_proxy_overhead_seconds_bucket{le="1e-05",listener="out",route="idle"} 0.0
+sidecar_proxy_overhead_seconds_bucket{le="2.5e-05",listener="out",route="idle"} 0.0
+sidecar_proxy_overhead_seconds_bucket{le="5e-05",listener="out",route="idle"} 0.0
+sidecar_proxy_overhead_seconds_bucket{le="0.0001",listener="out",route="idle"} 0.0
+sidecar_proxy_overhead_seconds_bucket{le="0.00025",listener="out",route="idle"} 0.0
+sidecar_proxy_overhead_seconds_bucket{le="0.0005",listener="out",route="idle"} 0.0
+sidecar_proxy_overhead_seconds_bucket{le="0.001",listener="out",route="idle"} 0.0
+sidecar_proxy_overhead_seconds_bucket{le="0.0025",listener="out",route="idle"} 0.0
+sidecar_proxy_overhead_seconds_bucket{le="0.005",listener="out",route="idle"} 0.0
+sidecar_proxy_overhead_seconds_bucket{le="0.01",listener="out",route="idle"} 0.0
+sidecar_proxy_overhead_seconds_bucket{le="+Inf",listener="out",route="idle"} 0.0
+sidecar_proxy_overhead_seconds_count{listener="out",route="idle"} 0.0
+sidecar_proxy_overhead_seconds_sum{listener="out",route="idle"} 0.0
+sidecar_proxy_overhead_seconds_bucket{le="1e-05",listener="out",route=""} 0.0
+sidecar_proxy_overhead_seconds_bucket{le="2.5e-05",listener="out",route=""} 0.0
+sidecar_proxy_overhead_seconds_bucket{le="5e-05",listener="out",route=""} 0.0
+sidecar_proxy_overhead_seconds_bucket{le="0.0001",listener="out",route=""} 0.0
+sidecar_proxy_overhead_seconds_bucket{le="0.00025",listener="out",route=""} 0.0
+sidecar_proxy_overhead_seconds_bucket{le="0.0005",listener="out",route=""} 0.0
+sidecar_proxy_overhead_seconds_bucket{le="0.001",listener="out",route=""} 0.0
+sidecar_proxy_overhead_seconds_bucket{le="0.0025",listener="out",route=""} 0.0
+sidecar_proxy_overhead_seconds_bucket{le="0.005",listener="out",route=""} 0.0
+sidecar_proxy_overhead_seconds_bucket{le="0.01",listener="out",route=""} 0.0
+sidecar_proxy_overhead_seconds_bucket{le="+Inf",listener="out",route=""} 0.0
+sidecar_proxy_overhead_seconds_count{listener="out",route=""} 0.0
+sidecar_proxy_overhead_seconds_sum{listener="out",route=""} 0.0
+sidecar_proxy_overhead_seconds_bucket{le="1e-05",listener="in",route=""} 0.0
+sidecar_proxy_overhead_seconds_bucket{le="2.5e-05",listener="in",route=""} 0.0
+sidecar_proxy_overhead_seconds_bucket{le="5e-05",listener="in",route=""} 0.0
+sidecar_proxy_overhead_seconds_bucket{le="0.0001",listener="in",route=""} 0.0
+sidecar_proxy_overhead_seconds_bucket{le="0.00025",listener="in",route=""} 0.0
+sidecar_proxy_overhead_seconds_bucket{le="0.0005",listener="in",route=""} 0.0
+sidecar_proxy_overhead_seconds_bucket{le="0.001",listener="in",route=""} 0.0
+sidecar_proxy_overhead_seconds_bucket{le="0.0025",listener="in",route=""} 0.0
+sidecar_proxy_overhead_seconds_bucket{le="0.005",listener="in",route=""} 0.0
+sidecar_proxy_overhead_seconds_bucket{le="0.01",listener="in",route=""} 0.0
+sidecar_proxy_overhead_seconds_bucket{le="+Inf",listener="in",route=""} 0.0
+sidecar_proxy_overhead_seconds_count{listener="in",route=""} 0.0
+sidecar_proxy_overhead_seconds_sum{listener="in",route=""} 0.0
+# HELP sidecar_downstream_connections_total Downstream connections accepted (closed: this minus the open gauge).
+# TYPE sidecar_downstream_connections_total counter
+sidecar_downstream_connections_total{listener="out"} 2.0
+sidecar_downstream_connections_total{listener="in"} 1.0
+# HELP sidecar_upstream_connections_total Upstream connections opened per cluster (not health check probes).
+# TYPE sidecar_upstream_connections_total counter
+sidecar_upstream_connections_total{cluster="shop-v1"} 1.0
+# HELP sidecar_downstream_bytes_total Bytes read (rx) and written (tx) on downstream connections, after TLS.
+# TYPE sidecar_downstream_bytes_total counter
+sidecar_downstream_bytes_total{direction="rx",listener="out"} 300.0
+sidecar_downstream_bytes_total{direction="tx",listener="out"} 1205.0
+sidecar_downstream_bytes_total{direction="rx",listener="in"} 0.0
+sidecar_downstream_bytes_total{direction="tx",listener="in"} 0.0
+# HELP sidecar_upstream_bytes_total Bytes read (rx) and written (tx) on upstream connections, after TLS.
+# TYPE sidecar_upstream_bytes_total counter
+sidecar_upstream_bytes_total{cluster="shop-v1",direction="rx"} 2000.0
+sidecar_upstream_bytes_total{cluster="shop-v1",direction="tx"} 250.0
+"""

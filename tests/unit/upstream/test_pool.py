@@ -8,9 +8,11 @@ import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
+from prometheus_client import CollectorRegistry
 
 from proxy.clock import ManualClock
 from proxy.http.client import ClientConnection
+from proxy.telemetry.metrics import Metrics
 from proxy.upstream.pool import Pool, PoolSettings
 
 
@@ -81,3 +83,23 @@ async def test_closing_the_pool_closes_idle_connections_and_drops_its_timer(upst
     assert clock.pending == 1
     pool.close()
     assert conn.closed and pool.idle_count == 0 and clock.pending == 0
+
+
+async def test_connections_and_bytes_reach_the_clusters_counters_once(upstream_port: int) -> None:
+    registry = CollectorRegistry()
+    traffic = Metrics(registry).cluster_traffic("c")
+    clock = ManualClock(start=0.0)
+    pool = Pool("127.0.0.1", upstream_port, PoolSettings(connector=ClientConnection, traffic=traffic), "test", clock)
+    conn = await pool.connect()
+    assert traffic.connections.value == 1
+    conn.rx, conn.tx = 120, 45  # what the codec counted during one exchange
+    assert conn.on_idle is not None
+    conn.on_idle(conn)  # back in the pool: its bytes are reported, once
+    assert (traffic.rx.value, traffic.tx.value, conn.rx, conn.tx) == (120, 45, 0, 0)
+    conn.rx = 7  # e.g. bytes of a response read as it closes
+    pool.close()
+    assert conn.on_lost is not None
+    conn.on_lost(conn)  # lost: the rest is reported
+    conn.on_lost(conn)  # twice adds nothing
+    assert (traffic.rx.value, traffic.tx.value) == (127, 45)
+    assert traffic.connections.value == 1
