@@ -17,32 +17,34 @@ PROXY_NAME = b"sidecar"
 
 
 class Cause(enum.Enum):
-    """Why the sidecar answered itself: (status, Proxy-Status error, default details)."""
+    """Why the sidecar answered itself: (status, Proxy-Status error, default details, the grpc-status a gRPC
+    caller gets instead: 14 UNAVAILABLE, 4 DEADLINE_EXCEEDED, 7 PERMISSION_DENIED, 16 UNAUTHENTICATED,
+    8 RESOURCE_EXHAUSTED, 12 UNIMPLEMENTED, 13 INTERNAL)."""
 
-    NO_ROUTE = (404, "destination_not_found", "no route matched")
-    RATE_LIMITED = (429, "http_request_denied", "rate limited")
-    AUTHZ_DENIED = (403, "http_request_denied", "peer identity not allowed")
-    API_KEY = (401, "http_request_denied", "api key")
-    CLUSTER_LIMIT = (503, "connection_limit_reached", "cluster limits full")
-    PENDING_TIMEOUT = (503, "connection_limit_reached", "pending timeout")
-    LISTENER_LIMIT = (503, "connection_limit_reached", "listener limit")
-    UNAVAILABLE = (503, "destination_unavailable", "no healthy endpoint")
-    FAULT_ABORT = (503, "proxy_internal_response", "fault injected")
-    CONNECT_REFUSED = (503, "connection_refused", "connect refused")
-    CONNECT_TIMEOUT = (503, "connection_timeout", "connect timeout")
-    UNROUTABLE = (503, "destination_ip_unroutable", "destination unroutable")
-    UPSTREAM_RESET = (502, "http_response_incomplete", "upstream reset")
-    UPSTREAM_PROTOCOL = (502, "http_protocol_error", "upstream protocol error")
-    UPSTREAM_HEAD_TOO_LARGE = (502, "http_response_header_section_size", "upstream response head too large")
-    TIMEOUT = (504, "http_response_timeout", "timeout")
-    BAD_REQUEST = (400, "http_request_error", "malformed request")
-    HEAD_TOO_LARGE = (431, "http_request_error", "request head too large")
-    BODY_TOO_LARGE = (413, "http_request_error", "request body too large")
-    HEAD_TIMEOUT = (408, "http_request_error", "request head not received in time")
-    METHOD_NOT_ALLOWED = (405, "http_request_error", "CONNECT is not supported")
-    HTTP2_PREFACE = (505, "http_protocol_error", "HTTP/2 is not supported on this listener")
-    INTERNAL = (500, "proxy_internal_error", "internal error in the sidecar")
-    HTTP_VERSION = (505, "http_protocol_error", "only HTTP/1.0 and HTTP/1.1 are supported on this listener")
+    NO_ROUTE = (404, "destination_not_found", "no route matched", 12)
+    RATE_LIMITED = (429, "http_request_denied", "rate limited", 8)
+    AUTHZ_DENIED = (403, "http_request_denied", "peer identity not allowed", 7)
+    API_KEY = (401, "http_request_denied", "api key", 16)
+    CLUSTER_LIMIT = (503, "connection_limit_reached", "cluster limits full", 14)
+    PENDING_TIMEOUT = (503, "connection_limit_reached", "pending timeout", 14)
+    LISTENER_LIMIT = (503, "connection_limit_reached", "listener limit", 14)
+    UNAVAILABLE = (503, "destination_unavailable", "no healthy endpoint", 14)
+    FAULT_ABORT = (503, "proxy_internal_response", "fault injected", 14)
+    CONNECT_REFUSED = (503, "connection_refused", "connect refused", 14)
+    CONNECT_TIMEOUT = (503, "connection_timeout", "connect timeout", 14)
+    UNROUTABLE = (503, "destination_ip_unroutable", "destination unroutable", 14)
+    UPSTREAM_RESET = (502, "http_response_incomplete", "upstream reset", 14)
+    UPSTREAM_PROTOCOL = (502, "http_protocol_error", "upstream protocol error", 13)
+    UPSTREAM_HEAD_TOO_LARGE = (502, "http_response_header_section_size", "upstream response head too large", 13)
+    TIMEOUT = (504, "http_response_timeout", "timeout", 4)
+    BAD_REQUEST = (400, "http_request_error", "malformed request", 13)
+    HEAD_TOO_LARGE = (431, "http_request_error", "request head too large", 8)
+    BODY_TOO_LARGE = (413, "http_request_error", "request body too large", 8)
+    HEAD_TIMEOUT = (408, "http_request_error", "request head not received in time", 4)
+    METHOD_NOT_ALLOWED = (405, "http_request_error", "CONNECT is not supported", 12)
+    HTTP2_PREFACE = (505, "http_protocol_error", "HTTP/2 is not supported on this listener", 13)
+    INTERNAL = (500, "proxy_internal_error", "internal error in the sidecar", 13)
+    HTTP_VERSION = (505, "http_protocol_error", "only HTTP/1.0 and HTTP/1.1 are supported on this listener", 13)
 
     @property
     def status(self) -> int:
@@ -51,6 +53,10 @@ class Cause(enum.Enum):
     @property
     def error(self) -> str:
         return self.value[1]
+
+    @property
+    def grpc_status(self) -> int:
+        return self.value[3]
 
 
 # Request-side protocol errors: the client's byte stream can no longer be trusted, so the connection
@@ -113,6 +119,28 @@ def local_reply(
         headers.append((b"connection", b"close"))
     head = ResponseHead(code, reason_phrase(code) or b"Error", headers)
     return LocalReply(cause, head, body, must_close)
+
+
+def grpc_shaped(reply: LocalReply) -> LocalReply:
+    """The same answer for a gRPC caller: HTTP 200 with no body, its grpc-status and a grpc-message naming
+    the cause in the head (gRPC's trailers-only form), Proxy-Status kept."""
+    message = reply.body.rstrip(b"\n").decode("utf-8", "replace")
+    headers: Headers = [
+        (b"content-type", b"application/grpc"),
+        (b"grpc-status", str(reply.cause.grpc_status).encode()),
+        (b"grpc-message", _percent_encode(message)),
+        (b"content-length", b"0"),
+    ]
+    headers.extend((name, value) for name, value in reply.head.headers
+                   if name in (b"proxy-status", b"retry-after", b"www-authenticate", b"connection"))
+    return LocalReply(reply.cause, ResponseHead(200, b"OK", headers), b"", reply.close)
+
+
+def _percent_encode(text: str) -> bytes:
+    # grpc-message is percent-encoded UTF-8 (the gRPC HTTP/2 spec): printable ASCII passes, '%' and every
+    # other byte are encoded.
+    return b"".join(bytes((byte,)) if 0x20 <= byte <= 0x7E and byte != 0x25 else b"%%%02X" % byte
+                    for byte in text.encode("utf-8"))
 
 
 def failure_reply(kind: FailureKind, context: str) -> LocalReply:

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from mypy_extensions import mypyc_attr, trait
 
+from proxy.local_reply import grpc_shaped
 from proxy.message import Headers, RequestHead, ResponseHead
 
 if TYPE_CHECKING:
@@ -184,7 +185,7 @@ class RequestStream:
     """
 
     __slots__ = ("aborted", "body", "bytes_out", "cancel_reason", "cancel_reply", "expect_continue",
-                 "forwarded_client_cert", "head", "peer_identity", "peer_ip", "request_id", "response_done",
+                 "forwarded_client_cert", "grpc", "head", "peer_identity", "peer_ip", "request_id", "response_done",
                  "response_started", "response_status", "started_at", "task", "upstream_reader", "websocket")
 
     def __init__(self, head: RequestHead, body: RequestBody | None, peer_ip: bytes, started_at: float,
@@ -203,6 +204,9 @@ class RequestStream:
         # Capabilities of HTTP/1 requests: the client waits for `100 Continue`; a WebSocket handshake.
         self.expect_continue = False
         self.websocket = False
+        # A gRPC call (content-type application/grpc*, set by a codec that carries gRPC: HTTP/2): its answers
+        # are classified by grpc-status, its local replies are gRPC-shaped, its grpc-timeout caps its deadline.
+        self.grpc = False
         self.task: asyncio.Task[None] | None = None
         # Why the handler was stopped, and the reply that reason calls for (None: a reset, or nothing).
         self.cancel_reason: CancelReason | None = None
@@ -249,8 +253,7 @@ class RequestStream:
             return CLIENT_CLOSED  # the client left (or was already reset): nothing can be sent
         reply = self.cancel_reply
         if reply is not None and not self.response_started:
-            self.send_local(reply)
-            return reply.head.status
+            return self.send_reply(reply)
         self.abort()
         if reason is STREAM_IDLE:
             return 504
@@ -276,6 +279,14 @@ class RequestStream:
     def send_local(self, reply: LocalReply) -> None:
         """Answer with a reply the sidecar made itself (a reset when a response has started)."""
         raise NotImplementedError
+
+    def send_reply(self, reply: LocalReply) -> int:
+        """Answer with a local reply shaped for this caller (a gRPC caller's as a gRPC status: HTTP 200,
+        trailers-only); the HTTP status it carries."""
+        if self.grpc:
+            reply = grpc_shaped(reply)
+        self.send_local(reply)
+        return reply.head.status
 
     def send_continue(self) -> None:
         """Tell a client waiting on `Expect: 100-continue` to send its body."""

@@ -307,6 +307,8 @@ class RetryBudgetConfig(_Model):
 
 
 RETRY_CONDITIONS = ("connect-failure", "reset", "gateway-error", "5xx", "retriable-4xx")
+# gRPC requests also retry on these grpc-status names (Envoy's and Istio's `retry_on` spellings).
+GRPC_RETRY_CONDITIONS = ("cancelled", "deadline-exceeded", "internal", "resource-exhausted", "unavailable")
 
 
 class RetryPolicyConfig(_Model):
@@ -328,9 +330,10 @@ class RetryPolicyConfig(_Model):
         out = []
         for item in value:
             text = str(item)
-            if text not in RETRY_CONDITIONS and not (text.isdigit() and 100 <= int(text) <= 599):
-                raise ValueError(
-                    f"unknown retry condition {item!r}: use {', '.join(RETRY_CONDITIONS)} or a status code")
+            if (text not in RETRY_CONDITIONS and text not in GRPC_RETRY_CONDITIONS
+                    and not (text.isdigit() and 100 <= int(text) <= 599)):
+                raise ValueError(f"unknown retry condition {item!r}: use "
+                                 f"{', '.join(RETRY_CONDITIONS + GRPC_RETRY_CONDITIONS)} or a status code")
             out.append(text)
         return out
 

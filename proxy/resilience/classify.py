@@ -19,8 +19,9 @@ import enum
 from collections.abc import Iterable
 from typing import Final
 
-from proxy.config.model import RETRY_CONDITIONS
+from proxy.config.model import GRPC_RETRY_CONDITIONS, RETRY_CONDITIONS
 from proxy.errors import FailureKind
+from proxy.resilience.grpc import FAILURE_STATUSES, RETRY_CONDITION_STATUS, GrpcStatus
 
 CONNECT_FAILURE: Final = 1 << 0
 RESET: Final = 1 << 1
@@ -41,6 +42,10 @@ assert tuple(_NAMED_BITS) == RETRY_CONDITIONS
 
 _MIN_STATUS: Final = 100
 _MAX_STATUS: Final = 599
+# gRPC conditions take the bits above the status codes' (`cancelled`, `unavailable`, ...).
+GRPC_BIT_BASE: Final = STATUS_BIT_BASE + _MAX_STATUS - _MIN_STATUS + 1
+_GRPC_BITS: Final[dict[str, int]] = {name: 1 << (GRPC_BIT_BASE + i) for i, name in enumerate(GRPC_RETRY_CONDITIONS)}
+assert set(_GRPC_BITS) == set(RETRY_CONDITION_STATUS)
 
 
 def status_bit(status: int) -> int:
@@ -54,7 +59,7 @@ def condition_mask(conditions: Iterable[str]) -> int:
     """Compile a retry `on:` list (condition names and status code strings) into one bitmask."""
     mask = 0
     for condition in conditions:
-        named = _NAMED_BITS.get(condition)
+        named = _NAMED_BITS.get(condition) or _GRPC_BITS.get(condition)
         if named is not None:
             mask |= named
         elif condition.isdigit():
@@ -66,7 +71,7 @@ def condition_mask(conditions: Iterable[str]) -> int:
 
 def condition_names(mask: int) -> frozenset[str]:
     """The names and status codes a mask holds (for logs, /config_dump and tests; not the hot path)."""
-    names = {name for name, bit in _NAMED_BITS.items() if mask & bit}
+    names = {name for name, bit in (*_NAMED_BITS.items(), *_GRPC_BITS.items()) if mask & bit}
     for status in range(_MIN_STATUS, _MAX_STATUS + 1):
         if mask & status_bit(status):
             names.add(str(status))
@@ -202,6 +207,26 @@ def classify_failure(kind: FailureKind, per_try_timeout: bool = False) -> Verdic
         return _HEADERS_TOO_LARGE
     # A FailureKind added later must be classified here on purpose, not fall into some other verdict.
     raise ValueError(f"unclassified failure kind {kind!r}")
+
+
+def _grpc_verdict(status: GrpcStatus) -> Verdict:
+    # An answer with HTTP 200 whose grpc-status says what happened: a failure for the breaker and outlier
+    # detection when the server could not serve (FAILURE_STATUSES), retriable under the condition naming it.
+    conditions = 0
+    for name, code in RETRY_CONDITION_STATUS.items():
+        if code is status:
+            conditions |= _GRPC_BITS[name]
+    failed = status in FAILURE_STATUSES
+    return Verdict(Outcome.FAILURE if failed else Outcome.SUCCESS, failed, conditions, 200)
+
+
+# Index = grpc-status; built once.
+_GRPC_TABLE: Final[tuple[Verdict, ...]] = tuple(_grpc_verdict(status) for status in GrpcStatus)
+
+
+def classify_grpc(status: int) -> Verdict:
+    """The verdict of a gRPC answer (HTTP 200) with this grpc-status (0..16)."""
+    return _GRPC_TABLE[status]
 
 
 def classify_cancelled() -> Verdict:

@@ -100,22 +100,9 @@ def format_grpc_timeout(seconds: float) -> bytes:
     return b"99999999H"
 
 
-_STATUS_BY_CAUSE: Final[dict[Cause, GrpcStatus]] = {
-    Cause.TIMEOUT: GrpcStatus.DEADLINE_EXCEEDED,
-    Cause.AUTHZ_DENIED: GrpcStatus.PERMISSION_DENIED,
-    Cause.API_KEY: GrpcStatus.UNAUTHENTICATED,
-    Cause.RATE_LIMITED: GrpcStatus.RESOURCE_EXHAUSTED,
-    Cause.NO_ROUTE: GrpcStatus.UNIMPLEMENTED,
-}
-
-
 def grpc_status_for(cause: Cause) -> GrpcStatus:
-    """The status of a local reply to a gRPC caller: UNAVAILABLE for the unavailable causes, DEADLINE_EXCEEDED
-    for timeouts, PERMISSION_DENIED for an authorization refusal, UNAUTHENTICATED for a missing or wrong API
-    key, RESOURCE_EXHAUSTED when rate limited, UNIMPLEMENTED for no route, INTERNAL otherwise."""
-    found = _STATUS_BY_CAUSE.get(cause)
-    if found is not None:
-        return found
-    if cause.status in (502, 503):
-        return GrpcStatus.UNAVAILABLE
-    return GrpcStatus.INTERNAL
+    """The status of a local reply to a gRPC caller (the cause's own: `Cause.grpc_status`): UNAVAILABLE for
+    the unavailable causes, DEADLINE_EXCEEDED for timeouts, PERMISSION_DENIED for an authorization refusal,
+    UNAUTHENTICATED for a missing or wrong API key, RESOURCE_EXHAUSTED when rate limited, UNIMPLEMENTED for
+    no route, INTERNAL for the sidecar's own or a protocol failure."""
+    return GrpcStatus(cause.grpc_status)

@@ -19,7 +19,9 @@ import logging
 from proxy.clock import Clock
 from proxy.errors import FailureKind, UpstreamError
 from proxy.local_reply import Cause, failure_reply, local_reply
-from proxy.resilience.classify import Verdict, classify_cancelled, classify_failure, classify_status
+from proxy.message import Headers, first_header
+from proxy.resilience.classify import Verdict, classify_cancelled, classify_failure, classify_grpc, classify_status
+from proxy.resilience.grpc import format_grpc_timeout, grpc_status_of
 from proxy.resilience.retry import IDEMPOTENT_METHODS
 from proxy.resilience.timeout import Deadline, DeadlineTimers
 from proxy.stages.context import RequestContext, expire
@@ -109,6 +111,8 @@ class EndpointAttempt:
         trace, tracer = ctx.trace, ctx.tracer
         if trace is not None and tracer is not None:
             ctx.span_id = tracer.inject(ctx.stream.head.headers, trace)
+        if ctx.stream.grpc and ctx.deadline is not None:
+            set_grpc_timeout(ctx.stream.head.headers, ctx.deadline - self.clock.now())
         endpoint.in_flight += 1
         endpoint.requests += 1
         ctx.sent = self.clock.now()  # the attempt's latency, for the balancer, runs from here to its verdict
@@ -175,7 +179,11 @@ class EndpointAttempt:
         """An answer the policy would retry is settled before deciding: the retry's choice of endpoint must
         see it (a breaker it just opened). Any other answer settles once its body has ended, so a reset
         mid-body still counts as one."""
-        verdict = ctx.verdict = classify_status(ready.head.status)
+        status = ready.head.status
+        verdict = classify_status(status)
+        if ctx.stream.grpc and status == 200:
+            verdict = grpc_verdict(ctx, ready.head.headers, verdict)  # a trailers-only answer's grpc-status
+        ctx.verdict = verdict
         retry = ctx.retry
         if retry is None or not retry.policy.should_retry(verdict):
             return None
@@ -206,7 +214,11 @@ class EndpointAttempt:
 
     def _end_relay(self, ctx: RequestContext, conn: UpstreamStream) -> None:
         stream = ctx.stream
-        stream.end_response(conn.trailers)
+        trailers = conn.trailers
+        stream.end_response(trailers)
+        if stream.grpc and trailers is not None and ctx.verdict is not None:
+            # The call's outcome arrives last: the breaker, outlier detection and metrics see grpc-status.
+            ctx.verdict = grpc_verdict(ctx, trailers, ctx.verdict)
         body = stream.body
         conn.finish(reusable=body is None or body.complete)
 
@@ -267,3 +279,19 @@ def _log_failure(ctx: RequestContext, kind: FailureKind, context: str) -> None:
     else:
         log.info("retries given up after %d attempts: %s (request_id=%s trace_id=%s)", ctx.attempts, context,
                  ids["request_id"], ids["trace_id"], extra=ids)
+
+
+def grpc_verdict(ctx: RequestContext, headers: Headers, otherwise: Verdict) -> Verdict:
+    """The verdict `grpc-status` in `headers` (a trailers-only head, or trailers) gives a gRPC call, noted in
+    its record; `otherwise` when there is none or it is malformed."""
+    code = grpc_status_of(first_header(headers, b"grpc-status"))
+    if code is None:
+        return otherwise
+    ctx.grpc_status = code
+    return classify_grpc(code)
+
+
+def set_grpc_timeout(headers: Headers, remaining: float) -> None:
+    """The upstream learns the time left of the call's deadline in `grpc-timeout` (replacing the caller's)."""
+    headers[:] = [h for h in headers if h[0] != b"grpc-timeout"]
+    headers.append((b"grpc-timeout", format_grpc_timeout(remaining)))

@@ -62,8 +62,7 @@ class RequestContext(RequestRecord):
             stream.abort()  # the only honest signal left once a status line went out
             self.status = stream.response_status
             return
-        stream.send_local(reply)
-        self.status = reply.head.status
+        self.status = stream.send_reply(reply)
         self.cause = reply.cause
 
 

@@ -48,7 +48,7 @@ class RequestPath:
         # Connections report their bytes here (the codec's `Listener.traffic`).
         self.traffic = metrics.listener_traffic(name)
         # Metrics for every request (a native call); the access log and spans when configured (`set_sinks`).
-        self.metrics_sink = MetricsSink(clock)
+        self.metrics_sink = MetricsSink(clock, metrics.grpc_requests)
         self.sinks: tuple[RecordSink, ...] = ()
         # Whether sampled requests record a server span and attempt spans (a span sink is among the sinks).
         self.record_spans = False
@@ -157,6 +157,8 @@ class RequestPath:
             ctx.bytes_in = body.received
         if not ctx.status:
             ctx.status = CLIENT_CLOSED
+        if stream.grpc and ctx.grpc_status < 0 and ctx.cause is not None:
+            ctx.grpc_status = ctx.cause.grpc_status  # the sidecar answered the call itself
         self.metrics_sink.record(ctx)
         for sink in self.sinks:
             sink.record(ctx)

@@ -73,7 +73,10 @@ class RetryLoop:
                 or stream.response_started or stream.response_done):
             return None
         head = stream.head
-        if not policy.may_retry_request(head.method, head.header(IDEMPOTENCY_KEY) is not None, reached_upstream):
+        # A gRPC call is retried under the route's conditions whatever its method (always POST): the route
+        # names the grpc-status codes that are safe to retry, as gRPC's own retry policy does.
+        keyed = stream.grpc or head.header(IDEMPOTENCY_KEY) is not None
+        if not policy.may_retry_request(head.method, keyed, reached_upstream):
             return None
         if not self._replayable(ctx) or not target.cluster.available():
             # Every endpoint is ejected or refused by its breaker: a retry could only end in a local 503,

@@ -152,10 +152,12 @@ class MetricsSink:
     A sampled request with a trace id leaves that id as an exemplar (read the wall clock for it only then);
     every other request stores nothing but counts."""
 
-    __slots__ = ("_clock",)
+    __slots__ = ("_clock", "_grpc")
 
-    def __init__(self, clock: Clock) -> None:
+    def __init__(self, clock: Clock, grpc: Counter | None = None) -> None:
         self._clock = clock
+        # sidecar_grpc_requests_total: gRPC calls by grpc-status (a label lookup per gRPC call only).
+        self._grpc = grpc
 
     def record(self, request: RequestRecord) -> None:
         counted_in = request.counted_in
@@ -164,6 +166,8 @@ class MetricsSink:
                 counted_in.record_sampled(request, self._clock.wall())
             else:
                 counted_in.record_request(request)
+        if request.grpc_status >= 0 and self._grpc is not None:
+            self._grpc.labels(request.listener, request.route, request.cluster, str(request.grpc_status)).inc()
 
 
 class ListenerTraffic(ByteCounter):
@@ -284,6 +288,7 @@ class Metrics:
         "downstream_connections_family",
         "downstream_connections_total_family",
         "endpoints_family",
+        "grpc_requests",
         "limits_rejected_family",
         "proxy_overhead",
         "rate_limited_family",
@@ -396,6 +401,12 @@ class Metrics:
             "sidecar_tls_reloads",
             "Reloads of TLS certificate, key and CA files changed on disk, by result (failure = the old stayed).",
             ("result",),
+            registry=registry,
+        )
+        self.grpc_requests = Counter(
+            "sidecar_grpc_requests",
+            "gRPC calls by their final grpc-status (the upstream's, or the sidecar's own reply's); one per call.",
+            ("listener", "route", "cluster", "grpc_status"),
             registry=registry,
         )
         # Telemetry's own losses: bounded queues drop rather than grow or block when the far end is slow.

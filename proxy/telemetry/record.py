@@ -52,9 +52,9 @@ class RequestRecord:
     """
 
     __slots__ = ("api_client", "attempt_spans", "attempts", "bytes_in", "bytes_out", "cause", "cluster", "counted_in",
-                 "duration", "endpoint", "head", "listener", "parent_span_id", "path", "peer_identity", "request_id",
-                 "reset", "route", "sampled", "server_span_id", "span_id", "started_at", "status", "trace_id",
-                 "upstream_time")
+                 "duration", "endpoint", "grpc_status", "head", "listener", "parent_span_id", "path", "peer_identity",
+                 "request_id", "reset", "route", "sampled", "server_span_id", "span_id", "started_at", "status",
+                 "trace_id", "upstream_time")
 
     def __init__(self, listener: str, started_at: float, counted_in: RouteMetrics | None) -> None:
         self.listener = listener
@@ -85,6 +85,8 @@ class RequestRecord:
         self.server_span_id = b""
         self.parent_span_id: bytes | None = None
         self.attempt_spans: list[AttemptSpan] | None = None
+        # A gRPC call's grpc-status (the upstream's, or its local reply's); -1 for everything else.
+        self.grpc_status = -1
         self.peer_identity = ""
         # The service a route's `api_key` check recognised the caller's key as ("" without one).
         self.api_client = ""

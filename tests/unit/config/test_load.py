@@ -449,7 +449,8 @@ def test_every_problem_is_reported_in_line_order(tmp_path: Path) -> None:
         f"{path}:9: listeners[0].routes[0].match: give at most one of exact, prefix, regex",
         f"{path}:10: listeners[0].routes[0].cluster: no cluster named 'nope'",
         f"{path}:13: listeners[0].routes[1].retries.on: unknown retry condition 'bogus': "
-        "use connect-failure, reset, gateway-error, 5xx, retriable-4xx or a status code",
+        "use connect-failure, reset, gateway-error, 5xx, retriable-4xx, cancelled, deadline-exceeded, internal, "
+        "resource-exhausted, unavailable or a status code",
         f"{path}:16: clusters[0].endpoints[0]: bad port in '127.0.0.1:99999': a number from 0 to 65535",
         f"{path}:17: clusters[0].load_balancer: must be 'round_robin', 'least_request', 'peak_ewma' or "
         "'ring_hash' (got 'fastest')",

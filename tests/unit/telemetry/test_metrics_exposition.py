@@ -303,6 +303,8 @@ sidecar_discovery_errors_total{cluster="shop-v1",kind="nxdomain"} 1.0
 # HELP sidecar_tls_reloads_total Reloads of TLS certificate, key and CA files changed on disk, by result (failure = the old stayed).
 # TYPE sidecar_tls_reloads_total counter
 sidecar_tls_reloads_total{result="failure"} 1.0
+# HELP sidecar_grpc_requests_total gRPC calls by their final grpc-status (the upstream's, or the sidecar's own reply's); one per call.
+# TYPE sidecar_grpc_requests_total counter
 # HELP sidecar_trace_spans_dropped_total Finished spans dropped because the export queue was full or the export failed.
 # TYPE sidecar_trace_spans_dropped_total counter
 sidecar_trace_spans_dropped_total 0.0
