@@ -191,3 +191,21 @@ def test_a_failed_write_counts_its_lines(tmp_path: Path) -> None:
     log.close()
     log._write(b"x\n" * 3, 3)  # the file is closed: EBADF
     assert dropped(metrics) == 3
+
+
+def test_the_json_line_is_the_fields_in_order_whatever_they_hold() -> None:
+    from proxy.telemetry.access_log import json_line
+
+    local = a_record(503)
+    local.cause, local.reset, local.route = Cause.CONNECT_REFUSED, True, ""
+    odd = a_record()
+    odd.peer_identity = 'spiffe://td/ns/"q"/sa/ü\\x'
+    odd.api_client = "büro\n"
+    headless = RequestRecord("outbound", 0.0, None)
+    headless.path, headless.status = "/x", 400
+    for record in (a_record(), local, odd, headless):
+        line = json_line(record, END, [None, ""])
+        assert line.endswith("\n") and line.count("\n") == 1 and line.isascii()
+        decoded = json.loads(line)
+        expected = fields(record, END, [None, ""])
+        assert list(decoded) == list(expected) and decoded == expected
