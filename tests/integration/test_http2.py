@@ -1,0 +1,454 @@
+"""HTTP/2 towards clients (issue 19, first part): real peers (curl, nghttp, h2load, a raw `h2` client) through the
+sidecar to an HTTP/1.1 aiohttp upstream.
+
+Prior-knowledge h2c and HTTP/1.1 on one port, ALPN h2 under TLS, many streams per connection, flow control
+both ways, trailers, RST_STREAM, GOAWAY on drain, PING, and the protections (each answered with RST_STREAM
+or GOAWAY, counted in sidecar_http2_protections_total, the sidecar still serving).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import h2.config
+import h2.connection
+import h2.errors
+import h2.events
+import h2.exceptions
+import h2.settings
+import pytest
+from aiohttp import web
+from hyperframe.frame import DataFrame, Frame, GoAwayFrame, HeadersFrame
+
+from tests.integration.upstreams import Upstream, start_upstream
+from tests.pki import Pki, spiffe
+
+CURL = shutil.which("curl")
+H2LOAD = shutil.which("h2load")
+
+
+def config(endpoint: str, http2: str = "") -> str:
+    return f"""
+    admin: {{address: "127.0.0.1:0"}}
+    listeners:
+      - name: outbound
+        address: "127.0.0.1:0"
+        http:
+          max_request_headers: 8KiB
+          {http2}
+        routes:
+          - name: all
+            match: {{prefix: /}}
+            cluster: backend
+    clusters:
+      - name: backend
+        endpoints: ["{endpoint}"]
+    """
+
+
+@dataclass
+class Env:
+    running: Any
+    upstream: Upstream
+
+    @property
+    def port(self) -> int:
+        return int(self.running.port())
+
+    def metric(self, name: str, **labels: str) -> float:
+        registry = self.running.app.metrics.registry
+        value = registry.get_sample_value(name, labels)
+        return float(value or 0.0)
+
+
+@pytest.fixture
+async def env(sidecar: Callable[[str], Awaitable[object]]) -> AsyncIterator[Env]:
+    upstream = await start_upstream()
+    running = await sidecar(config(upstream.address))
+    yield Env(running, upstream)
+    await upstream.stop()
+
+
+async def run(*argv: str, stdin: bytes | None = None) -> tuple[int, bytes, bytes]:
+    proc = await asyncio.create_subprocess_exec(*argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+                                                stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(stdin), 60)
+    assert proc.returncode is not None
+    return proc.returncode, out, err
+
+
+# -- a raw HTTP/2 client (the h2 state machine over a socket) -------------------------------------------
+
+
+class RawClient:
+    """An HTTP/2 client on asyncio streams, for what curl cannot do (resets, floods, not reading)."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                 settings: dict[int, int] | None = None) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding=None))
+        self.conn.initiate_connection()
+        if settings:
+            self.conn.update_settings(settings)
+        self.events: list[h2.events.Event] = []
+        # Every frame the server sent, parsed on its own (h2 stops reading after a GOAWAY; a drain's frames
+        # after it still matter).
+        self.frames: list[Frame] = []
+        self._raw = b""
+        self.closed = False
+        self.flush()
+
+    @classmethod
+    async def open(cls, port: int, settings: dict[int, int] | None = None) -> RawClient:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        return cls(reader, writer, settings)
+
+    def flush(self) -> None:
+        data = self.conn.data_to_send()
+        if data and not self.writer.is_closing():
+            self.writer.write(data)
+
+    async def read_some(self, timeout: float = 5.0) -> list[h2.events.Event]:
+        try:
+            data = await asyncio.wait_for(self.reader.read(65536), timeout)
+        except (ConnectionError, TimeoutError):
+            data = b""
+        if not data:
+            self.closed = True
+            return []
+        self._raw += data
+        while len(self._raw) >= 9:
+            frame, length = Frame.parse_frame_header(memoryview(self._raw[:9]))
+            if len(self._raw) < 9 + length:
+                break
+            frame.parse_body(memoryview(self._raw[9:9 + length]))
+            self._raw = self._raw[9 + length:]
+            self.frames.append(frame)
+        try:
+            events = self.conn.receive_data(data)
+        except h2.exceptions.ProtocolError:
+            return []
+        self.events.extend(events)
+        self.flush()
+        return events
+
+    def frames_of(self, kind: type, stream_id: int | None = None) -> list[Any]:
+        return [f for f in self.frames if isinstance(f, kind) and (stream_id is None or f.stream_id == stream_id)]
+
+    def frame_ended(self, stream_id: int) -> bool:
+        return any("END_STREAM" in f.flags for f in self.frames if f.stream_id == stream_id
+                   and isinstance(f, DataFrame | HeadersFrame))
+
+    async def until(self, done: Callable[[], bool], timeout: float = 10.0) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while not done():
+            remaining = deadline - loop.time()
+            assert remaining > 0, f"timed out; events: {self.events[-10:]}"
+            await self.read_some(remaining)
+            if self.closed:
+                return
+
+    def request(self, path: str, method: str = "GET", end: bool = True,
+                extra: list[tuple[bytes, bytes]] | None = None) -> int:
+        stream_id: int = self.conn.get_next_available_stream_id()
+        headers = [(b":method", method.encode()), (b":scheme", b"http"), (b":authority", b"svc"),
+                   (b":path", path.encode())] + (extra or [])
+        self.conn.send_headers(stream_id, headers, end_stream=end)
+        self.flush()
+        return stream_id
+
+    def of(self, kind: type, stream_id: int | None = None) -> list[Any]:
+        return [e for e in self.events if isinstance(e, kind)
+                and (stream_id is None or getattr(e, "stream_id", None) == stream_id)]
+
+    def ended(self, stream_id: int) -> bool:
+        return bool(self.of(h2.events.StreamEnded, stream_id) or self.of(h2.events.StreamReset, stream_id))
+
+    def status(self, stream_id: int) -> int:
+        for event in self.of(h2.events.ResponseReceived, stream_id):
+            return int(dict(event.headers)[b":status"])
+        return 0
+
+    def body(self, stream_id: int) -> bytes:
+        return b"".join(e.data for e in self.of(h2.events.DataReceived, stream_id))
+
+    def goaway(self) -> h2.events.ConnectionTerminated | None:
+        found = self.of(h2.events.ConnectionTerminated)
+        return found[0] if found else None
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+# -- curl -----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(CURL is None, reason="needs curl")
+async def test_prior_knowledge_h2c_and_http1_on_the_same_port(env: Env) -> None:
+    code, out, err = await run("curl", "-sS", "--http2-prior-knowledge", "-D", "-", "-H", "x-test: one",
+                               f"http://127.0.0.1:{env.port}/h2/path?q=1")
+    assert code == 0, err
+    head, _, body = out.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/2 200"), head
+    assert b"x-request-id:" in head.lower()
+    echoed = json.loads(body)
+    assert echoed["path"] == "/h2/path" and echoed["query"] == "q=1"
+    assert echoed["headers"]["x-test"] == "one"
+    assert echoed["headers"]["host"] == f"127.0.0.1:{env.port}"
+    code, out, err = await run("curl", "-sS", "--http1.1", "-D", "-", f"http://127.0.0.1:{env.port}/h1")
+    assert code == 0, err
+    assert out.startswith(b"HTTP/1.1 200"), out
+    assert env.metric("sidecar_requests_total", listener="outbound", route="all", cluster="backend",
+                      code="200") == 2
+
+
+@pytest.mark.skipif(CURL is None, reason="needs curl")
+async def test_post_body_and_response_through_h2c(env: Env) -> None:
+    body = bytes(range(256)) * 4096  # 1 MiB: many windows' worth
+    code, out, err = await run("curl", "-sS", "--http2-prior-knowledge", "--data-binary", "@-",
+                               f"http://127.0.0.1:{env.port}/upload", stdin=body)
+    assert code == 0, err
+    assert json.loads(out)["body_length"] == len(body)
+    assert env.upstream.bodies[-1] == body
+
+
+@pytest.mark.skipif(CURL is None, reason="needs curl")
+async def test_h2_by_alpn_on_a_tls_listener(sidecar: Callable[[str], Awaitable[object]], tmp_path: Path) -> None:
+    pki = Pki(tmp_path / "pki")
+    cert, key = pki.leaf("server", spiffe("server"), dns_names=["localhost"])
+    upstream = await start_upstream()
+    running: Any = await sidecar(config(upstream.address).replace(
+        "        routes:", f"        tls: {{cert: {cert}, key: {key}}}\n        routes:", 1))
+    try:
+        url = f"https://localhost:{running.port()}/tls"
+        code, out, err = await run("curl", "-sS", "-k", "--http2", "-D", "-", "--resolve",
+                                   f"localhost:{running.port()}:127.0.0.1", url)
+        assert code == 0, err
+        assert out.startswith(b"HTTP/2 200"), out[:100]
+        assert json.loads(out.partition(b"\r\n\r\n")[2])["path"] == "/tls"
+        code, out, err = await run("curl", "-sS", "-k", "--http1.1", "-D", "-", "--resolve",
+                                   f"localhost:{running.port()}:127.0.0.1", url)
+        assert code == 0, err
+        assert out.startswith(b"HTTP/1.1 200"), out[:100]
+    finally:
+        await upstream.stop()
+
+
+@pytest.mark.skipif(H2LOAD is None, reason="needs h2load (nghttp2-client)")
+async def test_many_concurrent_streams_on_one_connection(env: Env) -> None:
+    code, out, err = await run("h2load", "-n", "400", "-c", "1", "-m", "50", f"http://127.0.0.1:{env.port}/load")
+    assert code == 0, err
+    text = out.decode()
+    assert "400 succeeded, 0 failed, 0 errored" in text, text
+    assert "status codes: 400 2xx" in text, text
+    assert env.metric("sidecar_requests_total", listener="outbound", route="all", cluster="backend",
+                      code="200") == 400
+
+
+async def test_raw_client_many_streams_trailers_and_ping(env: Env) -> None:
+    client = await RawClient.open(env.port)
+    try:
+        ids = [client.request(f"/s/{i}") for i in range(30)]
+        post = client.request("/trailers", "POST", end=False, extra=[(b"te", b"trailers")])
+        client.conn.send_data(post, b"hello")
+        client.conn.send_headers(post, [(b"x-checksum", b"abc")], end_stream=True)
+        client.conn.ping(b"12345678")
+        client.flush()
+        await client.until(lambda: all(client.ended(i) for i in [*ids, post])
+                           and bool(client.of(h2.events.PingAckReceived)))
+        assert [client.status(i) for i in ids] == [200] * 30
+        assert json.loads(client.body(ids[7]))["path"] == "/s/7"
+        echoed = json.loads(client.body(post))
+        assert echoed["body_length"] == 5 and echoed["headers"]["te"] == "trailers"
+        assert client.of(h2.events.PingAckReceived)[0].ping_data == b"12345678"
+    finally:
+        client.close()
+
+
+@pytest.fixture
+async def slow_env(sidecar: Callable[[str], Awaitable[object]]) -> AsyncIterator[Env]:
+    """An upstream whose /slow answers after 0.5 s and whose /hang never answers (until cancelled)."""
+    gone: list[str] = []
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        try:
+            if request.path == "/slow":
+                await asyncio.sleep(0.5)
+            elif request.path == "/hang":
+                # aiohttp does not cancel a handler whose client left: watch the connection instead.
+                for _ in range(600):
+                    if request.transport is None or request.transport.is_closing():
+                        gone.append(request.path)
+                        break
+                    await asyncio.sleep(0.05)
+        except asyncio.CancelledError:
+            gone.append(request.path)
+            raise
+        return web.Response(text=request.path)
+
+    upstream = await start_upstream(handler)
+    running = await sidecar(config(upstream.address))
+    env = Env(running, upstream)
+    env.gone = gone  # type: ignore[attr-defined]
+    yield env
+    await upstream.stop()
+
+
+async def test_client_reset_cancels_the_upstream_request(slow_env: Env) -> None:
+    client = await RawClient.open(slow_env.port)
+    try:
+        stream_id = client.request("/hang")
+        await asyncio.sleep(0.2)
+        client.conn.reset_stream(stream_id)
+        ok = client.request("/fast")
+        await client.until(lambda: client.ended(ok))
+        assert client.status(ok) == 200
+        for _ in range(50):
+            if slow_env.metric("sidecar_requests_total", listener="outbound", route="all", cluster="backend",
+                               code="499"):
+                break
+            await asyncio.sleep(0.02)
+        assert slow_env.metric("sidecar_requests_total", listener="outbound", route="all", cluster="backend",
+                               code="499") == 1
+        for _ in range(50):
+            if slow_env.gone:  # type: ignore[attr-defined]
+                break
+            await asyncio.sleep(0.02)
+        assert slow_env.gone == ["/hang"]  # type: ignore[attr-defined]
+    finally:
+        client.close()
+
+
+async def test_drain_sends_goaway_and_in_flight_streams_finish(slow_env: Env) -> None:
+    client = await RawClient.open(slow_env.port)
+    try:
+        first = client.request("/slow")
+        second = client.request("/slow")
+        await asyncio.sleep(0.1)
+        slow_env.running.app.listeners["outbound"].drain()
+        await client.until(lambda: bool(client.frames_of(GoAwayFrame)))
+        goaway = client.frames_of(GoAwayFrame)[0]
+        assert goaway.last_stream_id == second and goaway.error_code == 0
+        await client.until(lambda: client.frame_ended(first) and client.frame_ended(second))
+        bodies = b"".join(f.data for f in client.frames_of(DataFrame))
+        assert bodies == b"/slow/slow"
+        await client.until(lambda: client.closed, timeout=3.0)
+        assert client.closed, "the connection closes once its streams are done"
+    finally:
+        client.close()
+
+
+# -- protections ------------------------------------------------------------------------------------------
+
+
+async def assert_still_serving(env: Env) -> None:
+    client = await RawClient.open(env.port)
+    try:
+        stream_id = client.request("/after")
+        await client.until(lambda: client.ended(stream_id))
+        assert client.status(stream_id) == 200
+    finally:
+        client.close()
+
+
+def protections(env: Env, reason: str) -> float:
+    return env.metric("sidecar_http2_protections_total", listener="outbound", reason=reason)
+
+
+async def test_rapid_reset_gets_goaway(env: Env) -> None:
+    client = await RawClient.open(env.port)
+    try:
+        for _ in range(150):  # over max_resets_per_second (100) in well under a second
+            stream_id = client.request("/reset")
+            client.conn.reset_stream(stream_id)
+        client.flush()
+        await client.until(lambda: client.goaway() is not None)
+        goaway = client.goaway()
+        assert goaway is not None and goaway.error_code == h2.errors.ErrorCodes.ENHANCE_YOUR_CALM
+    finally:
+        client.close()
+    assert protections(env, "rapid_reset") == 1
+    await assert_still_serving(env)
+
+
+async def test_ping_flood_gets_goaway(env: Env) -> None:
+    client = await RawClient.open(env.port)
+    try:
+        for i in range(300):
+            client.conn.ping(b"%08d" % i)
+        client.flush()
+        await client.until(lambda: client.goaway() is not None)
+    finally:
+        client.close()
+    assert protections(env, "ping_flood") == 1
+    await assert_still_serving(env)
+
+
+async def test_settings_flood_gets_goaway(env: Env) -> None:
+    client = await RawClient.open(env.port)
+    try:
+        for i in range(300):
+            client.conn.update_settings({h2.settings.SettingCodes.HEADER_TABLE_SIZE: 4096 + i})
+        client.flush()
+        await client.until(lambda: client.goaway() is not None)
+    finally:
+        client.close()
+    assert protections(env, "settings_flood") == 1
+    await assert_still_serving(env)
+
+
+async def test_streams_over_the_limit_are_refused(slow_env: Env) -> None:
+    client = await RawClient.open(slow_env.port)
+    try:
+        ids = [client.request("/slow") for _ in range(110)]  # the advertised limit is 100
+        await client.until(lambda: all(client.ended(i) for i in ids))
+        refused = [i for i in ids if client.of(h2.events.StreamReset, i)]
+        assert len(refused) == 10
+        assert all(client.of(h2.events.StreamReset, i)[0].error_code == h2.errors.ErrorCodes.REFUSED_STREAM
+                   for i in refused)
+        assert sum(client.status(i) == 200 for i in ids) == 100
+    finally:
+        client.close()
+    assert protections(slow_env, "stream_limit") == 10
+
+
+async def test_oversize_header_list_gets_goaway(env: Env) -> None:
+    client = await RawClient.open(env.port)
+    try:
+        client.request("/big", extra=[(b"x-big-%d" % i, b"v" * 1000) for i in range(12)])  # over 8 KiB
+        await client.until(lambda: client.goaway() is not None)
+    finally:
+        client.close()
+    assert protections(env, "header_list_size") == 1
+    await assert_still_serving(env)
+
+
+async def test_continuation_flood_gets_goaway(env: Env) -> None:
+    """HEADERS without END_HEADERS, then CONTINUATION frames that never end the block (the 2024 flood)."""
+    from hyperframe.frame import ContinuationFrame, HeadersFrame
+
+    reader, writer = await asyncio.open_connection("127.0.0.1", env.port)
+    client = RawClient(reader, writer)
+    try:
+        headers = HeadersFrame(1)
+        headers.data = client.conn.encoder.encode([(b":method", b"GET"), (b":scheme", b"http"),
+                                                   (b":path", b"/"), (b":authority", b"svc")])
+        writer.write(headers.serialize())
+        for _ in range(200):
+            frame = ContinuationFrame(1)
+            frame.data = b"\x40\x01a\x01b"  # literal header a: b, never END_HEADERS
+            writer.write(frame.serialize())
+        await writer.drain()
+        await client.until(lambda: bool(client.frames_of(GoAwayFrame)) or client.closed)
+    finally:
+        client.close()
+    assert protections(env, "continuation_flood") == 1
+    await assert_still_serving(env)
