@@ -349,9 +349,9 @@ class H2Stream(RequestStream):
 class Http2Connection(asyncio.Protocol):
     """One HTTP/2 client connection: its `h2` state machine, streams, timer and protections."""
 
-    __slots__ = ("_closing", "_counts_since", "_h2", "_last_stream", "_loop", "_pings", "_resets", "_settings_seen",
-                 "_streams", "_timer", "client_cert", "draining", "idle_since", "listener", "now", "peer_identity",
-                 "peer_ip", "transport", "write_paused")
+    __slots__ = ("_closing", "_counts_since", "_flush_pending", "_h2", "_last_stream", "_loop", "_pings", "_resets",
+                 "_settings_seen", "_streams", "_timer", "client_cert", "draining", "idle_since", "listener", "now",
+                 "peer_identity", "peer_ip", "transport", "write_paused")
 
     def __init__(self, listener: H2Listener, loop: asyncio.AbstractEventLoop, peer_ip: bytes, peer_identity: str,
                  client_cert: bytes) -> None:
@@ -367,6 +367,7 @@ class Http2Connection(asyncio.Protocol):
         self._streams: dict[int, H2Stream] = {}
         self._timer: asyncio.TimerHandle | None = None
         self._closing = False
+        self._flush_pending = False
         self.draining = False
         self.write_paused = False
         # The highest stream id handed to the listener (the GOAWAY of a drain names it).
@@ -408,7 +409,7 @@ class Http2Connection(asyncio.Protocol):
         if extra > 0:
             conn.increment_flow_control_window(extra)
         self.listener.connection_opened(self)
-        self.flush()
+        self.flush_now()
         self._arm(self.now() + min(settings.idle_timeout, settings.header_read_timeout))
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -454,7 +455,7 @@ class Http2Connection(asyncio.Protocol):
             self._event(event)
             if self._closing:
                 return
-        self.flush()
+        self.flush_now()
 
     # -- events --------------------------------------------------------------------------------------
 
@@ -633,13 +634,13 @@ class Http2Connection(asyncio.Protocol):
         if reason:
             self.listener.http2_protection(reason)
         log.debug("HTTP/2 connection from %s closed: %s", self.peer_ip.decode("latin-1"), exc)
-        self.flush()
+        self.flush_now()
         self._close_now()
 
     def _goaway(self, code: ErrorCodes) -> None:
         """Send GOAWAY with `code` and close: the connection is over (streams under way are reset)."""
         self._h2.close_connection(error_code=code, last_stream_id=self._last_stream)
-        self.flush()
+        self.flush_now()
         self._close_now()
 
     def _close_now(self) -> None:
@@ -708,6 +709,14 @@ class Http2Connection(asyncio.Protocol):
                 self.close()
 
     def flush(self) -> None:
+        """Write what h2 has queued, once per loop iteration: the frames of every stream answered in one
+        iteration (many handlers finish together under load) go out in one write."""
+        if not self._flush_pending:
+            self._flush_pending = True
+            self._loop.call_soon(self.flush_now)
+
+    def flush_now(self) -> None:
+        self._flush_pending = False
         data = self._h2.data_to_send()
         transport = self.transport
         if data and transport is not None and not transport.is_closing():
@@ -720,7 +729,7 @@ class Http2Connection(asyncio.Protocol):
         if self.draining or self._closing:
             return
         self.draining = True
-        self.flush()
+        self.flush_now()
         # Written by hand: h2 refuses to send anything after its own GOAWAY, and streams under way still
         # need their responses.
         frame = GoAwayFrame(stream_id=0, last_stream_id=self._last_stream, error_code=0)
@@ -732,6 +741,7 @@ class Http2Connection(asyncio.Protocol):
     def close(self) -> None:
         transport = self.transport
         if not self._closing and transport is not None:
+            self.flush_now()
             self._closing = True
             transport.close()
 
