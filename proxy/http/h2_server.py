@@ -526,6 +526,13 @@ class Http2Connection(asyncio.Protocol):
 
     def _start_handler(self, stream: H2Stream) -> None:
         stream.task = self._loop.create_task(self._run(stream))
+        idle = self.listener.settings.stream_idle_timeout
+        if idle:
+            # The connection's one timer must fire by this stream's idle deadline (usually it already does).
+            deadline = stream.started_at + idle
+            timer = self._timer
+            if timer is None or timer.when() > deadline:
+                self._arm(deadline)
 
     async def _run(self, stream: H2Stream) -> None:
         stream.handler_started = True
@@ -579,7 +586,7 @@ class Http2Connection(asyncio.Protocol):
                 return
         if stream is not None:
             self._client_gone(stream)
-            self.acknowledge(0, stream.release_window())
+            self.acknowledge(stream.stream_id, stream.release_window())
 
     def _client_gone(self, stream: H2Stream) -> None:
         if stream.response_done:
@@ -701,7 +708,7 @@ class Http2Connection(asyncio.Protocol):
         if body is not None and not body.complete and not stream.aborted and not self._closing:
             # Answered before the client finished its body (a 413, or an early answer): it may stop sending.
             with_suppressed_reset(self._h2, stream.stream_id)
-        self.acknowledge(0, stream.release_window())
+        self.acknowledge(stream.stream_id, stream.release_window())
         self.flush()
         if not self._streams:
             self.idle_since = self.now()

@@ -452,3 +452,93 @@ async def test_continuation_flood_gets_goaway(env: Env) -> None:
         client.close()
     assert protections(env, "continuation_flood") == 1
     await assert_still_serving(env)
+
+
+# -- limits shared with HTTP/1.1 -----------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def tight_env(sidecar: Callable[[str], Awaitable[object]]) -> AsyncIterator[Env]:
+    upstream = await start_upstream()
+    text = config(upstream.address).replace(
+        "max_request_headers: 8KiB",
+        "max_request_headers: 8KiB\n          max_headers: 10\n          max_request_body: 1KiB\n"
+        "          stream_idle_timeout: 300ms")
+    running = await sidecar(text)
+    yield Env(running, upstream)
+    await upstream.stop()
+
+
+async def test_body_over_the_limit_gets_413_and_the_connection_goes_on(tight_env: Env) -> None:
+    client = await RawClient.open(tight_env.port)
+    try:
+        declared = client.request("/declared", "POST", end=False, extra=[(b"content-length", b"4096")])
+        streamed = client.request("/streamed", "POST", end=False)
+        for stream_id in (declared, streamed):
+            for _ in range(4):
+                client.conn.send_data(stream_id, b"x" * 1024)
+        client.flush()
+        await client.until(lambda: client.ended(declared) and client.ended(streamed))
+        assert client.status(declared) == 413 and client.status(streamed) == 413
+        ok = client.request("/ok")
+        await client.until(lambda: client.ended(ok))
+        assert client.status(ok) == 200
+    finally:
+        client.close()
+    assert not tight_env.upstream.requests[1:]  # only /ok reached the upstream
+
+
+async def test_too_many_header_fields_get_431(tight_env: Env) -> None:
+    client = await RawClient.open(tight_env.port)
+    try:
+        stream_id = client.request("/many", extra=[(b"x-h%d" % i, b"v") for i in range(20)])
+        await client.until(lambda: client.ended(stream_id))
+        assert client.status(stream_id) == 431
+    finally:
+        client.close()
+    assert protections(tight_env, "header_list_size") == 1
+
+
+async def test_a_stream_that_never_sends_its_body_gets_504(tight_env: Env) -> None:
+    client = await RawClient.open(tight_env.port)
+    try:
+        stream_id = client.request("/silent", "POST", end=False)
+        await client.until(lambda: client.ended(stream_id), timeout=5.0)
+        assert client.status(stream_id) == 504, client.events
+    finally:
+        client.close()
+
+
+async def test_request_trailers_reach_an_http1_upstream(sidecar: Callable[[str], Awaitable[object]]) -> None:
+    """A raw HTTP/1.1 upstream sees the chunked body with the trailer fields the client sent over HTTP/2."""
+    received = bytearray()
+    done = asyncio.Event()
+
+    async def upstream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while not received.endswith(b"\r\n\r\n") or b"0\r\n" not in received:
+            data = await reader.read(65536)
+            if not data:
+                return
+            received.extend(data)
+        done.set()
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+        await writer.drain()
+
+    server = await asyncio.start_server(upstream, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    running: Any = await sidecar(config(f"127.0.0.1:{port}"))
+    client = await RawClient.open(running.port())
+    try:
+        stream_id = client.request("/t", "POST", end=False, extra=[(b"te", b"trailers")])
+        client.conn.send_data(stream_id, b"hello")
+        client.conn.send_headers(stream_id, [(b"x-checksum", b"abc")], end_stream=True)
+        client.flush()
+        await client.until(lambda: client.ended(stream_id))
+        assert client.status(stream_id) == 200
+        await asyncio.wait_for(done.wait(), 5)
+        assert b"transfer-encoding: chunked" in received.lower()
+        assert b"te: trailers" in received.lower()
+        assert received.endswith(b"0\r\nx-checksum: abc\r\n\r\n"), bytes(received)
+    finally:
+        client.close()
+        server.close()
