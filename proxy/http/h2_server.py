@@ -198,8 +198,8 @@ class H2Stream(RequestStream):
     """One HTTP/2 stream: a request and the response written back for it. It is also the `ReadControl` an
     upstream pauses when its write buffer fills with this request's body (acknowledgements stop)."""
 
-    __slots__ = ("_end_pending", "_out", "_out_size", "_trailers_out", "conn", "h2_body", "handler_started",
-                 "head_only", "last_activity", "read_paused", "stream_id", "unacked")
+    __slots__ = ("_end_pending", "_ended", "_out", "_out_size", "_trailers_out", "_unsent", "conn", "h2_body",
+                 "handler_started", "head_only", "last_activity", "read_paused", "stream_id", "unacked")
 
     def __init__(self, conn: Http2Connection, stream_id: int, head: RequestHead, started_at: float) -> None:
         super().__init__(head, None, conn.peer_ip, started_at, conn.peer_identity, conn.client_cert)
@@ -214,6 +214,10 @@ class H2Stream(RequestStream):
         self._out: list[bytes] = []
         self._out_size = 0
         self._end_pending = False
+        # END_STREAM is already sent (with the head or the last DATA of a response of declared length).
+        self._ended = False
+        # Response body bytes of the declared length not sent yet (-1: length unknown).
+        self._unsent = -1
         self._trailers_out: Headers | None = None
 
     # -- request body flow control (ReadControl) ---------------------------------------------------
@@ -279,12 +283,17 @@ class H2Stream(RequestStream):
         if content_length is not None and status != 204 and status != 304 and status >= 200:
             fields.append((b"content-length", b"%d" % content_length))
         fields.append((b"x-request-id", self.request_id))
-        self.conn.send_headers(self.stream_id, fields, False)
-        if first and not (no_body or self.head_only):
+        bodiless = no_body or self.head_only or status == 204 or status == 304 or content_length == 0
+        # A response known to have no body, or whose declared body ends with its last DATA frame, carries
+        # END_STREAM there: no empty DATA frame to end it (a third of the frames of a small response).
+        self._ended = bodiless and status >= 200
+        self._unsent = content_length if content_length is not None and status >= 200 else -1
+        self.conn.send_headers(self.stream_id, fields, self._ended)
+        if first and not bodiless:
             self.write_body(first)
 
     def write_body(self, data: bytes) -> None:
-        if not data or self.response_done:
+        if not data or self.response_done or self._ended:
             return
         self.last_activity = self.conn.now()
         self.bytes_out += len(data)
@@ -319,11 +328,17 @@ class H2Stream(RequestStream):
                 out[0] = piece[window:]
                 piece = piece[:window]
             self._out_size -= len(piece)
-            conn.send_data(self.stream_id, piece)
+            last = False
+            if self._unsent >= 0:
+                self._unsent -= len(piece)
+                last = self._unsent <= 0 and not out
+            conn.send_data(self.stream_id, piece, last)
+            self._ended = last
         if self._out_size <= STREAM_HIGH_WATER // 2 and self.upstream_reader is not None:
             self.upstream_reader.resume_reading()
         if not out and self._end_pending:
-            conn.end_stream(self.stream_id, self._trailers_out)
+            if not self._ended:
+                conn.end_stream(self.stream_id, self._trailers_out)
             self._finish()
 
     def _finish(self) -> None:
@@ -677,9 +692,9 @@ class Http2Connection(asyncio.Protocol):
             self._h2.send_headers(stream_id, fields, end_stream=end)
             self.flush()
 
-    def send_data(self, stream_id: int, data: bytes) -> None:
+    def send_data(self, stream_id: int, data: bytes, end: bool) -> None:
         if not self._closing:
-            self._h2.send_data(stream_id, data)
+            self._h2.send_data(stream_id, data, end_stream=end)
             self.flush()
 
     def end_stream(self, stream_id: int, trailers: Headers | None) -> None:

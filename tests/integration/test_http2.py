@@ -542,3 +542,27 @@ async def test_request_trailers_reach_an_http1_upstream(sidecar: Callable[[str],
     finally:
         client.close()
         server.close()
+
+
+async def test_access_log_and_trace_propagation_for_http2_requests(sidecar: Callable[[str], Awaitable[object]],
+                                                                   tmp_path: Path) -> None:
+    from tests.integration.test_access_log import wait_lines
+
+    upstream = await start_upstream()
+    running: Any = await sidecar("    access_log: {path: access.log}\n" + config(upstream.address))
+    client = await RawClient.open(running.port())
+    try:
+        parent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+        stream_id = client.request("/logged", extra=[(b"traceparent", parent.encode())])
+        await client.until(lambda: client.ended(stream_id))
+        headers = dict(client.of(h2.events.ResponseReceived, stream_id)[0].headers)
+        echoed = json.loads(client.body(stream_id))
+        [line] = await wait_lines(tmp_path / "access.log", 1)
+    finally:
+        client.close()
+        await upstream.stop()
+    assert line["path"] == "/logged" and line["status"] == 200
+    assert line["request_id"] == headers[b"x-request-id"].decode() == echoed["headers"]["x-request-id"]
+    # The trace goes on (same trace id, a new parent span id for the upstream request).
+    sent = echoed["headers"]["traceparent"]
+    assert sent.split("-")[1] == parent.split("-")[1] and sent.split("-")[2] != parent.split("-")[2]
