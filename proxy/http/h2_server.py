@@ -273,6 +273,8 @@ class H2Stream(RequestStream):
     def start_response(self, head: ResponseHead, content_length: int | None, no_body: bool,
                        first: bytes = b"") -> None:
         status = head.status
+        if self.response_done:
+            return  # reset by the client meanwhile
         self.response_started = True
         self.response_status = status
         self.last_activity = self.conn.now()
@@ -687,23 +689,29 @@ class Http2Connection(asyncio.Protocol):
         except h2.exceptions.StreamClosedError:
             return 0
 
+    # A stream the client has just reset (its RST_STREAM read in the same loop turn as the handler's write)
+    # is closed in h2: what is written to it is dropped, as on a socket that is gone.
+
     def send_headers(self, stream_id: int, fields: Headers, end: bool) -> None:
         if not self._closing:
-            self._h2.send_headers(stream_id, fields, end_stream=end)
+            with contextlib.suppress(h2.exceptions.StreamClosedError):
+                self._h2.send_headers(stream_id, fields, end_stream=end)
             self.flush()
 
     def send_data(self, stream_id: int, data: bytes, end: bool) -> None:
         if not self._closing:
-            self._h2.send_data(stream_id, data, end_stream=end)
+            with contextlib.suppress(h2.exceptions.StreamClosedError):
+                self._h2.send_data(stream_id, data, end_stream=end)
             self.flush()
 
     def end_stream(self, stream_id: int, trailers: Headers | None) -> None:
         if self._closing:
             return
-        if trailers:
-            self._h2.send_headers(stream_id, trailers, end_stream=True)
-        else:
-            self._h2.end_stream(stream_id)
+        with contextlib.suppress(h2.exceptions.StreamClosedError):
+            if trailers:
+                self._h2.send_headers(stream_id, trailers, end_stream=True)
+            else:
+                self._h2.end_stream(stream_id)
         self.flush()
 
     def reset(self, stream_id: int, code: ErrorCodes) -> None:

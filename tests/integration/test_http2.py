@@ -566,3 +566,61 @@ async def test_access_log_and_trace_propagation_for_http2_requests(sidecar: Call
     # The trace goes on (same trace id, a new parent span id for the upstream request).
     sent = echoed["headers"]["traceparent"]
     assert sent.split("-")[1] == parent.split("-")[1] and sent.split("-")[2] != parent.split("-")[2]
+
+
+async def test_routes_header_rules_splits_faults_and_rate_limits_over_http2(
+        sidecar: Callable[[str], Awaitable[object]]) -> None:
+    v1 = await start_upstream(name="v1")
+    v2 = await start_upstream(name="v2")
+    running: Any = await sidecar(f"""
+    admin: {{address: "127.0.0.1:0"}}
+    listeners:
+      - name: outbound
+        address: "127.0.0.1:0"
+        routes:
+          - name: canary
+            match: {{prefix: /api, headers: {{x-version: {{exact: v2}}}}}}
+            cluster: v2
+            headers:
+              request: {{set: {{x-canary: "true"}}, remove: [x-debug]}}
+              response: {{add: {{x-served-by: sidecar}}}}
+          - name: split
+            match: {{prefix: /split}}
+            split: [{{cluster: v1, weight: 1}}, {{cluster: v2, weight: 1}}]
+          - name: broken
+            match: {{prefix: /broken}}
+            cluster: v1
+            fault: {{abort: {{status: 503, percent: 100}}}}
+          - name: limited
+            match: {{prefix: /limited}}
+            cluster: v1
+            rate_limit: {{requests_per_second: 1, burst: 2}}
+          - name: rest
+            match: {{prefix: /}}
+            cluster: v1
+    clusters:
+      - name: v1
+        endpoints: ["{v1.address}"]
+      - name: v2
+        endpoints: ["{v2.address}"]
+    """)
+    client = await RawClient.open(running.port())
+    try:
+        canary = client.request("/api/x", extra=[(b"x-version", b"v2"), (b"x-debug", b"1")])
+        plain = client.request("/api/x")
+        splits = [client.request("/split") for _ in range(20)]
+        broken = client.request("/broken")
+        limited = [client.request("/limited") for _ in range(4)]
+        every = [canary, plain, *splits, broken, *limited]
+        await client.until(lambda: all(client.ended(i) for i in every))
+        answer = json.loads(client.body(canary))
+        assert answer["name"] == "v2" and answer["headers"]["x-canary"] == "true" and "x-debug" not in answer["headers"]
+        assert dict(client.of(h2.events.ResponseReceived, canary)[0].headers)[b"x-served-by"] == b"sidecar"
+        assert json.loads(client.body(plain))["name"] == "v1"
+        assert {json.loads(client.body(i))["name"] for i in splits} == {"v1", "v2"}
+        assert client.status(broken) == 503
+        assert sorted(client.status(i) for i in limited) == [200, 200, 429, 429]
+    finally:
+        client.close()
+        await v1.stop()
+        await v2.stop()
