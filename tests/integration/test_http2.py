@@ -624,3 +624,52 @@ async def test_routes_header_rules_splits_faults_and_rate_limits_over_http2(
         client.close()
         await v1.stop()
         await v2.stop()
+
+
+async def test_an_idle_connection_gets_goaway_and_closes(sidecar: Callable[[str], Awaitable[object]]) -> None:
+    upstream = await start_upstream()
+    running: Any = await sidecar(config(upstream.address).replace(
+        "max_request_headers: 8KiB", "max_request_headers: 8KiB\n          idle_timeout: 300ms"))
+    client = await RawClient.open(running.port())
+    try:
+        stream_id = client.request("/once")
+        await client.until(lambda: client.ended(stream_id))
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        await client.until(lambda: client.closed, timeout=5.0)
+        assert 0.2 < loop.time() - started < 2.0
+        goaway = client.frames_of(GoAwayFrame)
+        assert goaway and goaway[0].last_stream_id == stream_id and goaway[0].error_code == 0
+    finally:
+        client.close()
+        await upstream.stop()
+
+
+async def test_mtls_identity_reaches_an_http2_request(sidecar: Callable[[str], Awaitable[object]],
+                                                      tmp_path: Path) -> None:
+    import ssl
+
+    pki = Pki(tmp_path / "pki")
+    cert, key = pki.leaf("server", spiffe("server"), dns_names=["localhost"])
+    client_cert, client_key = pki.leaf("web", spiffe("web"))
+    upstream = await start_upstream()
+    running: Any = await sidecar(config(upstream.address).replace(
+        "        routes:",
+        f"        tls: {{cert: {cert}, key: {key}, ca: {pki.ca}, require_client_cert: true}}\n        routes:", 1))
+    context = ssl.create_default_context(cafile=pki.ca)
+    context.check_hostname = False
+    context.load_cert_chain(client_cert, client_key)
+    context.set_alpn_protocols(["h2"])
+    reader, writer = await asyncio.open_connection("127.0.0.1", running.port(), ssl=context,
+                                                   server_hostname="localhost")
+    assert writer.get_extra_info("ssl_object").selected_alpn_protocol() == "h2"
+    client = RawClient(reader, writer)
+    try:
+        stream_id = client.request("/who")
+        await client.until(lambda: client.ended(stream_id))
+        assert client.status(stream_id) == 200
+        xfcc = json.loads(client.body(stream_id))["headers"]["x-forwarded-client-cert"]
+        assert xfcc.endswith(f"URI={spiffe('web')}"), xfcc
+    finally:
+        client.close()
+        await upstream.stop()
