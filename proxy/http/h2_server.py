@@ -498,7 +498,15 @@ class Http2Connection(asyncio.Protocol):
             if h2.settings.SettingCodes.INITIAL_WINDOW_SIZE in event.changed_settings:
                 self._window_updated(0)
         elif isinstance(event, h2.events.ConnectionTerminated):
-            self.drain()  # the client's GOAWAY: streams under way finish, no new ones come
+            self._client_goaway()
+
+    def _client_goaway(self) -> None:
+        """The client's GOAWAY: it opens no more streams, and the ones under way still get their responses
+        (RFC 9113 section 6.8). h2 closes its state machine on a received GOAWAY and would refuse to send
+        them, so it is put back to open; nothing new is accepted (`draining`), and the connection closes
+        once those streams are done."""
+        self._h2.state_machine.state = h2.connection.ConnectionState.SERVER_OPEN
+        self.drain()
 
     def _request(self, event: h2.events.RequestReceived) -> None:
         stream_id = event.stream_id
@@ -677,7 +685,8 @@ class Http2Connection(asyncio.Protocol):
 
     def acknowledge(self, stream_id: int, flow: int) -> None:
         if flow and not self._closing:
-            self._h2.acknowledge_received_data(flow, stream_id)
+            with contextlib.suppress(h2.exceptions.ProtocolError):
+                self._h2.acknowledge_received_data(flow, stream_id)
             # Out at once: an acknowledgement made outside a read (a sink attached by the handler, an upstream
             # resuming) is what a client waiting on its window needs.
             self.flush()
@@ -686,28 +695,29 @@ class Http2Connection(asyncio.Protocol):
         conn = self._h2
         try:
             return min(conn.local_flow_control_window(stream_id), conn.max_outbound_frame_size)
-        except h2.exceptions.StreamClosedError:
+        except h2.exceptions.ProtocolError:
             return 0
 
     # A stream the client has just reset (its RST_STREAM read in the same loop turn as the handler's write)
-    # is closed in h2: what is written to it is dropped, as on a socket that is gone.
+    # is closed in h2: what is written to it is dropped, as on a socket that is gone (h2's ProtocolError,
+    # StreamClosedError among them, never reaches a handler).
 
     def send_headers(self, stream_id: int, fields: Headers, end: bool) -> None:
         if not self._closing:
-            with contextlib.suppress(h2.exceptions.StreamClosedError):
+            with contextlib.suppress(h2.exceptions.ProtocolError):
                 self._h2.send_headers(stream_id, fields, end_stream=end)
             self.flush()
 
     def send_data(self, stream_id: int, data: bytes, end: bool) -> None:
         if not self._closing:
-            with contextlib.suppress(h2.exceptions.StreamClosedError):
+            with contextlib.suppress(h2.exceptions.ProtocolError):
                 self._h2.send_data(stream_id, data, end_stream=end)
             self.flush()
 
     def end_stream(self, stream_id: int, trailers: Headers | None) -> None:
         if self._closing:
             return
-        with contextlib.suppress(h2.exceptions.StreamClosedError):
+        with contextlib.suppress(h2.exceptions.ProtocolError):
             if trailers:
                 self._h2.send_headers(stream_id, trailers, end_stream=True)
             else:
@@ -718,7 +728,7 @@ class Http2Connection(asyncio.Protocol):
         if not self._closing:
             try:
                 self._h2.reset_stream(stream_id, code)
-            except h2.exceptions.StreamClosedError:
+            except h2.exceptions.ProtocolError:
                 return
             self.flush()
 
@@ -822,7 +832,7 @@ class Http2Connection(asyncio.Protocol):
 
 def with_suppressed_reset(conn: h2.connection.H2Connection, stream_id: int) -> None:
     """RST_STREAM(NO_ERROR) on a stream whose answer is complete while its request body is still coming."""
-    with contextlib.suppress(h2.exceptions.StreamClosedError):
+    with contextlib.suppress(h2.exceptions.ProtocolError):
         conn.reset_stream(stream_id, ErrorCodes.NO_ERROR)
 
 

@@ -673,3 +673,17 @@ async def test_mtls_identity_reaches_an_http2_request(sidecar: Callable[[str], A
     finally:
         client.close()
         await upstream.stop()
+
+
+async def test_a_client_goaway_still_gets_the_responses_under_way(slow_env: Env) -> None:
+    client = await RawClient.open(slow_env.port)
+    try:
+        stream_id = client.request("/slow")
+        await asyncio.sleep(0.1)
+        client.conn.close_connection()  # the client's GOAWAY: no more streams from it
+        client.flush()
+        await client.until(lambda: client.frame_ended(stream_id))
+        assert b"".join(f.data for f in client.frames_of(DataFrame, stream_id)) == b"/slow"
+        await client.until(lambda: client.closed, timeout=3.0)
+    finally:
+        client.close()
