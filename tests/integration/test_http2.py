@@ -687,3 +687,30 @@ async def test_a_client_goaway_still_gets_the_responses_under_way(slow_env: Env)
         await client.until(lambda: client.closed, timeout=3.0)
     finally:
         client.close()
+
+
+async def test_a_response_stuck_on_a_closed_window_is_reset_after_the_stream_idle_timeout(
+        sidecar: Callable[[str], Awaitable[object]]) -> None:
+    async def big(request: web.Request) -> web.StreamResponse:
+        return web.Response(body=b"x" * 200_000)
+
+    upstream = await start_upstream(big)
+    running: Any = await sidecar(config(upstream.address).replace(
+        "max_request_headers: 8KiB", "max_request_headers: 8KiB\n          stream_idle_timeout: 300ms"))
+    client = await RawClient.open(running.port(), {h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 1000})
+    try:
+        stream_id = client.request("/big")
+        # Never give a window back: the sidecar sends 1000 bytes, then waits, then gives up on the stream.
+        await client.until(lambda: bool(client.of(h2.events.StreamReset, stream_id)), timeout=5.0)
+        assert client.status(stream_id) == 200
+        assert len(client.body(stream_id)) == 1000
+        assert client.of(h2.events.StreamReset, stream_id)[0].error_code == h2.errors.ErrorCodes.INTERNAL_ERROR
+        other = client.request("/other")
+        await client.until(lambda: len(client.body(other)) >= 1000 or client.ended(other))
+        assert client.status(other) == 200  # the connection is still served
+    finally:
+        client.close()
+        await upstream.stop()
+    await asyncio.sleep(0.05)
+    assert running.app.metrics.registry.get_sample_value(
+        "sidecar_requests_total", {"listener": "outbound", "route": "all", "cluster": "backend", "code": "504"}) == 1
