@@ -714,3 +714,28 @@ async def test_a_response_stuck_on_a_closed_window_is_reset_after_the_stream_idl
     await asyncio.sleep(0.05)
     assert running.app.metrics.registry.get_sample_value(
         "sidecar_requests_total", {"listener": "outbound", "route": "all", "cluster": "backend", "code": "504"}) == 1
+
+
+async def test_a_reload_changes_the_limits_of_new_connections(sidecar: Callable[[str], Awaitable[object]]) -> None:
+    upstream = await start_upstream()
+    text = config(upstream.address)
+    running: Any = await sidecar(text)
+    app = running.app
+    try:
+        app.loaded.path.write_text(text.replace(
+            "max_request_headers: 8KiB",
+            "max_request_headers: 8KiB\n          http2: {max_concurrent_streams: 7, initial_stream_window: 1MiB}"))
+        assert await app.reload()
+        client = await RawClient.open(running.port())
+        try:
+            stream_id = client.request("/after-reload")
+            await client.until(lambda: client.ended(stream_id))
+            assert client.status(stream_id) == 200
+            [changed] = client.of(h2.events.RemoteSettingsChanged)[:1]
+            settings = {code: c.new_value for code, c in changed.changed_settings.items()}
+            assert settings[h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS] == 7
+            assert settings[h2.settings.SettingCodes.INITIAL_WINDOW_SIZE] == 1 << 20
+        finally:
+            client.close()
+    finally:
+        await upstream.stop()
