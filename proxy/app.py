@@ -27,7 +27,7 @@ from prometheus_client import CollectorRegistry
 from proxy.admin.server import AdminServer, AdminSource
 from proxy.clock import Clock
 from proxy.config.load import ConfigError, ConfigUnreadable, LoadedConfig, parse_config, read_and_hash, redacted_dump
-from proxy.config.model import Address, ClusterConfig, Config, ListenerConfig, host_port
+from proxy.config.model import Address, ClusterConfig, Config, Http2Config, ListenerConfig, host_port
 from proxy.config.watch import ConfigWatcher
 from proxy.discovery.hub import DiscoveryHub
 from proxy.discovery.static import static_endpoints
@@ -36,7 +36,7 @@ from proxy.filters.trace import TracePropagator
 from proxy.http.client import ClientConnection
 from proxy.http.path import MODES as PATH_MODES
 from proxy.http.server import create_protocol_factory
-from proxy.http.settings import ServerSettings
+from proxy.http.settings import Http2Settings, ServerSettings
 from proxy.outbound import build_router
 from proxy.routing.table import RouteTable
 from proxy.security.origination import ClusterOrigin
@@ -67,10 +67,7 @@ def unsupported_keys(config: Config) -> list[str]:
 
 def _unsupported_listener_keys(listener: ListenerConfig, where: str) -> list[str]:
     """`unsupported_keys` of one listener (and its routes), under its key path `where`."""
-    found: list[str] = []
-    if listener.http.http2 is not None:
-        found.append(f"{where}.http.http2")
-    return found
+    return []
 
 
 def _unsupported_cluster_keys(cluster: ClusterConfig, where: str) -> list[str]:
@@ -83,6 +80,7 @@ def _unsupported_cluster_keys(cluster: ClusterConfig, where: str) -> list[str]:
 
 def server_settings(listener: ListenerConfig) -> ServerSettings:
     http = listener.http
+    http2 = http.http2 if http.http2 is not None else Http2Config()
     return ServerSettings(
         max_head_bytes=http.max_request_headers,
         max_headers=http.max_headers,
@@ -93,6 +91,11 @@ def server_settings(listener: ListenerConfig) -> ServerSettings:
         max_requests_in_flight=http.max_requests_in_flight,
         scheme=b"https" if listener.tls is not None else b"http",
         path_normalization=PATH_MODES[http.path_normalization],
+        # HTTP/2 is on for every listener (the contract: every listener serves h2c on its port); the
+        # `http2:` block only changes its limits.
+        http2=Http2Settings(max_concurrent_streams=http2.max_concurrent_streams,
+                            initial_stream_window=http2.initial_stream_window,
+                            max_resets_per_second=http2.max_resets_per_second),
     )
 
 

@@ -125,3 +125,11 @@ class ResponseHead(Record):
         self.status = status
         self.reason = reason
         self.headers = headers
+
+
+def is_grpc(content_type: bytes | None) -> bool:
+    """`application/grpc` itself or one of its `+proto`, `+json`, ... forms (parameters allowed)."""
+    if content_type is None or not content_type[:16].lower().startswith(b"application/grpc"):
+        return False
+    rest = content_type[16:17]
+    return rest in (b"", b"+", b";")

@@ -22,6 +22,7 @@ from typing import Protocol, cast
 
 import httptools
 
+from proxy.http.h2_server import PREFACE, H2Listener, Http2Connection
 from proxy.http.headers import (
     chunk,
     content_length_line,
@@ -391,6 +392,7 @@ class ServerConnection(asyncio.Protocol):
         "_paused_at",
         "_pending",
         "_pending_scheduled",
+        "_preface",
         "_queue",
         "_resume_body",
         "_stopped",
@@ -461,6 +463,8 @@ class ServerConnection(asyncio.Protocol):
         self._tunnel: TunnelPeer | None = None
         self._early = b""
         self._eof = False
+        # The first bytes of a connection while they may still be the HTTP/2 preface (None: HTTP/1, decided).
+        self._preface: bytes | None = None
         self.draining = False
         # Our socket's write buffer is over its high-water mark: an upstream attached now starts paused.
         self.write_paused = False
@@ -487,6 +491,8 @@ class ServerConnection(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         if peer:
             self.peer.ip = str(peer[0]).encode()
+        if self.listener.settings.http2 is not None:
+            self._preface = b""
         self.listener.connection_opened(self)
         self._arm_at(self._loop.time() + self.listener.settings.idle_timeout)
 
@@ -506,6 +512,15 @@ class ServerConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.rx += len(data)
+        if self._preface is not None:
+            data = self._preface + data
+            if len(data) < len(PREFACE) and PREFACE.startswith(data):
+                self._preface = data  # maybe the HTTP/2 preface, cut: wait for the rest
+                return
+            self._preface = None
+            if data.startswith(PREFACE):
+                self._to_http2(data)
+                return
         self._receive(data)
 
     def _receive(self, data: bytes) -> None:
@@ -521,6 +536,22 @@ class ServerConnection(asyncio.Protocol):
             # Reading resumed before the held-back bytes were parsed: they come first.
             data, self._pending = self._pending + data, b""
         self._parse(data)
+
+    def _to_http2(self, data: bytes) -> None:
+        """The client speaks HTTP/2 (its preface came first): the HTTP/2 codec takes the transport over."""
+        transport = self.transport
+        if transport is None:
+            return
+        self._closing = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self.listener.connection_closed(self)
+        peer = self.peer
+        conn = Http2Connection(cast(H2Listener, self.listener), self._loop, peer.ip, peer.identity, peer.client_cert)
+        transport.set_protocol(conn)
+        conn.connection_made(transport)
+        conn.data_received(data)
 
     def _parse(self, data: bytes) -> None:
         size = len(data)

@@ -14,6 +14,15 @@ from proxy.http.path import BASE
 
 
 @dataclass(frozen=True, slots=True)
+class Http2Settings:
+    """The listener's `http.http2` settings (proxy.http.h2_server reads them per connection)."""
+
+    max_concurrent_streams: int = 100
+    initial_stream_window: int = 64 * 1024
+    max_resets_per_second: int = 100
+
+
+@dataclass(frozen=True, slots=True)
 class ServerSettings:
     """The listener's `http:` settings, compiled once (all durations in seconds, sizes in bytes)."""
 
@@ -28,3 +37,5 @@ class ServerSettings:
     max_requests_in_flight: int = 10000
     scheme: bytes = b"http"
     path_normalization: int = BASE  # a mode of proxy.http.path
+    # HTTP/2 on the same port (prior-knowledge h2c, ALPN h2 under TLS); None: the preface is answered 505.
+    http2: Http2Settings | None = None

@@ -1,7 +1,8 @@
 """gRPC's view of a request and an answer: what is gRPC, what its status means, its deadline, its replies.
 
 Owns the pure facts the policy stages need to treat gRPC as gRPC when it rides on HTTP/2:
-- `is_grpc(content_type)`: a request whose `content-type` is `application/grpc` or `application/grpc+...`;
+- `is_grpc(content_type)` (defined in `proxy.message`, where the codecs read it): a request whose
+  `content-type` is `application/grpc` or `application/grpc+...`;
 - `GrpcStatus` (the 17 codes) and `grpc_status_of(value)`: a `grpc-status` trailer (or header of a
   trailers-only answer) parsed, None when absent or malformed;
 - which codes are failures for breakers and outlier detection (the ones Envoy maps to 5xx: UNKNOWN,
@@ -20,6 +21,10 @@ import enum
 from typing import Final
 
 from proxy.local_reply import Cause
+from proxy.message import is_grpc
+
+__all__ = ["FAILURE_STATUSES", "RETRY_CONDITION_STATUS", "GrpcStatus", "format_grpc_timeout", "grpc_status_for",
+           "grpc_status_of", "is_grpc", "parse_grpc_timeout"]
 
 
 class GrpcStatus(enum.IntEnum):
@@ -59,14 +64,6 @@ _UNITS: Final[dict[int, float]] = {
     ord("H"): 3600.0, ord("M"): 60.0, ord("S"): 1.0, ord("m"): 1e-3, ord("u"): 1e-6, ord("n"): 1e-9,
 }
 _MAX_DIGITS: Final = 8
-
-
-def is_grpc(content_type: bytes | None) -> bool:
-    """`application/grpc` itself or one of its `+proto`, `+json`, ... forms (parameters allowed)."""
-    if content_type is None or not content_type[:16].lower().startswith(b"application/grpc"):
-        return False
-    rest = content_type[16:17]
-    return rest in (b"", b"+", b";")
 
 
 def grpc_status_of(value: bytes | None) -> GrpcStatus | None:

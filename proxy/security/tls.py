@@ -141,8 +141,9 @@ def server_context(cert: str, key: str, ca: str | None, require_client_cert: boo
         context.verify_mode = ssl.CERT_REQUIRED if require_client_cert else ssl.CERT_OPTIONAL
     elif require_client_cert:
         raise ValueError("require_client_cert needs a ca to verify client certificates against")
-    # HTTP/1.1 only until the HTTP/2 codec exists (it adds "h2" here).
-    context.set_alpn_protocols(["http/1.1"])
+    # Every listener serves HTTP/2 too (proxy.http.h2_server): a client that offers h2 gets it; the HTTP/1
+    # codec recognises its preface and hands the connection over.
+    context.set_alpn_protocols(["h2", "http/1.1"])
     return context
 
 

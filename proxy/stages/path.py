@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import TYPE_CHECKING
 
 from proxy.clock import Clock
 from proxy.filters.trace import TracePropagator
@@ -29,14 +30,17 @@ from proxy.telemetry.log_format import correlation
 from proxy.telemetry.metrics import Metrics, MetricsSink
 from proxy.telemetry.record import RecordSink
 
+if TYPE_CHECKING:
+    from prometheus_client import Counter
+
 log = logging.getLogger("proxy.stages.path")
 
 
 class RequestPath:
     """A listener's request handler and state (implements the codec's `Listener` protocol)."""
 
-    __slots__ = ("_clock", "_conn_gauge", "_connections", "edge", "in_flight", "metrics_sink", "name", "record_spans",
-                 "router", "settings", "sinks", "traffic")
+    __slots__ = ("_clock", "_conn_gauge", "_connections", "_http2_protections", "_metrics", "edge", "in_flight",
+                 "metrics_sink", "name", "record_spans", "router", "settings", "sinks", "traffic")
 
     def __init__(self, name: str, settings: ServerSettings, router: Router, trace: TracePropagator,
                  metrics: Metrics, clock: Clock) -> None:
@@ -47,6 +51,9 @@ class RequestPath:
         self._conn_gauge = metrics.downstream_connections(name)
         # Connections report their bytes here (the codec's `Listener.traffic`).
         self.traffic = metrics.listener_traffic(name)
+        self._metrics = metrics
+        # sidecar_http2_protections_total children, bound on first use per reason.
+        self._http2_protections: dict[str, Counter] = {}
         # Metrics for every request (a native call); the access log and spans when configured (`set_sinks`).
         self.metrics_sink = MetricsSink(clock, metrics.grpc_requests)
         self.sinks: tuple[RecordSink, ...] = ()
@@ -77,6 +84,13 @@ class RequestPath:
     def connection_closed(self, conn: DownstreamConnection) -> None:
         self._connections.discard(conn)
         self._conn_gauge.dec()
+
+    def http2_protection(self, reason: str) -> None:
+        """The HTTP/2 codec refused a stream or closed a connection for `reason` (a protection)."""
+        counter = self._http2_protections.get(reason)
+        if counter is None:
+            counter = self._http2_protections[reason] = self._metrics.http2_protections(self.name, reason)
+        counter.inc()
 
     @property
     def connections(self) -> set[DownstreamConnection]:

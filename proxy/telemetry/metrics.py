@@ -289,6 +289,7 @@ class Metrics:
         "downstream_connections_total_family",
         "endpoints_family",
         "grpc_requests",
+        "http2_protections_family",
         "limits_rejected_family",
         "proxy_overhead",
         "rate_limited_family",
@@ -376,6 +377,12 @@ class Metrics:
         self.tls_handshake_errors_family = Counter(
             "sidecar_tls_handshake_errors",
             "Failed TLS handshakes per listener, by reason.",
+            ("listener", "reason"),
+            registry=registry,
+        )
+        self.http2_protections_family = Counter(
+            "sidecar_http2_protections",
+            "HTTP/2 connections sent GOAWAY or streams reset by a protection, per listener, by reason.",
             ("listener", "reason"),
             registry=registry,
         )
@@ -531,6 +538,11 @@ class Metrics:
 
     def tls_handshake_errors(self, listener: str, reason: str) -> Counter:
         return self.tls_handshake_errors_family.labels(listener, reason)
+
+    def http2_protections(self, listener: str, reason: str) -> Counter:
+        """One reason's counter (rapid_reset, continuation_flood, settings_flood, ping_flood, stream_limit,
+        header_list_size)."""
+        return self.http2_protections_family.labels(listener, reason)
 
     def cert_expiry_of(self, listener_or_cluster: str) -> Gauge:
         return self.cert_expiry.labels(listener_or_cluster)

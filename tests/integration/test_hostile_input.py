@@ -491,13 +491,24 @@ async def test_connect_is_refused(env: Env) -> None:
     await env.assert_refused(b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n", 405)
 
 
-async def test_http2_preface(env: Env) -> None:
-    await env.assert_refused(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", 505, "http_protocol_error")
-
-
-@pytest.mark.parametrize("split", [3, 1])
-async def test_http2_preface_in_pieces(env: Env, split: int) -> None:
-    await env.assert_refused(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", 505, "http_protocol_error", split=split)
+@pytest.mark.parametrize("split", [None, 3, 1])
+async def test_http2_preface_is_served_as_http2(env: Env, split: int | None) -> None:
+    """Every listener serves h2c on its port (issue 19): the preface, however it is cut, gets the HTTP/2 server's
+    SETTINGS frame, not an HTTP/1 answer; nothing reaches the upstream."""
+    preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+    reader, writer = await asyncio.open_connection("127.0.0.1", env.port)
+    try:
+        pieces = [preface] if split is None else [preface[i:i + split] for i in range(0, len(preface), split)]
+        for piece in pieces:
+            writer.write(piece)
+            await writer.drain()
+            await asyncio.sleep(0.002)
+        frame = await asyncio.wait_for(reader.readexactly(9), READ_TIMEOUT)
+        assert frame[3] == 0x4 and frame[5:9] == b"\0\0\0\0", frame  # SETTINGS on stream 0
+    finally:
+        writer.close()
+    assert not env.upstream.requests
+    await env.normal_request()
 
 
 @pytest.mark.parametrize("line", [b"GET /x HTTP/2.0", b"GET /x HTTP/1.2", b"GET /x HTTP/3.0"])
@@ -619,7 +630,9 @@ async def test_many_garbage_connections_then_a_normal_request(env: Env) -> None:
     for (answer, closed), data in zip(results, samples, strict=True):
         assert closed, f"connection left open after {data[:60]!r}"
         assert b"Traceback" not in answer
-        if answer:
+        if answer and data.startswith(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"):
+            assert answer[3] == 0x4, answer[:20]  # served as HTTP/2: the server's SETTINGS frame first
+        elif answer:
             status, headers = _parse_head(answer.split(b"\r\n\r\n", 1)[0])
             assert status in (400, 405, 408, 413, 431, 505), (status, data[:60])
             assert headers["proxy-status"].startswith("sidecar; error=http_"), headers

@@ -63,6 +63,7 @@ def record_golden_traffic(m: Metrics) -> None:
     m.breaker_transitions("shop-v1").open.inc()
     m.endpoints("shop-v1").healthy.set(3)
     m.tls_handshake_errors("in", "unknown_ca").inc()
+    m.http2_protections("in", "rapid_reset").inc()
     m.cert_expiry_of("in").set(1_900_000_000)
     m.config_reloads("success").inc()
     m.discovery_errors("shop-v1", "nxdomain").inc()
@@ -291,6 +292,9 @@ sidecar_downstream_connections{listener="admin"} -1.0
 # HELP sidecar_tls_handshake_errors_total Failed TLS handshakes per listener, by reason.
 # TYPE sidecar_tls_handshake_errors_total counter
 sidecar_tls_handshake_errors_total{listener="in",reason="unknown_ca"} 1.0
+# HELP sidecar_http2_protections_total HTTP/2 connections sent GOAWAY or streams reset by a protection, per listener, by reason.
+# TYPE sidecar_http2_protections_total counter
+sidecar_http2_protections_total{listener="in",reason="rapid_reset"} 1.0
 # HELP sidecar_cert_expiry_timestamp_seconds Expiry (Unix time) of the certificate in use by a listener or cluster.
 # TYPE sidecar_cert_expiry_timestamp_seconds gauge
 sidecar_cert_expiry_timestamp_seconds{listener_or_cluster="in"} 1.9e+09
