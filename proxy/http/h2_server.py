@@ -43,6 +43,7 @@ from proxy.stream import (
     CLIENT_GONE,
     STREAM_IDLE,
     BodySink,
+    ByteCounter,
     CancelReason,
     ReadControl,
     RequestBody,
@@ -81,6 +82,8 @@ class H2Listener(Protocol):
     """What an HTTP/2 connection needs from its listener (the request path implements it)."""
 
     settings: ServerSettings
+    # Where connections report their bytes (`sidecar_downstream_bytes_total`).
+    traffic: ByteCounter
 
     def handle(self, stream: RequestStream) -> Awaitable[None]: ...
     def refuse(self, stream: RequestStream, reply: LocalReply | None) -> None: ...
@@ -366,13 +369,40 @@ class H2Stream(RequestStream):
 class Http2Connection(asyncio.Protocol):
     """One HTTP/2 client connection: its `h2` state machine, streams, timer and protections."""
 
-    __slots__ = ("_closing", "_counts_since", "_flush_pending", "_h2", "_last_stream", "_loop", "_pings", "_resets",
-                 "_settings_seen", "_streams", "_timer", "client_cert", "draining", "idle_since", "listener", "now",
-                 "peer_identity", "peer_ip", "transport", "write_paused")
+    __slots__ = (
+        "_closing",
+        "_counts_since",
+        "_flush_pending",
+        "_h2",
+        "_last_stream",
+        "_loop",
+        "_pings",
+        "_resets",
+        "_settings_seen",
+        "_streams",
+        "_timer",
+        "_traffic",
+        "client_cert",
+        "draining",
+        "idle_since",
+        "listener",
+        "now",
+        "peer_identity",
+        "peer_ip",
+        "rx",
+        "transport",
+        "tx",
+        "write_paused",
+    )
 
     def __init__(self, listener: H2Listener, loop: asyncio.AbstractEventLoop, peer_ip: bytes, peer_identity: str,
                  client_cert: bytes) -> None:
         self.listener = listener
+        # Bytes read and written since the last report: added to the listener's counters when a stream ends
+        # and when the connection closes (not per frame).
+        self.rx = 0
+        self.tx = 0
+        self._traffic = listener.traffic
         self._loop = loop
         self.now = loop.time
         self.peer_ip = peer_ip
@@ -434,6 +464,7 @@ class Http2Connection(asyncio.Protocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        self._report_traffic()
         self.listener.connection_closed(self)
         for stream in list(self._streams.values()):
             self._client_gone(stream)
@@ -463,6 +494,7 @@ class Http2Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._closing:
             return
+        self.rx += len(data)
         try:
             events = self._h2.receive_data(data)
         except h2.exceptions.ProtocolError as exc:
@@ -734,10 +766,15 @@ class Http2Connection(asyncio.Protocol):
                 return
             self.flush()
 
+    def _report_traffic(self) -> None:
+        self._traffic.add(self.rx, self.tx)
+        self.rx = self.tx = 0
+
     def stream_done(self, stream: H2Stream) -> None:
         """A stream's response is complete (or reset): forget it; a request body still coming is refused."""
         if self._streams.pop(stream.stream_id, None) is None:
             return
+        self._report_traffic()
         stream.upstream_reader = None
         body = stream.h2_body
         if body is not None and not body.complete and not stream.aborted and not self._closing:
@@ -762,6 +799,7 @@ class Http2Connection(asyncio.Protocol):
         data = self._h2.data_to_send()
         transport = self.transport
         if data and transport is not None and not transport.is_closing():
+            self.tx += len(data)
             transport.write(data)
 
     # -- connection lifetime (DownstreamConnection) -------------------------------------------------------
@@ -776,7 +814,9 @@ class Http2Connection(asyncio.Protocol):
         # need their responses.
         frame = GoAwayFrame(stream_id=0, last_stream_id=self._last_stream, error_code=0)
         if self.transport is not None:
-            self.transport.write(frame.serialize())
+            raw = frame.serialize()
+            self.tx += len(raw)
+            self.transport.write(raw)
         if not self._streams:
             self.close()
 

@@ -547,6 +547,7 @@ class ServerConnection(asyncio.Protocol):
             self._timer.cancel()
             self._timer = None
         self.listener.connection_closed(self)
+        self.rx = self.tx = 0  # the HTTP/2 connection counts these bytes (it is handed them) and what follows
         peer = self.peer
         conn = Http2Connection(cast(H2Listener, self.listener), self._loop, peer.ip, peer.identity, peer.client_cert)
         transport.set_protocol(conn)

@@ -218,6 +218,10 @@ async def test_post_body_and_response_through_h2c(env: Env) -> None:
     assert code == 0, err
     assert json.loads(out)["body_length"] == len(body)
     assert env.upstream.bodies[-1] == body
+    # The HTTP/2 connection's bytes count like HTTP/1's: at least the body each way (frames add a little).
+    received = env.metric("sidecar_downstream_bytes_total", listener="outbound", direction="rx")
+    sent = env.metric("sidecar_downstream_bytes_total", listener="outbound", direction="tx")
+    assert len(body) < received < len(body) * 1.05 and 0 < sent < 10_000, (received, sent)
 
 
 @pytest.mark.skipif(CURL is None, reason="needs curl")

@@ -19,7 +19,7 @@ from proxy.http.h2_server import PREFACE, Http2Connection, request_fields
 from proxy.http.request_head import BadRequest
 from proxy.http.settings import Http2Settings, ServerSettings
 from proxy.local_reply import LocalReply
-from proxy.stream import RequestStream
+from proxy.stream import ByteCounter, RequestStream
 from tests.unit.http.fakes import ErrorLog, FakeTransport
 
 FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -45,6 +45,7 @@ def test_connect_targets_its_authority() -> None:
 
 class Listener:
     settings = ServerSettings(http2=Http2Settings())
+    traffic = ByteCounter()  # counts nothing
 
     def __init__(self) -> None:
         self.handled: list[RequestStream] = []
