@@ -68,7 +68,10 @@ STREAM_LIMIT_SLACK = 100
 CONNECTION_WINDOW_STREAMS = 16
 
 # Response headers that do not exist in HTTP/2 (connection-specific): an HTTP/1.1 upstream's are dropped.
-_DROPPED_OUT = HOP_BY_HOP | {b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade"}
+_DROPPED_OUT = HOP_BY_HOP | {b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade",
+                             # framing is ours: `start_response` writes the one content-length (a local reply's
+                             # head carries its own; two would be a PROTOCOL_ERROR to curl and nghttp2)
+                             b"content-length"}
 
 RAPID_RESET = "rapid_reset"
 CONTINUATION_FLOOD = "continuation_flood"

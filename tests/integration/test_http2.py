@@ -743,3 +743,23 @@ async def test_a_reload_changes_the_limits_of_new_connections(sidecar: Callable[
             client.close()
     finally:
         await upstream.stop()
+
+
+@pytest.mark.skipif(CURL is None, reason="needs curl")
+async def test_a_local_reply_over_http2_has_one_content_length(sidecar: Callable[[str], Awaitable[Any]]) -> None:
+    # A local reply's head carries its own content-length; the codec writes framing once (curl and nghttp2
+    # refuse a response with two as a PROTOCOL_ERROR).
+    running = await sidecar("""
+    admin: {address: "127.0.0.1:0"}
+    listeners:
+      - name: outbound
+        address: "127.0.0.1:0"
+        routes: [{name: only, match: {prefix: /only}, cluster: backend}]
+    clusters: [{name: backend, endpoints: ["127.0.0.1:1"]}]
+    """)
+    code, out, err = await run("curl", "-sS", "--http2-prior-knowledge", "-D", "-",
+                               f"http://127.0.0.1:{running.port()}/elsewhere")
+    assert code == 0, err
+    head, _, body = out.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/2 404") and head.lower().count(b"content-length:") == 1, head
+    assert body.startswith(b"404 destination_not_found")
