@@ -29,7 +29,7 @@ from collections import deque
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Protocol, cast
+from typing import Any, Protocol, cast
 
 from proxy.clock import Clock, Timer
 from proxy.errors import FailureKind, UpstreamError
@@ -48,6 +48,39 @@ Connector = Callable[[asyncio.AbstractEventLoop, str, int, int], UpstreamStream]
 
 def no_connector(loop: asyncio.AbstractEventLoop, context: str, max_head: int, max_headers: int) -> UpstreamStream:
     raise RuntimeError(f"{context}: no connector configured for this pool")
+
+
+class MuxConnection(Protocol):
+    """A connection that carries many streams at once (HTTP/2: `proxy.http.h2_client.H2ClientConnection`)."""
+
+    closed: bool
+    rx: int
+    tx: int
+    on_lost: Callable[[Any], None] | None
+
+    async def ready(self) -> None:
+        """Wait until the peer's settings (its stream limit) are known."""
+        ...
+
+    def can_open(self) -> bool:
+        """Whether a new stream fits (below the peer's limit, no GOAWAY, not draining)."""
+        ...
+
+    def open_stream(self) -> UpstreamStream: ...
+
+    @property
+    def active_streams(self) -> int: ...
+
+    def drain(self) -> None:
+        """Take no new streams; close once those under way are done."""
+        ...
+
+    def close(self) -> None: ...
+
+
+# Makes a multiplexed connection for a new socket: (loop, context, max response head bytes, max response header
+# lines, TLS) -> an asyncio Protocol that is a MuxConnection.
+MuxConnector = Callable[[asyncio.AbstractEventLoop, str, int, int, bool], MuxConnection]
 
 
 class EndpointTls(Protocol):
@@ -100,13 +133,16 @@ class PoolSettings:
     tls: OriginTls | None = None
     # The cluster's connection and byte counters (None: not counted, as in tests of the pool alone).
     traffic: ClusterTraffic | None = None
+    # Multiplexed connections (HTTP/2): set, the pool keeps a few connections each carrying many streams,
+    # and `connector` is not used.
+    multiplexed: MuxConnector | None = None
 
 
 class Pool:
     """Idle keep-alive connections to one endpoint, and the means to open new ones."""
 
-    __slots__ = ("_clock", "_closed", "_idle", "_loop", "_open", "_timer", "_tls", "context", "host", "port",
-                 "settings")
+    __slots__ = ("_clock", "_closed", "_idle", "_loop", "_mux", "_mux_pending", "_open", "_timer", "_tls", "context",
+                 "host", "port", "settings")
 
     def __init__(self, host: str, port: int, settings: PoolSettings, context: str, clock: Clock) -> None:
         self.host = host
@@ -122,6 +158,9 @@ class Pool:
         self._closed = False
         # This endpoint's TLS (its session for resumption lives there); None for a plain cluster.
         self._tls = settings.tls.for_endpoint(host, port) if settings.tls is not None else None
+        # Multiplexed connections (oldest first), and the connect under way that new streams wait for.
+        self._mux: list[MuxConnection] = []
+        self._mux_pending: asyncio.Future[None] | None = None
 
     @property
     def idle_count(self) -> int:
@@ -129,14 +168,17 @@ class Pool:
 
     @property
     def open_count(self) -> int:
-        return len(self._open)
+        return len(self._open) + len(self._mux)
 
     def tls_snapshot(self) -> dict[str, object] | None:
         """What /clusters shows of this endpoint's TLS; None for a plain cluster."""
         return self._tls.snapshot() if self._tls is not None else None
 
     def take_idle(self) -> UpstreamStream | None:
-        """An idle open connection, or None (no await: the common case costs no coroutine hop)."""
+        """An idle open connection (multiplexed: a new stream on an open connection), or None (no await: the
+        common case costs no coroutine hop)."""
+        if self.settings.multiplexed is not None:
+            return self._mux_stream()
         idle = self._idle
         while idle:
             conn, _ = idle.pop()
@@ -145,15 +187,29 @@ class Pool:
         return None
 
     async def connect(self) -> UpstreamStream:
-        """Open a new connection, mapping failures to connect-refused / timeout / unroutable."""
+        """Open a new connection, mapping failures to connect-refused / timeout / unroutable (multiplexed: a
+        stream on a connection with room, opening one when none has)."""
+        if self.settings.multiplexed is not None:
+            return await self._mux_connect()
+        conn = cast(UpstreamStream, await self._open_connection(self._protocol))
+        conn.on_idle = self._release
+        conn.on_lost = self._forget
+        self._open.add(conn)
+        if self.settings.traffic is not None:
+            self.settings.traffic.opened()
+        return conn
+
+    async def _open_connection(self, factory: Callable[[], asyncio.Protocol]) -> asyncio.BaseProtocol:
         settings = self.settings
         protocol: asyncio.BaseProtocol
         try:
             async with asyncio.timeout(settings.connect_timeout):
                 if self._tls is None:
-                    _, protocol = await self._loop.create_connection(self._protocol, self.host, self.port)
+                    _, protocol = await self._loop.create_connection(factory, self.host, self.port)
                 else:
-                    _, protocol = await self._connect_tls(self._tls, self._protocol)
+                    _, protocol = await self._connect_tls(self._tls, factory)
+                if settings.multiplexed is not None:
+                    await _ready(cast(MuxConnection, protocol))
         except TimeoutError:
             raise UpstreamError(
                 FailureKind.CONNECT_TIMEOUT,
@@ -161,13 +217,69 @@ class Pool:
             ) from None
         except OSError as exc:  # ssl.SSLError is an OSError
             raise self._connect_error(exc) from None
-        conn = cast(UpstreamStream, protocol)
-        conn.on_idle = self._release
-        conn.on_lost = self._forget
-        self._open.add(conn)
-        if settings.traffic is not None:
-            settings.traffic.opened()
-        return conn
+        return protocol
+
+    # -- multiplexed connections (HTTP/2) ------------------------------------------------------------
+
+    def _mux_stream(self) -> UpstreamStream | None:
+        """A new stream on the oldest open connection with room for one; None when none has."""
+        for conn in self._mux:
+            if conn.can_open():
+                stream = conn.open_stream()
+                stream.on_idle = self._mux_release
+                return stream
+        return None
+
+    async def _mux_connect(self) -> UpstreamStream:
+        """A stream on a connection with room: waits for a connect under way (its streams may fit there), else
+        opens a connection (so a burst of requests shares a few connections rather than opening one each)."""
+        while True:
+            stream = self._mux_stream()
+            if stream is not None:
+                return stream
+            pending = self._mux_pending
+            if pending is None:
+                break
+            await asyncio.wait([pending])
+        done: asyncio.Future[None] = self._loop.create_future()
+        self._mux_pending = done
+        try:
+            conn = cast(MuxConnection, await self._open_connection(self._mux_protocol))
+        finally:
+            self._mux_pending = None
+            done.set_result(None)
+        conn.on_lost = self._mux_lost
+        self._mux.append(conn)
+        if self.settings.traffic is not None:
+            self.settings.traffic.opened()
+        if self._closed:
+            conn.drain()
+        stream = conn.open_stream()
+        stream.on_idle = self._mux_release
+        return stream
+
+    def _mux_protocol(self) -> asyncio.Protocol:
+        settings = self.settings
+        multiplexed = settings.multiplexed
+        assert multiplexed is not None
+        return cast(asyncio.Protocol, multiplexed(self._loop, self.context, settings.max_head_bytes,
+                                                  settings.max_headers, self._tls is not None))
+
+    def _mux_release(self, stream: UpstreamStream) -> None:
+        """A stream is done: the bytes its connections moved reach the cluster's counters."""
+        traffic = self.settings.traffic
+        if traffic is not None:
+            for conn in self._mux:
+                traffic.add(conn.rx, conn.tx)
+                conn.rx = conn.tx = 0
+
+    def _mux_lost(self, conn: MuxConnection) -> None:
+        if conn in self._mux:
+            self._mux.remove(conn)
+        traffic = self.settings.traffic
+        if traffic is not None:
+            traffic.add(conn.rx, conn.tx)
+            conn.rx = conn.tx = 0
 
     def _protocol(self) -> asyncio.Protocol:
         """The protocol factory of `create_connection`: the cluster's codec for this endpoint."""
@@ -268,6 +380,17 @@ class Pool:
             conn, _ = self._idle.pop()
             conn.close()
         self._open.clear()
+        for mux in list(self._mux):
+            mux.drain()
+
+
+async def _ready(conn: MuxConnection) -> None:
+    """Wait for a new multiplexed connection's settings; closed when they do not come."""
+    try:
+        await conn.ready()
+    except BaseException:
+        conn.close()
+        raise
 
 
 def _handshake_failure(exc: ssl.SSLError) -> str:
