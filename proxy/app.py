@@ -40,7 +40,7 @@ from proxy.http.server import create_protocol_factory
 from proxy.http.settings import Http2Settings, ServerSettings
 from proxy.outbound import build_router
 from proxy.routing.table import RouteTable
-from proxy.security.origination import ClusterOrigin
+from proxy.security.origination import ALPN, ClusterOrigin
 from proxy.security.termination import TlsTermination, acceptor_factory
 from proxy.security.tls import ServerTls, TlsError
 from proxy.stages.path import RequestPath
@@ -289,8 +289,10 @@ class App:
     def _make_cluster(self, config: ClusterConfig) -> Cluster:
         # HTTP/1.1 upstreams, or HTTP/2 ones (`protocol: http2`: multiplexed connections). A cluster with `tls:`
         # loads its files here (TlsError when they cannot make a context) and watches them.
-        origin = ClusterOrigin.from_config(config.name, config.tls, self.metrics) if config.tls is not None else None
-        multiplexed = H2ClientConnection if config.protocol == "http2" else None
+        http2 = config.protocol == "http2"
+        origin = (ClusterOrigin.from_config(config.name, config.tls, self.metrics, ("h2",) if http2 else ALPN)
+                  if config.tls is not None else None)
+        multiplexed = H2ClientConnection if http2 else None
         cluster = Cluster(config, self.metrics, self.clock, ClientConnection, origin, multiplexed)
         cluster.local_zone = self.local_zone
         if config.endpoints is not None:

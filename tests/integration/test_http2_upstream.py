@@ -8,10 +8,12 @@ upstream connections.
 from __future__ import annotations
 
 import asyncio
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent import futures
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -19,6 +21,8 @@ import grpc
 import pytest
 
 from tests.integration.admin_client import metric
+from tests.integration.raw import outbound_config
+from tests.pki import UPSTREAM_ID, make_pki, upstream_context
 
 SERVICE = "svc.Echo"
 TIMEOUT = 10.0
@@ -236,3 +240,140 @@ async def test_an_http1_client_reaches_an_http2_upstream(sidecar: Any, echo: Ech
     assert reply.status == 200
     assert reply.headers["content-type"] == "application/grpc"
     assert body == b"\x00\x00\x00\x00\x0aecho:hello"
+
+
+class H2Upstream(asyncio.Protocol):
+    """An HTTP/2 server on `h2` (prior knowledge): answers each request after `delay` with the connection and
+    stream it came on; with `goaway_after`, the first connection sends GOAWAY (naming its first stream) once
+    that many requests arrived, answers only that first stream, then closes."""
+
+    def __init__(self, server: H2Server) -> None:
+        import h2.config
+        import h2.connection
+
+        self.server = server
+        self.index = len(server.connections)
+        server.connections.append(self)
+        self.h2 = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False, header_encoding=None))
+        self.transport: asyncio.Transport | None = None
+        self.streams: list[int] = []
+        self.active = 0
+        self.goaway_sent = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        import h2.settings
+
+        self.transport = transport  # type: ignore[assignment]
+        self.h2.local_settings = h2.settings.Settings(client=False, initial_values={
+            h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: self.server.max_streams})
+        self.h2.initiate_connection()
+        transport.write(self.h2.data_to_send())  # type: ignore[attr-defined]
+
+    def data_received(self, data: bytes) -> None:
+        import h2.events
+        from hyperframe.frame import GoAwayFrame
+
+        assert self.transport is not None
+        for event in self.h2.receive_data(data):
+            if isinstance(event, h2.events.RequestReceived):
+                self.streams.append(event.stream_id)
+                self.active += 1
+                self.server.peak = max(self.server.peak, self.active)
+                goaway = self.server.goaway_after
+                if goaway and self.index == 0 and len(self.streams) == goaway and not self.goaway_sent:
+                    self.goaway_sent = True
+                    self.transport.write(self.h2.data_to_send())
+                    frame = GoAwayFrame(stream_id=0, last_stream_id=self.streams[0], error_code=0)
+                    self.transport.write(frame.serialize())
+                    asyncio.get_running_loop().call_later(self.server.delay, self.answer, self.streams[0])
+                elif not self.goaway_sent:
+                    asyncio.get_running_loop().call_later(self.server.delay, self.answer, event.stream_id)
+        self.transport.write(self.h2.data_to_send())
+
+    def answer(self, stream_id: int) -> None:
+        assert self.transport is not None
+        if self.transport.is_closing():
+            return
+        body = b"conn%d-stream%d" % (self.index, stream_id)
+        self.h2.send_headers(stream_id, [(b":status", b"200"), (b"content-length", b"%d" % len(body))])
+        self.h2.send_data(stream_id, body, end_stream=True)
+        self.transport.write(self.h2.data_to_send())
+        self.active -= 1
+        if self.goaway_sent:
+            self.transport.close()
+
+
+class H2Server:
+    def __init__(self, max_streams: int = 100, delay: float = 0.0, goaway_after: int = 0) -> None:
+        self.max_streams = max_streams
+        self.delay = delay
+        self.goaway_after = goaway_after
+        self.connections: list[H2Upstream] = []
+        self.peak = 0
+        self.server: asyncio.Server | None = None
+
+    async def start(self, ssl_context: ssl.SSLContext | None = None) -> str:
+        self.server = await asyncio.get_running_loop().create_server(lambda: H2Upstream(self), "127.0.0.1", 0,
+                                                                     ssl=ssl_context)
+        return f"127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            for conn in self.connections:
+                if conn.transport is not None:
+                    conn.transport.abort()
+
+
+async def _get_all(running: Any, count: int) -> list[tuple[int, bytes]]:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=TIMEOUT)) as session:
+        async def one(i: int) -> tuple[int, bytes]:
+            async with session.get(running.url(f"/{SERVICE}/Get{i}")) as reply:
+                return reply.status, await reply.read()
+
+        return await asyncio.gather(*(one(i) for i in range(count)))
+
+
+async def test_a_new_connection_opens_when_the_peer_stream_limit_is_reached(sidecar: Any) -> None:
+    upstream = H2Server(max_streams=2, delay=0.3)
+    address = await upstream.start()
+    try:
+        running = await sidecar(config(address))
+        replies = await _get_all(running, 5)
+        assert [status for status, _ in replies] == [200] * 5
+        assert upstream.peak <= 2
+        assert len(upstream.connections) == 3
+        assert await metric(running, "sidecar_upstream_connections_total", cluster="backend") == 3
+    finally:
+        await upstream.stop()
+
+
+async def test_streams_a_goaway_left_unprocessed_are_sent_again(sidecar: Any) -> None:
+    upstream = H2Server(delay=0.1, goaway_after=3)
+    address = await upstream.start()
+    try:
+        running = await sidecar(config(address))
+        replies = await _get_all(running, 3)
+        assert [status for status, _ in replies] == [200] * 3
+        bodies = sorted(body for _, body in replies)
+        assert bodies[0] == b"conn0-stream1"
+        assert all(body.startswith(b"conn1-") for body in bodies[1:])
+    finally:
+        await upstream.stop()
+
+
+async def test_http2_over_tls_offers_alpn_h2(sidecar: Any, tmp_path: Path) -> None:
+    pki = make_pki(tmp_path / "pki")
+    upstream = H2Server()
+    address = await upstream.start(upstream_context(pki))
+    try:
+        tls = f"tls: {{cert: {pki.cert('client')}, key: {pki.key('client')}, ca: {pki.ca}, " \
+              f"expect_identity: {UPSTREAM_ID}}}"
+        running = await sidecar(outbound_config(address, cluster_extra=f"protocol: http2\n        {tls}"))
+        replies = await _get_all(running, 3)
+        assert [status for status, _ in replies] == [200] * 3
+        [conn] = upstream.connections
+        assert conn.transport is not None
+        assert conn.transport.get_extra_info("ssl_object").selected_alpn_protocol() == "h2"
+    finally:
+        await upstream.stop()
