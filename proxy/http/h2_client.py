@@ -421,7 +421,7 @@ class H2ClientConnection(asyncio.Protocol):
             if flow and not self.closed:
                 # The connection window its unread bytes held (the stream is closed or reset).
                 with contextlib.suppress(h2.exceptions.ProtocolError):
-                    self._h2.acknowledge_received_data(flow, 0)
+                    self._h2.acknowledge_received_data(flow, stream.stream_id)
                 self.flush()
         if self._reserved == 0 and (self.draining or self.goaway):
             self.close()

@@ -141,8 +141,8 @@ class PoolSettings:
 class Pool:
     """Idle keep-alive connections to one endpoint, and the means to open new ones."""
 
-    __slots__ = ("_clock", "_closed", "_idle", "_loop", "_mux", "_mux_pending", "_open", "_timer", "_tls", "context",
-                 "host", "port", "settings")
+    __slots__ = ("_clock", "_closed", "_idle", "_loop", "_mux", "_mux_idle", "_mux_pending", "_open", "_timer", "_tls",
+                 "context", "host", "port", "settings")
 
     def __init__(self, host: str, port: int, settings: PoolSettings, context: str, clock: Clock) -> None:
         self.host = host
@@ -161,6 +161,8 @@ class Pool:
         # Multiplexed connections (oldest first), and the connect under way that new streams wait for.
         self._mux: list[MuxConnection] = []
         self._mux_pending: asyncio.Future[None] | None = None
+        # Multiplexed connections without streams, and the clock time they last had one.
+        self._mux_idle: dict[MuxConnection, float] = {}
 
     @property
     def idle_count(self) -> int:
@@ -225,6 +227,7 @@ class Pool:
         """A new stream on the oldest open connection with room for one; None when none has."""
         for conn in self._mux:
             if conn.can_open():
+                self._mux_idle.pop(conn, None)
                 stream = conn.open_stream()
                 stream.on_idle = self._mux_release
                 return stream
@@ -266,14 +269,35 @@ class Pool:
                                                   settings.max_headers, self._tls is not None))
 
     def _mux_release(self, stream: UpstreamStream) -> None:
-        """A stream is done: the bytes its connections moved reach the cluster's counters."""
+        """A stream is done: the bytes its connections moved reach the cluster's counters, and a connection left
+        without streams is closed after idle_timeout unless it carries one again."""
         traffic = self.settings.traffic
-        if traffic is not None:
-            for conn in self._mux:
+        now = self._clock.now()
+        for conn in self._mux:
+            if traffic is not None:
                 traffic.add(conn.rx, conn.tx)
                 conn.rx = conn.tx = 0
+            if conn.active_streams == 0 and conn not in self._mux_idle:
+                self._mux_idle[conn] = now
+        if self._mux_idle and self._timer is None:
+            self._timer = self._clock.call_at(now + self.settings.idle_timeout, self._mux_sweep)
+
+    def _mux_sweep(self) -> None:
+        """Close multiplexed connections without a stream for idle_timeout."""
+        self._timer = None
+        cutoff = self._clock.now() - self.settings.idle_timeout
+        for conn, since in list(self._mux_idle.items()):
+            if conn.active_streams > 0 or conn.closed:
+                del self._mux_idle[conn]
+            elif since <= cutoff:
+                del self._mux_idle[conn]
+                conn.close()
+        if self._mux_idle:
+            first = min(self._mux_idle.values())
+            self._timer = self._clock.call_at(first + self.settings.idle_timeout, self._mux_sweep)
 
     def _mux_lost(self, conn: MuxConnection) -> None:
+        self._mux_idle.pop(conn, None)
         if conn in self._mux:
             self._mux.remove(conn)
         traffic = self.settings.traffic
@@ -380,6 +404,7 @@ class Pool:
             conn, _ = self._idle.pop()
             conn.close()
         self._open.clear()
+        self._mux_idle.clear()
         for mux in list(self._mux):
             mux.drain()
 

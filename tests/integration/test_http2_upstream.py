@@ -94,7 +94,7 @@ class EchoServer:
             yield b"re:" + r
 
 
-def config(upstream: str, route_extra: str = "") -> str:
+def config(upstream: str, route_extra: str = "", cluster_extra: str = "") -> str:
     return f"""
     admin: {{address: "127.0.0.1:0"}}
     listeners:
@@ -110,6 +110,7 @@ def config(upstream: str, route_extra: str = "") -> str:
         protocol: http2
         connect_timeout: 1s
         endpoints: ["{upstream}"]
+        {cluster_extra}
     """
 
 
@@ -375,5 +376,24 @@ async def test_http2_over_tls_offers_alpn_h2(sidecar: Any, tmp_path: Path) -> No
         [conn] = upstream.connections
         assert conn.transport is not None
         assert conn.transport.get_extra_info("ssl_object").selected_alpn_protocol() == "h2"
+    finally:
+        await upstream.stop()
+
+
+async def test_an_idle_connection_closes_after_idle_timeout(sidecar: Any) -> None:
+    upstream = H2Server()
+    address = await upstream.start()
+    try:
+        running = await sidecar(config(address, cluster_extra="pool: {idle_timeout: 200ms}"))
+        assert [status for status, _ in await _get_all(running, 2)] == [200, 200]
+        [conn] = upstream.connections
+        assert conn.transport is not None
+        for _ in range(100):
+            if conn.transport.is_closing():
+                break
+            await asyncio.sleep(0.02)
+        assert conn.transport.is_closing()
+        assert [status for status, _ in await _get_all(running, 1)] == [200]
+        assert len(upstream.connections) == 2
     finally:
         await upstream.stop()
