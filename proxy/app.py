@@ -73,10 +73,7 @@ def _unsupported_listener_keys(listener: ListenerConfig, where: str) -> list[str
 
 def _unsupported_cluster_keys(cluster: ClusterConfig, where: str) -> list[str]:
     """`unsupported_keys` of one cluster, under its key path `where`."""
-    found: list[str] = []
-    if cluster.protocol == "auto":
-        found.append(f"{where}.protocol")
-    return found
+    return []
 
 
 def server_settings(listener: ListenerConfig) -> ServerSettings:
@@ -289,9 +286,11 @@ class App:
     def _make_cluster(self, config: ClusterConfig) -> Cluster:
         # HTTP/1.1 upstreams, or HTTP/2 ones (`protocol: http2`: multiplexed connections). A cluster with `tls:`
         # loads its files here (TlsError when they cannot make a context) and watches them.
-        http2 = config.protocol == "http2"
-        origin = (ClusterOrigin.from_config(config.name, config.tls, self.metrics, ("h2",) if http2 else ALPN)
+        alpn = {"http2": ("h2",), "auto": ("h2", "http/1.1")}.get(config.protocol, ALPN)
+        origin = (ClusterOrigin.from_config(config.name, config.tls, self.metrics, alpn)
                   if config.tls is not None else None)
+        # `auto` without TLS is HTTP/1.1; over TLS, ALPN chooses per connection.
+        http2 = config.protocol == "http2" or (config.protocol == "auto" and config.tls is not None)
         multiplexed = H2ClientConnection if http2 else None
         cluster = Cluster(config, self.metrics, self.clock, ClientConnection, origin, multiplexed)
         cluster.local_zone = self.local_zone

@@ -81,6 +81,8 @@ class Cluster:
             traffic=metrics.cluster_traffic(config.name),
             # HTTP/2 upstreams (`protocol: http2`): a few connections, each carrying many streams.
             multiplexed=multiplexed,
+            # `protocol: auto` over TLS: ALPN chooses per connection.
+            negotiate=config.protocol == "auto",
         )
         self.tls = tls
         self.endpoints: tuple[Endpoint, ...] = ()

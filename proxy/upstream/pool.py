@@ -136,13 +136,16 @@ class PoolSettings:
     # Multiplexed connections (HTTP/2): set, the pool keeps a few connections each carrying many streams,
     # and `connector` is not used.
     multiplexed: MuxConnector | None = None
+    # `protocol: auto`: with TLS, each connection's ALPN result chooses `multiplexed` (h2) or `connector`; once an
+    # endpoint chose h2, its streams are multiplexed.
+    negotiate: bool = False
 
 
 class Pool:
     """Idle keep-alive connections to one endpoint, and the means to open new ones."""
 
-    __slots__ = ("_clock", "_closed", "_idle", "_loop", "_mux", "_mux_idle", "_mux_pending", "_open", "_timer", "_tls",
-                 "context", "host", "port", "settings")
+    __slots__ = ("_clock", "_closed", "_h2_chosen", "_idle", "_loop", "_mux", "_mux_idle", "_mux_pending", "_open",
+                 "_timer", "_tls", "context", "host", "port", "settings")
 
     def __init__(self, host: str, port: int, settings: PoolSettings, context: str, clock: Clock) -> None:
         self.host = host
@@ -163,6 +166,8 @@ class Pool:
         self._mux_pending: asyncio.Future[None] | None = None
         # Multiplexed connections without streams, and the clock time they last had one.
         self._mux_idle: dict[MuxConnection, float] = {}
+        # `negotiate`: ALPN chose h2 for this endpoint (without `negotiate`, `multiplexed` alone decides).
+        self._h2_chosen = False
 
     @property
     def idle_count(self) -> int:
@@ -179,7 +184,7 @@ class Pool:
     def take_idle(self) -> UpstreamStream | None:
         """An idle open connection (multiplexed: a new stream on an open connection), or None (no await: the
         common case costs no coroutine hop)."""
-        if self.settings.multiplexed is not None:
+        if self._multiplexing():
             return self._mux_stream()
         idle = self._idle
         while idle:
@@ -191,9 +196,12 @@ class Pool:
     async def connect(self) -> UpstreamStream:
         """Open a new connection, mapping failures to connect-refused / timeout / unroutable (multiplexed: a
         stream on a connection with room, opening one when none has)."""
-        if self.settings.multiplexed is not None:
+        if self._multiplexing():
             return await self._mux_connect()
-        conn = cast(UpstreamStream, await self._open_connection(self._protocol))
+        protocol, mux = await self._open_connection(self._protocol, False)
+        if mux is not None:
+            return self._mux_add(mux)  # ALPN chose h2
+        conn = cast(UpstreamStream, protocol)
         conn.on_idle = self._release
         conn.on_lost = self._forget
         self._open.add(conn)
@@ -201,17 +209,31 @@ class Pool:
             self.settings.traffic.opened()
         return conn
 
-    async def _open_connection(self, factory: Callable[[], asyncio.Protocol]) -> asyncio.BaseProtocol:
+    def _multiplexing(self) -> bool:
+        settings = self.settings
+        return settings.multiplexed is not None and (self._h2_chosen or not settings.negotiate)
+
+    async def _open_connection(self, factory: Callable[[], asyncio.Protocol], multiplexed: bool,
+                               ) -> tuple[asyncio.BaseProtocol, MuxConnection | None]:
+        """A new connection's protocol, and the same as a multiplexed connection when it is one (`multiplexed`,
+        or chosen by ALPN), once its settings arrived."""
         settings = self.settings
         protocol: asyncio.BaseProtocol
+        mux: MuxConnection | None = None
         try:
             async with asyncio.timeout(settings.connect_timeout):
                 if self._tls is None:
                     _, protocol = await self._loop.create_connection(factory, self.host, self.port)
                 else:
                     _, protocol = await self._connect_tls(self._tls, factory)
-                if settings.multiplexed is not None:
-                    await _ready(cast(MuxConnection, protocol))
+                if isinstance(protocol, Negotiated):
+                    negotiated = protocol
+                    protocol = negotiated.chosen
+                    multiplexed = negotiated.multiplexed
+                    self._h2_chosen = self._h2_chosen or multiplexed
+                if multiplexed:
+                    mux = cast(MuxConnection, protocol)
+                    await _ready(mux)
         except TimeoutError:
             raise UpstreamError(
                 FailureKind.CONNECT_TIMEOUT,
@@ -219,7 +241,7 @@ class Pool:
             ) from None
         except OSError as exc:  # ssl.SSLError is an OSError
             raise self._connect_error(exc) from None
-        return protocol
+        return protocol, mux
 
     # -- multiplexed connections (HTTP/2) ------------------------------------------------------------
 
@@ -247,10 +269,15 @@ class Pool:
         done: asyncio.Future[None] = self._loop.create_future()
         self._mux_pending = done
         try:
-            conn = cast(MuxConnection, await self._open_connection(self._mux_protocol))
+            _, conn = await self._open_connection(self._mux_protocol, True)
         finally:
             self._mux_pending = None
             done.set_result(None)
+        assert conn is not None
+        return self._mux_add(conn)
+
+    def _mux_add(self, conn: MuxConnection) -> UpstreamStream:
+        """Keep a new multiplexed connection, and a stream on it."""
         conn.on_lost = self._mux_lost
         self._mux.append(conn)
         if self.settings.traffic is not None:
@@ -306,7 +333,14 @@ class Pool:
             conn.rx = conn.tx = 0
 
     def _protocol(self) -> asyncio.Protocol:
-        """The protocol factory of `create_connection`: the cluster's codec for this endpoint."""
+        """The protocol factory of `create_connection`: the cluster's codec for this endpoint (with `negotiate`
+        over TLS, the one ALPN chooses)."""
+        settings = self.settings
+        if settings.negotiate and settings.multiplexed is not None and self._tls is not None:
+            return Negotiated(self._mux_protocol, self._h1_protocol)
+        return self._h1_protocol()
+
+    def _h1_protocol(self) -> asyncio.Protocol:
         settings = self.settings
         return cast(asyncio.Protocol, settings.connector(self._loop, self.context, settings.max_head_bytes,
                                                          settings.max_headers))
@@ -407,6 +441,24 @@ class Pool:
         self._mux_idle.clear()
         for mux in list(self._mux):
             mux.drain()
+
+
+class Negotiated(asyncio.Protocol):
+    """A TLS connection's protocol until its handshake is done (asyncio calls `connection_made` then): ALPN `h2`
+    hands the transport to a multiplexed connection, anything else to the HTTP/1.1 codec."""
+
+    def __init__(self, h2: Callable[[], asyncio.Protocol], http1: Callable[[], asyncio.Protocol]) -> None:
+        self._h2 = h2
+        self._http1 = http1
+        self.multiplexed = False
+        self.chosen: asyncio.Protocol = self
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        ssl_object = transport.get_extra_info("ssl_object")
+        self.multiplexed = ssl_object is not None and ssl_object.selected_alpn_protocol() == "h2"
+        self.chosen = self._h2() if self.multiplexed else self._http1()
+        transport.set_protocol(self.chosen)
+        self.chosen.connection_made(transport)
 
 
 async def _ready(conn: MuxConnection) -> None:

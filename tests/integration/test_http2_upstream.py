@@ -19,6 +19,7 @@ from typing import Any
 import aiohttp
 import grpc
 import pytest
+from aiohttp import web
 
 from tests.integration.admin_client import metric
 from tests.integration.raw import outbound_config
@@ -94,7 +95,7 @@ class EchoServer:
             yield b"re:" + r
 
 
-def config(upstream: str, route_extra: str = "", cluster_extra: str = "") -> str:
+def config(upstream: str, route_extra: str = "", cluster_extra: str = "", protocol: str = "http2") -> str:
     return f"""
     admin: {{address: "127.0.0.1:0"}}
     listeners:
@@ -107,7 +108,7 @@ def config(upstream: str, route_extra: str = "", cluster_extra: str = "") -> str
             {route_extra}
     clusters:
       - name: backend
-        protocol: http2
+        protocol: {protocol}
         connect_timeout: 1s
         endpoints: ["{upstream}"]
         {cluster_extra}
@@ -363,19 +364,30 @@ async def test_streams_a_goaway_left_unprocessed_are_sent_again(sidecar: Any) ->
         await upstream.stop()
 
 
-async def test_http2_over_tls_offers_alpn_h2(sidecar: Any, tmp_path: Path) -> None:
+def tls_cluster(pki: Any, protocol: str) -> str:
+    tls = f"tls: {{cert: {pki.cert('client')}, key: {pki.key('client')}, ca: {pki.ca}, expect_identity: {UPSTREAM_ID}}}"
+    return f"protocol: {protocol}\n        {tls}"
+
+
+@pytest.mark.parametrize("protocol", ["http2", "auto"])
+async def test_http2_over_tls_offers_alpn_h2(sidecar: Any, tmp_path: Path, protocol: str) -> None:
     pki = make_pki(tmp_path / "pki")
     upstream = H2Server()
     address = await upstream.start(upstream_context(pki))
     try:
-        tls = f"tls: {{cert: {pki.cert('client')}, key: {pki.key('client')}, ca: {pki.ca}, " \
-              f"expect_identity: {UPSTREAM_ID}}}"
-        running = await sidecar(outbound_config(address, cluster_extra=f"protocol: http2\n        {tls}"))
+        running = await sidecar(outbound_config(address, cluster_extra=tls_cluster(pki, protocol)))
         replies = await _get_all(running, 3)
         assert [status for status, _ in replies] == [200] * 3
-        [conn] = upstream.connections
-        assert conn.transport is not None
-        assert conn.transport.get_extra_info("ssl_object").selected_alpn_protocol() == "h2"
+        # `http2` waits for its first connection; `auto` learns the protocol from the first handshakes (a burst
+        # before then may open a connection each, as HTTP/1.1 would); all are h2 by ALPN.
+        assert len(upstream.connections) == 1 if protocol == "http2" else 1 <= len(upstream.connections) <= 3
+        for conn in upstream.connections:
+            assert conn.transport is not None
+            assert conn.transport.get_extra_info("ssl_object").selected_alpn_protocol() == "h2"
+        # Later requests share them (no new connection).
+        opened = len(upstream.connections)
+        assert [status for status, _ in await _get_all(running, 5)] == [200] * 5
+        assert len(upstream.connections) == opened
     finally:
         await upstream.stop()
 
@@ -397,3 +409,43 @@ async def test_an_idle_connection_closes_after_idle_timeout(sidecar: Any) -> Non
         assert len(upstream.connections) == 2
     finally:
         await upstream.stop()
+
+
+async def _http1_upstream(ssl_context: ssl.SSLContext | None) -> tuple[web.AppRunner, str, list[str]]:
+    versions: list[str] = []
+
+    async def handle(request: web.Request) -> web.Response:
+        versions.append(f"{request.version.major}.{request.version.minor}")
+        return web.Response(text="http1")
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=ssl_context)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    return runner, f"127.0.0.1:{port}", versions
+
+
+async def test_auto_over_tls_speaks_http1_when_alpn_chooses_it(sidecar: Any, tmp_path: Path) -> None:
+    pki = make_pki(tmp_path / "pki")
+    runner, address, versions = await _http1_upstream(upstream_context(pki, alpn=("http/1.1",)))
+    try:
+        running = await sidecar(outbound_config(address, cluster_extra=tls_cluster(pki, "auto")))
+        replies = await _get_all(running, 3)
+        assert replies == [(200, b"http1")] * 3
+        assert versions == ["1.1"] * 3
+    finally:
+        await runner.cleanup()
+
+
+async def test_auto_without_tls_is_http1(sidecar: Any) -> None:
+    runner, address, versions = await _http1_upstream(None)
+    try:
+        running = await sidecar(config(address, protocol="auto"))
+        replies = await _get_all(running, 2)
+        assert replies == [(200, b"http1")] * 2
+        assert versions == ["1.1"] * 2
+    finally:
+        await runner.cleanup()
