@@ -103,6 +103,10 @@ class H2UpstreamStream(UpstreamStream):
             fields.append((b"content-length", b"%d" % length))
         no_body = length == NO_BODY or (whole is not None and not whole and not trailers)
         self.stream_id = conn.start_stream(self, fields, no_body)
+        if self.stream_id == 0:
+            # The peer lowered its stream limit meanwhile, or h2 refused the head: nothing was sent.
+            self.fail(UpstreamError(FailureKind.RESET, f"{self.context}: HTTP/2 stream not opened", stale=True))
+            return
         if no_body:
             self._sent_end = True
         elif whole is not None:
@@ -372,10 +376,14 @@ class H2ClientConnection(asyncio.Protocol):
         return not (self.closed or self.goaway)
 
     def start_stream(self, stream: H2UpstreamStream, fields: Headers, end: bool) -> int:
+        """Send a request head on a new stream; its id, or 0 when h2 refused it."""
         stream_id: int = self._h2.get_next_available_stream_id()
+        try:
+            self._h2.send_headers(stream_id, fields, end_stream=end)
+        except h2.exceptions.ProtocolError:
+            return 0
         self._streams[stream_id] = stream
         self._last_stream = stream_id
-        self._h2.send_headers(stream_id, fields, end_stream=end)
         self.flush()
         return stream_id
 

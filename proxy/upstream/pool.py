@@ -163,7 +163,7 @@ class Pool:
         self._tls = settings.tls.for_endpoint(host, port) if settings.tls is not None else None
         # Multiplexed connections (oldest first), and the connect under way that new streams wait for.
         self._mux: list[MuxConnection] = []
-        self._mux_pending: asyncio.Future[None] | None = None
+        self._mux_pending: asyncio.Future[UpstreamError | None] | None = None
         # Multiplexed connections without streams, and the clock time they last had one.
         self._mux_idle: dict[MuxConnection, float] = {}
         # `negotiate`: ALPN chose h2 for this endpoint (without `negotiate`, `multiplexed` alone decides).
@@ -256,8 +256,9 @@ class Pool:
         return None
 
     async def _mux_connect(self) -> UpstreamStream:
-        """A stream on a connection with room: waits for a connect under way (its streams may fit there), else
-        opens a connection (so a burst of requests shares a few connections rather than opening one each)."""
+        """A stream on a connection with room: waits for a connect under way (its streams may fit there; its
+        failure is theirs too), else opens a connection (so a burst of requests shares a few connections rather
+        than opening one each)."""
         while True:
             stream = self._mux_stream()
             if stream is not None:
@@ -266,13 +267,20 @@ class Pool:
             if pending is None:
                 break
             await asyncio.wait([pending])
-        done: asyncio.Future[None] = self._loop.create_future()
+            failure = pending.result()
+            if failure is not None:
+                raise UpstreamError(failure.kind, failure.context)
+        done: asyncio.Future[UpstreamError | None] = self._loop.create_future()
         self._mux_pending = done
+        failed: UpstreamError | None = None
         try:
             _, conn = await self._open_connection(self._mux_protocol, True)
+        except UpstreamError as error:
+            failed = error
+            raise
         finally:
             self._mux_pending = None
-            done.set_result(None)
+            done.set_result(failed)
         assert conn is not None
         return self._mux_add(conn)
 

@@ -449,3 +449,19 @@ async def test_auto_without_tls_is_http1(sidecar: Any) -> None:
         assert versions == ["1.1"] * 2
     finally:
         await runner.cleanup()
+
+
+async def test_an_upstream_that_does_not_speak_http2_fails_every_waiting_request_as_a_connect_failure(
+        sidecar: Any) -> None:
+    runner, address, versions = await _http1_upstream(None)
+    try:
+        running = await sidecar(config(address))
+        started = time.monotonic()
+        replies = await _get_all(running, 5)
+        assert [status for status, _ in replies] == [503] * 5
+        assert time.monotonic() - started < 3
+        assert versions == []
+        assert await metric(running, "sidecar_upstream_attempts_total", cluster="backend",
+                            outcome="connect_failure") == 5
+    finally:
+        await runner.cleanup()
