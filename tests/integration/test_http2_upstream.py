@@ -260,6 +260,8 @@ class H2Upstream(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.streams: list[int] = []
         self.active = 0
+        # Streams of a large answer still being sent (bytes left), within the windows the sidecar gives.
+        self.big: dict[int, int] = {}
         self.goaway_sent = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -277,7 +279,13 @@ class H2Upstream(asyncio.Protocol):
 
         assert self.transport is not None
         for event in self.h2.receive_data(data):
-            if isinstance(event, h2.events.RequestReceived):
+            if isinstance(event, h2.events.WindowUpdated):
+                self.send_big()
+            elif isinstance(event, h2.events.RequestReceived) and dict(event.headers)[b":path"].endswith(b"/big"):
+                self.h2.send_headers(event.stream_id, [(b":status", b"200")])
+                self.big[event.stream_id] = self.server.big_size
+                self.send_big()
+            elif isinstance(event, h2.events.RequestReceived):
                 self.streams.append(event.stream_id)
                 self.active += 1
                 self.server.peak = max(self.server.peak, self.active)
@@ -290,6 +298,21 @@ class H2Upstream(asyncio.Protocol):
                     asyncio.get_running_loop().call_later(self.server.delay, self.answer, self.streams[0])
                 elif not self.goaway_sent:
                     asyncio.get_running_loop().call_later(self.server.delay, self.answer, event.stream_id)
+        self.transport.write(self.h2.data_to_send())
+
+    def send_big(self) -> None:
+        for stream_id, left in list(self.big.items()):
+            while left:
+                size = min(left, self.h2.local_flow_control_window(stream_id), self.h2.max_outbound_frame_size)
+                if size <= 0:
+                    break
+                left -= size
+                self.server.sent += size
+                self.h2.send_data(stream_id, b"x" * size, end_stream=left == 0)
+            self.big[stream_id] = left
+            if not left:
+                del self.big[stream_id]
+        assert self.transport is not None
         self.transport.write(self.h2.data_to_send())
 
     def answer(self, stream_id: int) -> None:
@@ -312,6 +335,8 @@ class H2Server:
         self.goaway_after = goaway_after
         self.connections: list[H2Upstream] = []
         self.peak = 0
+        self.big_size = 0
+        self.sent = 0
         self.server: asyncio.Server | None = None
 
     async def start(self, ssl_context: ssl.SSLContext | None = None) -> str:
@@ -465,3 +490,25 @@ async def test_an_upstream_that_does_not_speak_http2_fails_every_waiting_request
                             outcome="connect_failure") == 5
     finally:
         await runner.cleanup()
+
+
+async def test_a_slow_client_holds_the_upstream_window_not_memory(sidecar: Any) -> None:
+    upstream = H2Server()
+    upstream.big_size = 64 * 1024 * 1024
+    address = await upstream.start()
+    try:
+        running = await sidecar(config(address))
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=TIMEOUT * 3)) as session, \
+                session.get(running.url(f"/{SERVICE}/big")) as reply:
+            assert reply.status == 200
+            await asyncio.sleep(0.5)  # not reading: the sidecar stops giving the upstream window back
+            held = upstream.sent
+            assert held < upstream.big_size // 4
+            await asyncio.sleep(0.2)
+            assert upstream.sent == held
+            received = 0
+            async for piece in reply.content.iter_any():
+                received += len(piece)
+        assert received == upstream.big_size == upstream.sent
+    finally:
+        await upstream.stop()
