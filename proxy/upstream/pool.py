@@ -6,8 +6,14 @@ keeping idle ones (LIFO: the most recently used is the most likely still open), 
 per-connection request cap, and draining on removal. The connect timeout is the loop's own
 (`asyncio.timeout`): it bounds a real socket operation, and for a TLS cluster the handshake with it. Must
 not know routes or retry policy, nor which protocol its connections speak: the wiring hands it a
-`Connector` (today the HTTP/1 codec's `UpstreamStream`), and it hands out `UpstreamStream`s, streams to this
+`Connector` (the HTTP/1 codec's `UpstreamStream`), and it hands out `UpstreamStream`s, streams to this
 endpoint.
+
+Multiplexed connections (HTTP/2, `PoolSettings.multiplexed`, a `MuxConnector` the wiring hands it): a few
+connections each carrying many streams. A stream goes on the oldest connection with room (below the peer's
+stream limit, no GOAWAY); a new connection opens only when none has room, and requests arriving meanwhile wait
+for it (and share its failure). One without streams closes after `idle_timeout`. With `negotiate`
+(`protocol: auto`) and TLS, each connection's ALPN result chooses the codec (`Negotiated`).
 
 TLS origination (a cluster with `tls:`): the wiring also hands it an `OriginTls` (implemented by
 `proxy.security.origination`, which this package does not import). The pool then opens each connection
