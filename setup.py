@@ -37,6 +37,7 @@ COMPILED_MODULES = [
     "proxy/filters/trace.py",
     "proxy/http/authority.py",
     "proxy/http/client.py",
+    "proxy/http/h2_client.py",
     "proxy/http/h2_server.py",
     "proxy/http/headers.py",
     "proxy/http/path.py",

@@ -34,12 +34,13 @@ from proxy.discovery.static import static_endpoints
 from proxy.filters.keysfile import KeyStores
 from proxy.filters.trace import TracePropagator
 from proxy.http.client import ClientConnection
+from proxy.http.h2_client import H2ClientConnection
 from proxy.http.path import MODES as PATH_MODES
 from proxy.http.server import create_protocol_factory
 from proxy.http.settings import Http2Settings, ServerSettings
 from proxy.outbound import build_router
 from proxy.routing.table import RouteTable
-from proxy.security.origination import ClusterOrigin
+from proxy.security.origination import ALPN, ClusterOrigin
 from proxy.security.termination import TlsTermination, acceptor_factory
 from proxy.security.tls import ServerTls, TlsError
 from proxy.stages.path import RequestPath
@@ -72,10 +73,7 @@ def _unsupported_listener_keys(listener: ListenerConfig, where: str) -> list[str
 
 def _unsupported_cluster_keys(cluster: ClusterConfig, where: str) -> list[str]:
     """`unsupported_keys` of one cluster, under its key path `where`."""
-    found: list[str] = []
-    if cluster.protocol != "http1":
-        found.append(f"{where}.protocol")
-    return found
+    return []
 
 
 def server_settings(listener: ListenerConfig) -> ServerSettings:
@@ -286,10 +284,15 @@ class App:
     # -- building ----------------------------------------------------------------------------------
 
     def _make_cluster(self, config: ClusterConfig) -> Cluster:
-        # HTTP/1.1 upstreams; the connector is where an HTTP/2 codec will be chosen per cluster. A cluster
-        # with `tls:` loads its files here (TlsError when they cannot make a context) and watches them.
-        origin = ClusterOrigin.from_config(config.name, config.tls, self.metrics) if config.tls is not None else None
-        cluster = Cluster(config, self.metrics, self.clock, ClientConnection, origin)
+        # HTTP/1.1 upstreams, or HTTP/2 ones (`protocol: http2`: multiplexed connections). A cluster with `tls:`
+        # loads its files here (TlsError when they cannot make a context) and watches them.
+        alpn = {"http2": ("h2",), "auto": ("h2", "http/1.1")}.get(config.protocol, ALPN)
+        origin = (ClusterOrigin.from_config(config.name, config.tls, self.metrics, alpn)
+                  if config.tls is not None else None)
+        # `auto` without TLS is HTTP/1.1; over TLS, ALPN chooses per connection.
+        http2 = config.protocol == "http2" or (config.protocol == "auto" and config.tls is not None)
+        multiplexed = H2ClientConnection if http2 else None
+        cluster = Cluster(config, self.metrics, self.clock, ClientConnection, origin, multiplexed)
         cluster.local_zone = self.local_zone
         if config.endpoints is not None:
             cluster.set_endpoints(static_endpoints(config.endpoints))

@@ -30,7 +30,7 @@ from proxy.telemetry.metrics import Metrics
 from proxy.upstream.balancer import Balancer, HashPolicy, ZonePreferring, make_balancer
 from proxy.upstream.endpoint import ACTIVE, DRAINING, TERMINATING, UNHEALTHY, Endpoint
 from proxy.upstream.outlier import OutlierDetector
-from proxy.upstream.pool import Connector, OriginTls, PoolSettings, no_connector
+from proxy.upstream.pool import Connector, MuxConnector, OriginTls, PoolSettings, no_connector
 
 log = logging.getLogger("proxy.upstream.cluster")
 
@@ -61,7 +61,8 @@ class Cluster:
     )
 
     def __init__(self, config: ClusterConfig, metrics: Metrics, clock: Clock,
-                 connector: Connector | None = None, tls: OriginTls | None = None) -> None:
+                 connector: Connector | None = None, tls: OriginTls | None = None,
+                 multiplexed: MuxConnector | None = None) -> None:
         self.name = config.name
         self.config = config
         self._clock = clock
@@ -78,6 +79,10 @@ class Cluster:
             # TLS origination (a cluster with `tls:`), made by the wiring from the config; None: plain TCP.
             tls=tls,
             traffic=metrics.cluster_traffic(config.name),
+            # HTTP/2 upstreams (`protocol: http2`): a few connections, each carrying many streams.
+            multiplexed=multiplexed,
+            # `protocol: auto` over TLS: ALPN chooses per connection.
+            negotiate=config.protocol == "auto",
         )
         self.tls = tls
         self.endpoints: tuple[Endpoint, ...] = ()

@@ -6,8 +6,14 @@ keeping idle ones (LIFO: the most recently used is the most likely still open), 
 per-connection request cap, and draining on removal. The connect timeout is the loop's own
 (`asyncio.timeout`): it bounds a real socket operation, and for a TLS cluster the handshake with it. Must
 not know routes or retry policy, nor which protocol its connections speak: the wiring hands it a
-`Connector` (today the HTTP/1 codec's `UpstreamStream`), and it hands out `UpstreamStream`s, streams to this
+`Connector` (the HTTP/1 codec's `UpstreamStream`), and it hands out `UpstreamStream`s, streams to this
 endpoint.
+
+Multiplexed connections (HTTP/2, `PoolSettings.multiplexed`, a `MuxConnector` the wiring hands it): a few
+connections each carrying many streams. A stream goes on the oldest connection with room (below the peer's
+stream limit, no GOAWAY); a new connection opens only when none has room, and requests arriving meanwhile wait
+for it (and share its failure). One without streams closes after `idle_timeout`. With `negotiate`
+(`protocol: auto`) and TLS, each connection's ALPN result chooses the codec (`Negotiated`).
 
 TLS origination (a cluster with `tls:`): the wiring also hands it an `OriginTls` (implemented by
 `proxy.security.origination`, which this package does not import). The pool then opens each connection
@@ -29,7 +35,7 @@ from collections import deque
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Protocol, cast
+from typing import Any, Protocol, cast
 
 from proxy.clock import Clock, Timer
 from proxy.errors import FailureKind, UpstreamError
@@ -48,6 +54,39 @@ Connector = Callable[[asyncio.AbstractEventLoop, str, int, int], UpstreamStream]
 
 def no_connector(loop: asyncio.AbstractEventLoop, context: str, max_head: int, max_headers: int) -> UpstreamStream:
     raise RuntimeError(f"{context}: no connector configured for this pool")
+
+
+class MuxConnection(Protocol):
+    """A connection that carries many streams at once (HTTP/2: `proxy.http.h2_client.H2ClientConnection`)."""
+
+    closed: bool
+    rx: int
+    tx: int
+    on_lost: Callable[[Any], None] | None
+
+    async def ready(self) -> None:
+        """Wait until the peer's settings (its stream limit) are known."""
+        ...
+
+    def can_open(self) -> bool:
+        """Whether a new stream fits (below the peer's limit, no GOAWAY, not draining)."""
+        ...
+
+    def open_stream(self) -> UpstreamStream: ...
+
+    @property
+    def active_streams(self) -> int: ...
+
+    def drain(self) -> None:
+        """Take no new streams; close once those under way are done."""
+        ...
+
+    def close(self) -> None: ...
+
+
+# Makes a multiplexed connection for a new socket: (loop, context, max response head bytes, max response header
+# lines, TLS) -> an asyncio Protocol that is a MuxConnection.
+MuxConnector = Callable[[asyncio.AbstractEventLoop, str, int, int, bool], MuxConnection]
 
 
 class EndpointTls(Protocol):
@@ -100,13 +139,19 @@ class PoolSettings:
     tls: OriginTls | None = None
     # The cluster's connection and byte counters (None: not counted, as in tests of the pool alone).
     traffic: ClusterTraffic | None = None
+    # Multiplexed connections (HTTP/2): set, the pool keeps a few connections each carrying many streams,
+    # and `connector` is not used.
+    multiplexed: MuxConnector | None = None
+    # `protocol: auto`: with TLS, each connection's ALPN result chooses `multiplexed` (h2) or `connector`; once an
+    # endpoint chose h2, its streams are multiplexed.
+    negotiate: bool = False
 
 
 class Pool:
     """Idle keep-alive connections to one endpoint, and the means to open new ones."""
 
-    __slots__ = ("_clock", "_closed", "_idle", "_loop", "_open", "_timer", "_tls", "context", "host", "port",
-                 "settings")
+    __slots__ = ("_clock", "_closed", "_h2_chosen", "_idle", "_loop", "_mux", "_mux_idle", "_mux_pending", "_open",
+                 "_timer", "_tls", "context", "host", "port", "settings")
 
     def __init__(self, host: str, port: int, settings: PoolSettings, context: str, clock: Clock) -> None:
         self.host = host
@@ -122,6 +167,13 @@ class Pool:
         self._closed = False
         # This endpoint's TLS (its session for resumption lives there); None for a plain cluster.
         self._tls = settings.tls.for_endpoint(host, port) if settings.tls is not None else None
+        # Multiplexed connections (oldest first), and the connect under way that new streams wait for.
+        self._mux: list[MuxConnection] = []
+        self._mux_pending: asyncio.Future[UpstreamError | None] | None = None
+        # Multiplexed connections without streams, and the clock time they last had one.
+        self._mux_idle: dict[MuxConnection, float] = {}
+        # `negotiate`: ALPN chose h2 for this endpoint (without `negotiate`, `multiplexed` alone decides).
+        self._h2_chosen = False
 
     @property
     def idle_count(self) -> int:
@@ -129,14 +181,17 @@ class Pool:
 
     @property
     def open_count(self) -> int:
-        return len(self._open)
+        return len(self._open) + len(self._mux)
 
     def tls_snapshot(self) -> dict[str, object] | None:
         """What /clusters shows of this endpoint's TLS; None for a plain cluster."""
         return self._tls.snapshot() if self._tls is not None else None
 
     def take_idle(self) -> UpstreamStream | None:
-        """An idle open connection, or None (no await: the common case costs no coroutine hop)."""
+        """An idle open connection (multiplexed: a new stream on an open connection), or None (no await: the
+        common case costs no coroutine hop)."""
+        if self._multiplexing():
+            return self._mux_stream()
         idle = self._idle
         while idle:
             conn, _ = idle.pop()
@@ -145,15 +200,46 @@ class Pool:
         return None
 
     async def connect(self) -> UpstreamStream:
-        """Open a new connection, mapping failures to connect-refused / timeout / unroutable."""
+        """Open a new connection, mapping failures to connect-refused / timeout / unroutable (multiplexed: a
+        stream on a connection with room, opening one when none has)."""
+        if self._multiplexing():
+            return await self._mux_connect()
+        protocol, mux = await self._open_connection(self._protocol, False)
+        if mux is not None:
+            return self._mux_add(mux)  # ALPN chose h2
+        conn = cast(UpstreamStream, protocol)
+        conn.on_idle = self._release
+        conn.on_lost = self._forget
+        self._open.add(conn)
+        if self.settings.traffic is not None:
+            self.settings.traffic.opened()
+        return conn
+
+    def _multiplexing(self) -> bool:
+        settings = self.settings
+        return settings.multiplexed is not None and (self._h2_chosen or not settings.negotiate)
+
+    async def _open_connection(self, factory: Callable[[], asyncio.Protocol], multiplexed: bool,
+                               ) -> tuple[asyncio.BaseProtocol, MuxConnection | None]:
+        """A new connection's protocol, and the same as a multiplexed connection when it is one (`multiplexed`,
+        or chosen by ALPN), once its settings arrived."""
         settings = self.settings
         protocol: asyncio.BaseProtocol
+        mux: MuxConnection | None = None
         try:
             async with asyncio.timeout(settings.connect_timeout):
                 if self._tls is None:
-                    _, protocol = await self._loop.create_connection(self._protocol, self.host, self.port)
+                    _, protocol = await self._loop.create_connection(factory, self.host, self.port)
                 else:
-                    _, protocol = await self._connect_tls(self._tls, self._protocol)
+                    _, protocol = await self._connect_tls(self._tls, factory)
+                if isinstance(protocol, Negotiated):
+                    negotiated = protocol
+                    protocol = negotiated.chosen
+                    multiplexed = negotiated.multiplexed
+                    self._h2_chosen = self._h2_chosen or multiplexed
+                if multiplexed:
+                    mux = cast(MuxConnection, protocol)
+                    await _ready(mux)
         except TimeoutError:
             raise UpstreamError(
                 FailureKind.CONNECT_TIMEOUT,
@@ -161,16 +247,114 @@ class Pool:
             ) from None
         except OSError as exc:  # ssl.SSLError is an OSError
             raise self._connect_error(exc) from None
-        conn = cast(UpstreamStream, protocol)
-        conn.on_idle = self._release
-        conn.on_lost = self._forget
-        self._open.add(conn)
-        if settings.traffic is not None:
-            settings.traffic.opened()
-        return conn
+        return protocol, mux
+
+    # -- multiplexed connections (HTTP/2) ------------------------------------------------------------
+
+    def _mux_stream(self) -> UpstreamStream | None:
+        """A new stream on the oldest open connection with room for one; None when none has."""
+        for conn in self._mux:
+            if conn.can_open():
+                self._mux_idle.pop(conn, None)
+                stream = conn.open_stream()
+                stream.on_idle = self._mux_release
+                return stream
+        return None
+
+    async def _mux_connect(self) -> UpstreamStream:
+        """A stream on a connection with room: waits for a connect under way (its streams may fit there; its
+        failure is theirs too), else opens a connection (so a burst of requests shares a few connections rather
+        than opening one each)."""
+        while True:
+            stream = self._mux_stream()
+            if stream is not None:
+                return stream
+            pending = self._mux_pending
+            if pending is None:
+                break
+            await asyncio.wait([pending])
+            failure = pending.result()
+            if failure is not None:
+                raise UpstreamError(failure.kind, failure.context)
+        done: asyncio.Future[UpstreamError | None] = self._loop.create_future()
+        self._mux_pending = done
+        failed: UpstreamError | None = None
+        try:
+            _, conn = await self._open_connection(self._mux_protocol, True)
+        except UpstreamError as error:
+            failed = error
+            raise
+        finally:
+            self._mux_pending = None
+            done.set_result(failed)
+        assert conn is not None
+        return self._mux_add(conn)
+
+    def _mux_add(self, conn: MuxConnection) -> UpstreamStream:
+        """Keep a new multiplexed connection, and a stream on it."""
+        conn.on_lost = self._mux_lost
+        self._mux.append(conn)
+        if self.settings.traffic is not None:
+            self.settings.traffic.opened()
+        if self._closed:
+            conn.drain()
+        stream = conn.open_stream()
+        stream.on_idle = self._mux_release
+        return stream
+
+    def _mux_protocol(self) -> asyncio.Protocol:
+        settings = self.settings
+        multiplexed = settings.multiplexed
+        assert multiplexed is not None
+        return cast(asyncio.Protocol, multiplexed(self._loop, self.context, settings.max_head_bytes,
+                                                  settings.max_headers, self._tls is not None))
+
+    def _mux_release(self, stream: UpstreamStream) -> None:
+        """A stream is done: the bytes its connections moved reach the cluster's counters, and a connection left
+        without streams is closed after idle_timeout unless it carries one again."""
+        traffic = self.settings.traffic
+        now = self._clock.now()
+        for conn in self._mux:
+            if traffic is not None:
+                traffic.add(conn.rx, conn.tx)
+                conn.rx = conn.tx = 0
+            if conn.active_streams == 0 and conn not in self._mux_idle:
+                self._mux_idle[conn] = now
+        if self._mux_idle and self._timer is None:
+            self._timer = self._clock.call_at(now + self.settings.idle_timeout, self._mux_sweep)
+
+    def _mux_sweep(self) -> None:
+        """Close multiplexed connections without a stream for idle_timeout."""
+        self._timer = None
+        cutoff = self._clock.now() - self.settings.idle_timeout
+        for conn, since in list(self._mux_idle.items()):
+            if conn.active_streams > 0 or conn.closed:
+                del self._mux_idle[conn]
+            elif since <= cutoff:
+                del self._mux_idle[conn]
+                conn.close()
+        if self._mux_idle:
+            first = min(self._mux_idle.values())
+            self._timer = self._clock.call_at(first + self.settings.idle_timeout, self._mux_sweep)
+
+    def _mux_lost(self, conn: MuxConnection) -> None:
+        self._mux_idle.pop(conn, None)
+        if conn in self._mux:
+            self._mux.remove(conn)
+        traffic = self.settings.traffic
+        if traffic is not None:
+            traffic.add(conn.rx, conn.tx)
+            conn.rx = conn.tx = 0
 
     def _protocol(self) -> asyncio.Protocol:
-        """The protocol factory of `create_connection`: the cluster's codec for this endpoint."""
+        """The protocol factory of `create_connection`: the cluster's codec for this endpoint (with `negotiate`
+        over TLS, the one ALPN chooses)."""
+        settings = self.settings
+        if settings.negotiate and settings.multiplexed is not None and self._tls is not None:
+            return Negotiated(self._mux_protocol, self._h1_protocol)
+        return self._h1_protocol()
+
+    def _h1_protocol(self) -> asyncio.Protocol:
         settings = self.settings
         return cast(asyncio.Protocol, settings.connector(self._loop, self.context, settings.max_head_bytes,
                                                          settings.max_headers))
@@ -268,6 +452,36 @@ class Pool:
             conn, _ = self._idle.pop()
             conn.close()
         self._open.clear()
+        self._mux_idle.clear()
+        for mux in list(self._mux):
+            mux.drain()
+
+
+class Negotiated(asyncio.Protocol):
+    """A TLS connection's protocol until its handshake is done (asyncio calls `connection_made` then): ALPN `h2`
+    hands the transport to a multiplexed connection, anything else to the HTTP/1.1 codec."""
+
+    def __init__(self, h2: Callable[[], asyncio.Protocol], http1: Callable[[], asyncio.Protocol]) -> None:
+        self._h2 = h2
+        self._http1 = http1
+        self.multiplexed = False
+        self.chosen: asyncio.Protocol = self
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        ssl_object = transport.get_extra_info("ssl_object")
+        self.multiplexed = ssl_object is not None and ssl_object.selected_alpn_protocol() == "h2"
+        self.chosen = self._h2() if self.multiplexed else self._http1()
+        transport.set_protocol(self.chosen)
+        self.chosen.connection_made(transport)
+
+
+async def _ready(conn: MuxConnection) -> None:
+    """Wait for a new multiplexed connection's settings; closed when they do not come."""
+    try:
+        await conn.ready()
+    except BaseException:
+        conn.close()
+        raise
 
 
 def _handshake_failure(exc: ssl.SSLError) -> str:

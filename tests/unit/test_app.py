@@ -33,6 +33,7 @@ def test_the_full_contract_names_what_is_not_built_yet(tmp_path: Path) -> None:
     missing = unsupported_keys(load_config(tmp_path / "full.yaml").config)
     assert "listeners[0].tls" not in missing  # TLS termination exists (issue 16)
     assert not any(key.endswith(".http2") for key in missing)  # HTTP/2 towards clients runs (issue 19)
+    assert not any(key.endswith(".protocol") for key in missing)  # and towards upstreams (issue 19)
     assert not any(".authz" in key or ".api_key" in key for key in missing)  # route authorization runs
     assert not any(".discovery" in key for key in missing)  # Kubernetes and DNS discovery run (issue 17)
     assert not any(key.endswith(".load_balancer") for key in missing)  # every balancer is built (issue 17)

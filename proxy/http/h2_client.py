@@ -1,0 +1,601 @@
+"""The upstream side of HTTP/2: one `H2ClientConnection` (an asyncio.Protocol) per upstream socket, carrying
+many `H2UpstreamStream`s, one per attempt.
+
+Owns the HTTP/2 codec towards upstreams, on the `h2` state machine (prior knowledge, or `h2` chosen by ALPN):
+the connection preface and SETTINGS, how many streams the peer lets us open (`can_open`: below its
+`max_concurrent_streams`, and no GOAWAY yet), request heads as HEADERS (`:method`, `:scheme`, `:authority`,
+`:path`; hop-by-hop fields dropped, `te: trailers` kept), request bodies as DATA within the peer's windows (a
+full stream pauses the client's reading), request trailers, response heads as `ResponseReady`, response bodies
+spliced into the downstream stream with backpressure (a window is given back only for bytes the downstream has
+taken), response trailers, RST_STREAM both ways, and GOAWAY from the upstream: the connection takes no new
+streams, and streams above its last stream id fail as resets the upstream never processed (retriable).
+
+The pool keeps these connections (`proxy.upstream.pool`, through the `MuxConnection` protocol it declares) and
+asks each for streams. Must not know routes, clusters or policy. Compiled with mypyc (`H2UpstreamStream`
+implements the native `UpstreamStream` trait); `h2` itself stays interpreted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import Callable
+from typing import Any, cast
+
+import h2.config
+import h2.connection
+import h2.events
+import h2.exceptions
+import h2.settings
+from h2.errors import ErrorCodes
+
+from proxy.errors import FailureKind, UpstreamError
+from proxy.http.client import ResponseSink
+from proxy.http.headers import X_REQUEST_ID, connection_tokens
+from proxy.message import HOP_BY_HOP, Headers, RequestHead, ResponseHead, reason_phrase
+from proxy.stream import NO_BODY, ReadControl, ResponseReady, TunnelEnd, UpstreamStream
+
+# Our receive window per stream, and for the connection this many streams' worth.
+STREAM_WINDOW = 256 * 1024
+CONNECTION_WINDOW_STREAMS = 16
+# Request body bytes held per stream beyond the peer's window before the client's reading is paused.
+STREAM_HIGH_WATER = 64 * 1024
+
+# Request fields that do not exist in HTTP/2 (`te` is kept only as `te: trailers`).
+_DROPPED_OUT = HOP_BY_HOP | {b"host", b"content-length", b"http2-settings"}
+# Response fields not relayed: the downstream frames the body anew, and writes its own x-request-id.
+_DROPPED_IN = HOP_BY_HOP | {b"content-length", X_REQUEST_ID}
+
+
+class H2UpstreamStream(UpstreamStream):
+    """One attempt's HTTP/2 stream on an `H2ClientConnection`."""
+
+    __slots__ = ("_body", "_body_flow", "_complete", "_done_waiter", "_end_pending", "_error", "_head_request",
+                 "_head_waiter", "_out", "_out_size", "_sent_end", "_trailers", "_trailers_out", "body_reader",
+                 "closed", "conn", "context", "downstream", "on_idle", "on_lost", "read_paused", "requests_sent",
+                 "rx", "stream_id", "tx", "unacked")
+
+    def __init__(self, conn: H2ClientConnection) -> None:
+        self.conn = conn
+        self.context = conn.context
+        self.closed = False
+        self.requests_sent = 0
+        self.rx = 0
+        self.tx = 0
+        self.on_idle: Callable[[Any], None] | None = None
+        self.on_lost: Callable[[Any], None] | None = None
+        self.stream_id = 0
+        self.downstream: ResponseSink | None = None
+        self.body_reader: ReadControl | None = None
+        self.read_paused = False
+        self.unacked = 0
+        self._head_waiter: asyncio.Future[ResponseReady] = conn.loop.create_future()
+        self._done_waiter: asyncio.Future[None] | None = None
+        self._error: UpstreamError | None = None
+        self._complete = False
+        self._head_request = False
+        self._body: list[bytes] = []
+        self._body_flow = 0
+        self._trailers: Headers | None = None
+        self._out: list[bytes] = []
+        self._out_size = 0
+        self._end_pending = False
+        self._sent_end = False
+        self._trailers_out: Headers | None = None
+
+    # -- sending -----------------------------------------------------------------------------------
+
+    def send(self, head: RequestHead, extra: tuple[bytes, bytes], length: int | None, whole: bytes | None,
+             trailers: Headers | None, upgrade: bool) -> None:
+        self.requests_sent += 1
+        self._head_request = head.method == b"HEAD"
+        if upgrade:
+            self.fail(UpstreamError(FailureKind.PROTOCOL, f"{self.context}: no WebSocket over an HTTP/2 upstream"))
+            return
+        conn = self.conn
+        if not conn.can_send():
+            self.fail(UpstreamError(FailureKind.RESET, f"{self.context}: HTTP/2 connection going away",
+                                    stale=True))
+            return
+        fields = request_fields(head, extra, conn.scheme)
+        if length is not None and length >= 0:
+            fields.append((b"content-length", b"%d" % length))
+        no_body = length == NO_BODY or (whole is not None and not whole and not trailers)
+        self.stream_id = conn.start_stream(self, fields, no_body)
+        if self.stream_id == 0:
+            # The peer lowered its stream limit meanwhile, or h2 refused the head: nothing was sent.
+            self.fail(UpstreamError(FailureKind.RESET, f"{self.context}: HTTP/2 stream not opened", stale=True))
+            return
+        if no_body:
+            self._sent_end = True
+        elif whole is not None:
+            self.write_body(whole)
+            self.end_body(trailers)
+
+    def write_body(self, data: bytes) -> None:
+        if not data or self.closed or self._end_pending:
+            return
+        self._out.append(data)
+        self._out_size += len(data)
+        self.send_pending()
+        if self._out_size > STREAM_HIGH_WATER and self.body_reader is not None:
+            self.body_reader.pause_reading()
+
+    def end_body(self, trailers: Headers | None) -> None:
+        if self.closed or self._end_pending or self._sent_end:
+            return
+        self._end_pending = True
+        if trailers:
+            self._trailers_out = [(n, v) for n, v in trailers if n not in _DROPPED_OUT and n[:1] != b":"]
+        self.send_pending()
+
+    def send_pending(self) -> None:
+        """Send held request body bytes within the peer's windows; the end of the stream once they are out."""
+        conn = self.conn
+        if self.closed or self._sent_end or self.stream_id == 0:
+            return
+        out = self._out
+        while out:
+            window = conn.window(self.stream_id)
+            if window <= 0:
+                break
+            piece = out[0]
+            if len(piece) <= window:
+                out.pop(0)
+            else:
+                out[0] = piece[window:]
+                piece = piece[:window]
+            self._out_size -= len(piece)
+            conn.send_data(self.stream_id, piece)
+        if self._out_size <= STREAM_HIGH_WATER // 2 and self.body_reader is not None:
+            self.body_reader.resume_reading()
+        if not out and self._end_pending:
+            self._sent_end = True
+            conn.end_stream(self.stream_id, self._trailers_out)
+
+    def set_body_reader(self, reader: ReadControl | None) -> None:
+        previous = self.body_reader
+        self.body_reader = reader
+        if previous is not None and previous is not reader and self._out_size > STREAM_HIGH_WATER:
+            previous.resume_reading()
+
+    async def response_head(self) -> ResponseReady:
+        return await self._head_waiter
+
+    # -- the response ------------------------------------------------------------------------------
+
+    def on_head(self, fields: Headers, ended: bool) -> None:
+        status = 0
+        headers: Headers = []
+        content_length: int | None = None
+        for name, value in fields:
+            if name == b":status":
+                status = int(value)
+            elif name == b"content-length":
+                content_length = int(value)
+            elif name[:1] != b":" and name not in _DROPPED_IN and not name.startswith(b"proxy-"):
+                headers.append((name, value))
+        if ended:
+            self._complete = True
+        no_body = ended or self._head_request or status in (204, 304)
+        if not self._head_waiter.done():
+            self._head_waiter.set_result(ResponseReady(ResponseHead(status, reason_phrase(status), headers),
+                                                       0 if ended else content_length, no_body))
+
+    def on_data(self, data: bytes, flow: int) -> None:
+        downstream = self.downstream
+        if downstream is None:
+            self._body.append(data)
+            self._body_flow += flow
+            return
+        downstream.write_body(data)
+        self.consumed(flow)
+
+    def consumed(self, flow: int) -> None:
+        if self.read_paused:
+            self.unacked += flow
+        else:
+            self.conn.acknowledge(self.stream_id, flow)
+
+    def on_trailers(self, fields: Headers) -> None:
+        self._trailers = [(n, v) for n, v in fields if n[:1] != b":"]
+
+    def on_end(self) -> None:
+        if self._complete:
+            return
+        self._complete = True
+        waiter = self._done_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def fail(self, error: UpstreamError) -> None:
+        """The stream was reset (by the peer, a GOAWAY or the connection's loss) before it completed."""
+        if self._complete or self._error is not None:
+            return
+        if self._head_waiter.done():
+            error = UpstreamError(error.kind, error.context, response_started=True)
+            if self.downstream is not None:
+                self.downstream.abort()
+            if self._done_waiter is not None and not self._done_waiter.done():
+                self._done_waiter.set_exception(error)
+        else:
+            self._head_waiter.set_exception(error)
+        self._error = error
+
+    def take_body(self) -> bytes:
+        body, self._body = self._body, []
+        flow, self._body_flow = self._body_flow, 0
+        if flow:
+            self.consumed(flow)
+        if not body:
+            return b""
+        return body[0] if len(body) == 1 else b"".join(body)
+
+    def attach(self, downstream: ResponseSink) -> bool:
+        self.downstream = downstream
+        downstream.upstream_reader = self
+        if downstream.write_paused:
+            self.pause_reading()
+        body, self._body = self._body, []
+        flow, self._body_flow = self._body_flow, 0
+        for piece in body:
+            downstream.write_body(piece)
+        if flow:
+            self.consumed(flow)
+        return self._complete
+
+    @property
+    def trailers(self) -> Headers | None:
+        return self._trailers
+
+    async def response_done(self) -> None:
+        if self._error is not None:
+            raise self._error
+        if self._complete:
+            return
+        self._done_waiter = self.conn.loop.create_future()
+        await self._done_waiter
+
+    # ReadControl: the downstream is behind, stop giving the window back.
+    def pause_reading(self) -> None:
+        self.read_paused = True
+
+    def resume_reading(self) -> None:
+        if self.read_paused:
+            self.read_paused = False
+            flow, self.unacked = self.unacked, 0
+            if flow:
+                self.conn.acknowledge(self.stream_id, flow)
+
+    # -- after the exchange ------------------------------------------------------------------------
+
+    def finish(self, reusable: bool) -> None:
+        self.downstream = None
+        self.set_body_reader(None)
+        if not self._complete or not self._sent_end:
+            self.abort()
+            return
+        self._release()
+
+    def detach(self) -> None:
+        self.downstream = None
+        self.set_body_reader(None)
+
+    def abort(self) -> None:
+        """Reset this stream (the connection goes on carrying the others)."""
+        if not self.closed and self.stream_id and not (self._complete and self._sent_end):
+            self.conn.reset(self.stream_id, ErrorCodes.CANCEL)
+        self._release()
+
+    def close(self) -> None:
+        self.abort()
+
+    def _release(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        flow = self.unacked + self._body_flow
+        self.unacked = self._body_flow = 0
+        self._body = []
+        self.conn.stream_done(self, flow)
+        if self.on_idle is not None:
+            self.on_idle(self)
+
+    # -- no tunnels over HTTP/2 upstreams -------------------------------------------------------------
+
+    def start_tunnel(self, downstream: TunnelEnd) -> None:
+        downstream.close()
+        self.abort()
+
+    def tunnel_write(self, data: bytes) -> None:
+        pass
+
+    def tunnel_eof(self) -> None:
+        pass
+
+    def tunnel_close(self) -> None:
+        self.abort()
+
+
+class H2ClientConnection(asyncio.Protocol):
+    """One HTTP/2 connection to an upstream endpoint, and its streams."""
+
+    __slots__ = ("_flush_pending", "_h2", "_last_stream", "_ready", "_reserved", "_streams", "closed", "context",
+                 "draining", "goaway", "loop", "max_head_bytes", "on_lost", "rx", "scheme", "transport", "tx")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, context: str, max_head_bytes: int, max_headers: int,
+                 tls: bool = False) -> None:
+        self.loop = loop
+        self.context = context
+        self.max_head_bytes = max_head_bytes
+        self.scheme = b"https" if tls else b"http"
+        self.transport: asyncio.Transport | None = None
+        self._h2 = h2.connection.H2Connection(config=h2.config.H2Configuration(
+            client_side=True, header_encoding=None, validate_inbound_headers=True))
+        self._streams: dict[int, H2UpstreamStream] = {}
+        # Streams handed out and not yet done (those not yet sent have no id): what counts against the limit.
+        self._reserved = 0
+        self._flush_pending = False
+        self._ready: asyncio.Future[None] = loop.create_future()
+        self._last_stream = 0
+        self.closed = False
+        self.draining = False
+        self.goaway = False
+        self.on_lost: Callable[[Any], None] | None = None
+        self.rx = 0
+        self.tx = 0
+
+    # -- what the pool asks ------------------------------------------------------------------------
+
+    async def ready(self) -> None:
+        """Wait for the peer's first SETTINGS (its stream limit); the caller bounds the wait."""
+        await asyncio.shield(self._ready)
+
+    def can_open(self) -> bool:
+        limit = self._h2.remote_settings.max_concurrent_streams
+        return not (self.closed or self.goaway or self.draining) and self._reserved < limit
+
+    def open_stream(self) -> UpstreamStream:
+        self._reserved += 1
+        return H2UpstreamStream(self)
+
+    @property
+    def active_streams(self) -> int:
+        return self._reserved
+
+    def drain(self) -> None:
+        """No new streams; close once the ones under way are done."""
+        self.draining = True
+        if self._reserved == 0:
+            self.close()
+
+    # -- what streams call -------------------------------------------------------------------------
+
+    def can_send(self) -> bool:
+        return not (self.closed or self.goaway)
+
+    def start_stream(self, stream: H2UpstreamStream, fields: Headers, end: bool) -> int:
+        """Send a request head on a new stream; its id, or 0 when h2 refused it."""
+        stream_id: int = self._h2.get_next_available_stream_id()
+        try:
+            self._h2.send_headers(stream_id, fields, end_stream=end)
+        except h2.exceptions.ProtocolError:
+            return 0
+        self._streams[stream_id] = stream
+        self._last_stream = stream_id
+        self.flush()
+        return stream_id
+
+    def window(self, stream_id: int) -> int:
+        conn = self._h2
+        try:
+            return min(conn.local_flow_control_window(stream_id), conn.max_outbound_frame_size)
+        except h2.exceptions.ProtocolError:
+            return 0
+
+    def send_data(self, stream_id: int, data: bytes) -> None:
+        if not self.closed:
+            with contextlib.suppress(h2.exceptions.ProtocolError):
+                self._h2.send_data(stream_id, data)
+            self.flush()
+
+    def end_stream(self, stream_id: int, trailers: Headers | None) -> None:
+        if self.closed:
+            return
+        with contextlib.suppress(h2.exceptions.ProtocolError):
+            if trailers:
+                self._h2.send_headers(stream_id, trailers, end_stream=True)
+            else:
+                self._h2.end_stream(stream_id)
+        self.flush()
+
+    def acknowledge(self, stream_id: int, flow: int) -> None:
+        if flow and not self.closed:
+            with contextlib.suppress(h2.exceptions.ProtocolError):
+                self._h2.acknowledge_received_data(flow, stream_id)
+            self.flush()
+
+    def reset(self, stream_id: int, code: ErrorCodes) -> None:
+        if not self.closed:
+            with contextlib.suppress(h2.exceptions.ProtocolError):
+                self._h2.reset_stream(stream_id, code)
+            self.flush()
+
+    def stream_done(self, stream: H2UpstreamStream, flow: int) -> None:
+        self._reserved -= 1
+        if stream.stream_id:
+            self._streams.pop(stream.stream_id, None)
+            if flow and not self.closed:
+                # The connection window its unread bytes held (the stream is closed or reset).
+                with contextlib.suppress(h2.exceptions.ProtocolError):
+                    self._h2.acknowledge_received_data(flow, stream.stream_id)
+                self.flush()
+        if self._reserved == 0 and (self.draining or self.goaway):
+            self.close()
+
+    def flush(self) -> None:
+        """Write what h2 has queued once per loop iteration (the frames of many streams in one write)."""
+        if not self._flush_pending:
+            self._flush_pending = True
+            self.loop.call_soon(self.flush_now)
+
+    def flush_now(self) -> None:
+        self._flush_pending = False
+        data = self._h2.data_to_send()
+        transport = self.transport
+        if data and transport is not None and not transport.is_closing():
+            self.tx += len(data)
+            transport.write(data)
+
+    # -- transport events --------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        conn = self._h2
+        conn.local_settings = h2.settings.Settings(client=True, initial_values={
+            h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: STREAM_WINDOW,
+            h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: self.max_head_bytes,
+            h2.settings.SettingCodes.ENABLE_PUSH: 0,
+        })
+        conn.initiate_connection()
+        conn.increment_flow_control_window(STREAM_WINDOW * CONNECTION_WINDOW_STREAMS - 65535)
+        self.flush_now()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if not self._ready.done():
+            self._ready.set_exception(UpstreamError(FailureKind.CONNECT_REFUSED,
+                                                    f"{self.context}: closed before its HTTP/2 SETTINGS"))
+            self._ready.exception()  # retrieved: nobody may be waiting
+        if self.on_lost is not None:
+            self.on_lost(self)
+        error = UpstreamError(FailureKind.RESET, f"{self.context}: HTTP/2 connection closed")
+        for stream in list(self._streams.values()):
+            stream.fail(error)
+
+    def data_received(self, data: bytes) -> None:
+        self.rx += len(data)
+        if self.closed:
+            return
+        try:
+            events = self._h2.receive_data(data)
+        except h2.exceptions.ProtocolError as exc:
+            self._protocol_error(str(exc))
+            return
+        for event in events:
+            self._event(event)
+        self.flush_now()
+
+    def _event(self, event: h2.events.Event) -> None:
+        if isinstance(event, h2.events.DataReceived):
+            stream = self._streams.get(event.stream_id)
+            if stream is None or stream.closed:
+                self.acknowledge(event.stream_id, event.flow_controlled_length)
+            else:
+                stream.on_data(event.data, event.flow_controlled_length)
+        elif isinstance(event, h2.events.ResponseReceived):
+            self._head(event.stream_id, event.headers, event.stream_ended is not None)
+        elif isinstance(event, h2.events.TrailersReceived):
+            stream = self._streams.get(event.stream_id)
+            if stream is not None:
+                stream.on_trailers(event.headers)
+        elif isinstance(event, h2.events.StreamEnded):
+            stream = self._streams.get(event.stream_id)
+            if stream is not None:
+                stream.on_end()
+        elif isinstance(event, (h2.events.WindowUpdated, h2.events.RemoteSettingsChanged)):
+            self._window_opened(event)
+        elif isinstance(event, h2.events.StreamReset):
+            self._stream_reset(event.stream_id, event.error_code)
+        elif isinstance(event, h2.events.ConnectionTerminated):
+            self._goaway(event.last_stream_id or 0, int(event.error_code or 0))
+
+    def _head(self, stream_id: int, fields: Headers, ended: bool) -> None:
+        stream = self._streams.get(stream_id)
+        if stream is None:
+            return
+        size = sum(len(n) + len(v) + 32 for n, v in fields)
+        if size > self.max_head_bytes:
+            stream.fail(UpstreamError(FailureKind.HEADERS_TOO_LARGE,
+                                      f"{self.context}: response head over max_response_headers"))
+            stream.abort()
+            return
+        stream.on_head(fields, ended)
+
+    def _window_opened(self, event: h2.events.Event) -> None:
+        if isinstance(event, h2.events.RemoteSettingsChanged) and not self._ready.done():
+            self._ready.set_result(None)
+        stream_id = getattr(event, "stream_id", 0)
+        if stream_id:
+            stream = self._streams.get(stream_id)
+            if stream is not None:
+                stream.send_pending()
+            return
+        for stream in list(self._streams.values()):
+            stream.send_pending()
+
+    def _stream_reset(self, stream_id: int, code: int) -> None:
+        stream = self._streams.get(stream_id)
+        if stream is None:
+            return
+        # REFUSED_STREAM: the upstream did not process it (RFC 9113 section 8.7), so it may be sent again.
+        refused = code == ErrorCodes.REFUSED_STREAM
+        stream.fail(UpstreamError(FailureKind.RESET, f"{self.context}: stream reset by the upstream ({code!s})",
+                                  stale=refused))
+
+    def _goaway(self, last_stream_id: int, code: int) -> None:
+        """The upstream's GOAWAY: no new streams here; those above `last_stream_id` were never processed
+        (retriable resets); those at or below it still get their answers."""
+        self.goaway = True
+        # h2 closes its state machine on a received GOAWAY; streams under way still need their frames.
+        self._h2.state_machine.state = h2.connection.ConnectionState.CLIENT_OPEN
+        error = UpstreamError(FailureKind.RESET, f"{self.context}: HTTP/2 GOAWAY ({code!s}): stream not processed",
+                              stale=True)
+        for stream_id, stream in list(self._streams.items()):
+            if stream_id > last_stream_id:
+                stream.fail(error)
+        if self._reserved == 0:
+            self.close()
+
+    def _protocol_error(self, detail: str) -> None:
+        self.flush_now()
+        error = UpstreamError(FailureKind.PROTOCOL, f"{self.context}: HTTP/2 protocol error: {detail}")
+        for stream in list(self._streams.values()):
+            stream.fail(error)
+        self.abort()
+
+    def close(self) -> None:
+        transport = self.transport
+        if not self.closed and transport is not None:
+            self.flush_now()
+            self.closed = True
+            transport.close()
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.closed = True
+            self.transport.abort()
+
+
+def request_fields(head: RequestHead, extra: tuple[bytes, bytes], scheme: bytes) -> Headers:
+    """A request head as HTTP/2 fields: the pseudo-header fields, then its headers without the HTTP/1-only
+    ones (hop-by-hop, those `Connection` names, Host: it is `:authority`), `te: trailers` kept."""
+    fields: Headers = [(b":method", head.method), (b":scheme", scheme), (b":authority", head.host_header),
+                       (b":path", head.target())]
+    named: frozenset[bytes] = frozenset()
+    for name, _ in head.headers:
+        if name == b"connection":
+            named = connection_tokens(head.headers)
+            break
+    for name, value in head.headers:
+        if name == b"te":
+            if b"trailers" in value.lower():
+                fields.append((b"te", b"trailers"))
+        elif name not in _DROPPED_OUT and name not in named and not name.startswith(b"proxy-"):
+            fields.append((name, value))
+    fields.append(extra)
+    return fields
