@@ -56,6 +56,7 @@ GRPC_TARGET_CALLS = 5000  # BENCHMARKS.md / issue 19: gRPC unary calls per secon
 PAYLOAD = b"hello from the benchmark client"  # the gRPC message (echoed back by the upstream)
 # When the upstream's CPU over a run's wall time is above this, it (not the proxy) may set the pace.
 UPSTREAM_BUSY = 0.8
+PROXY_BUSY = 0.9  # ... and when the proxy's is above this, the proxy does
 
 
 @dataclass(frozen=True)
@@ -255,6 +256,8 @@ def measure(rig: Rig, scenario: Scenario, targets: dict[str, Started], plan: Pla
             # For direct this is the upstream's own CPU (the target is the upstream).
             "vcpu_s_per_1000": cpu / done * 1000 if done else None,
             "upstream_busy": upstream_cpu / seconds if upstream is not None and seconds else None,
+            # The target's CPU over h2load's wall time: near 100 %, the proxy's one core sets the pace.
+            "busy": cpu / seconds if seconds else None,
             "failed": sum(int(r["failed"]) for r in results),
             "non_2xx": sum(int(r["non_2xx"]) for r in results),
         }
@@ -276,6 +279,10 @@ def summarize(results: dict) -> None:
             if target != "direct" and (t.get("upstream_busy") or 0) > UPSTREAM_BUSY:
                 notes.append(f"{name}, {target}: the grpcio upstream was {t['upstream_busy']:.0%} busy (CPU / wall "
                              "time): it, not the proxy, may set the pace")
+            elif target != "direct" and (t.get("busy") or 0) > PROXY_BUSY:
+                upstream = "" if t["upstream_busy"] is None else f" (the upstream {t['upstream_busy']:.0%})"
+                notes.append(f"{name}, {target}: the proxy's core was {t['busy']:.0%} busy{upstream}: the proxy "
+                             "sets the pace")
     results["summary"] = summary
     results["notes"] = notes
     grpc = results.get("scenarios", {}).get("grpc-c1-m100", {}).get("sidecar", {})
@@ -305,17 +312,18 @@ def markdown(results: dict) -> str:
              f"`sidecar`: {results.get('sidecar_build', '?')}, minimal config. nginx: "
              f"{results['tools'].get('nginx') or '?'}, 1 worker. h2load -n {plan['requests']['http2']:,} (HTTP/2), "
              f"-n {plan['requests']['grpc']:,} (gRPC), median of {plan['rounds']} alternating round(s).", "",
-             "| scenario | target | req/s (median) | runs | vCPU-s / 1000 req | upstream busy | errors |",
-             "| --- | --- | ---: | --- | ---: | ---: | ---: |"]
+             "| scenario | target | req/s (median) | runs | vCPU-s / 1000 req | target busy | upstream busy | errors |",
+             "| --- | --- | ---: | --- | ---: | ---: | ---: | ---: |"]
     scenarios = {s.name: s for s in SCENARIOS}
     for name, targets in results.get("scenarios", {}).items():
         shape = f"{scenarios[name].kind} {scenarios[name].label}"
         for target, t in targets.items():
             runs = ", ".join(f"{r:,.0f}" for r in t["rps_runs"])
             busy = "-" if t["upstream_busy"] is None else f"{t['upstream_busy']:.0%}"
+            own = "-" if t.get("busy") is None else f"{t['busy']:.0%}"
             label = "direct (grpcio upstream)" if target == "direct" else target
             lines.append(f"| {shape} | {label} | {t['rps_median']:,.0f} | {runs} | {_fmt(t['vcpu_s_per_1000'])} | "
-                         f"{busy} | {t['failed'] + t['non_2xx']} |")
+                         f"{own} | {busy} | {t['failed'] + t['non_2xx']} |")
     lines += ["", "| scenario | req/s, sidecar / nginx | CPU per request, sidecar / nginx |", "| --- | ---: | ---: |"]
     for name, ratios in results.get("summary", {}).items():
         rps, cpu = ratios.get("rps"), ratios.get("cpu")
