@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 
+import pytest
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
@@ -34,6 +35,11 @@ def sampled_record(attempts: int = 1) -> RequestRecord:
         for n in range(1, attempts + 1)]
     record.attempts = attempts
     return record
+
+
+@pytest.fixture(autouse=True)
+def quick_export(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(tracing, "EXPORT_INTERVAL", 0.05)  # batches go every 5 s by default
 
 
 def make_sink(exporter: SpanExporter, drops: list[int]) -> SpanSink:
