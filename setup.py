@@ -38,6 +38,7 @@ COMPILED_MODULES = [
     "proxy/http/authority.py",
     "proxy/http/client.py",
     "proxy/http/h2_client.py",
+    "proxy/http/h2_flow.py",
     "proxy/http/h2_server.py",
     "proxy/http/headers.py",
     "proxy/http/path.py",

@@ -32,6 +32,7 @@ from h2.errors import ErrorCodes
 
 from proxy.errors import FailureKind, UpstreamError
 from proxy.http.client import ResponseSink
+from proxy.http.h2_flow import next_piece
 from proxy.http.headers import X_REQUEST_ID, connection_tokens
 from proxy.message import HOP_BY_HOP, Headers, RequestHead, ResponseHead, reason_phrase
 from proxy.stream import NO_BODY, ReadControl, ResponseReady, TunnelEnd, UpstreamStream
@@ -140,12 +141,7 @@ class H2UpstreamStream(UpstreamStream):
             window = conn.window(self.stream_id)
             if window <= 0:
                 break
-            piece = out[0]
-            if len(piece) <= window:
-                out.pop(0)
-            else:
-                out[0] = piece[window:]
-                piece = piece[:window]
+            piece = next_piece(out, window)
             self._out_size -= len(piece)
             conn.send_data(self.stream_id, piece)
         if self._out_size <= STREAM_HIGH_WATER // 2 and self.body_reader is not None:

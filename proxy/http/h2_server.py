@@ -34,6 +34,7 @@ import h2.settings
 from h2.errors import ErrorCodes
 from hyperframe.frame import GoAwayFrame
 
+from proxy.http.h2_flow import next_piece
 from proxy.http.request_head import BadRequest, accept_head
 from proxy.http.settings import Http2Settings, ServerSettings
 from proxy.local_reply import Cause, LocalReply, local_reply
@@ -329,12 +330,7 @@ class H2Stream(RequestStream):
             window = conn.window(self.stream_id)
             if window <= 0:
                 break
-            piece = out[0]
-            if len(piece) <= window:
-                out.pop(0)
-            else:
-                out[0] = piece[window:]
-                piece = piece[:window]
+            piece = next_piece(out, window)
             self._out_size -= len(piece)
             last = False
             if self._unsent >= 0:
