@@ -1,8 +1,8 @@
 """The upstream side of HTTP/2: one `H2ClientConnection` (an asyncio.Protocol) per upstream socket, carrying
 many `H2UpstreamStream`s, one per attempt.
 
-Owns the HTTP/2 codec towards upstreams, on the `h2` state machine (prior knowledge, or `h2` chosen by ALPN):
-the connection preface and SETTINGS, how many streams the peer lets us open (`can_open`: below its
+Owns the HTTP/2 codec towards upstreams, on our HTTP/2 engine (`proxy.http.h2_engine`; prior knowledge, or
+`h2` chosen by ALPN): the connection preface and SETTINGS, how many streams the peer lets us open (`can_open`: below its
 `max_concurrent_streams`, and no GOAWAY yet), request heads as HEADERS (`:method`, `:scheme`, `:authority`,
 `:path`; hop-by-hop fields dropped, `te: trailers` kept), request bodies as DATA within the peer's windows (a
 full stream pauses the client's reading), request trailers, response heads as `ResponseReady`, response bodies
@@ -12,26 +12,19 @@ streams, and streams above its last stream id fail as resets the upstream never 
 
 The pool keeps these connections (`proxy.upstream.pool`, through the `MuxConnection` protocol it declares) and
 asks each for streams. Must not know routes, clusters or policy. Compiled with mypyc (`H2UpstreamStream`
-implements the native `UpstreamStream` trait); `h2` itself stays interpreted.
+implements the native `UpstreamStream` trait), as the engine is.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import socket
 from collections.abc import Callable
 from typing import Any, cast
 
-import h2.config
-import h2.connection
-import h2.events
-import h2.exceptions
-import h2.settings
-from h2.errors import ErrorCodes
-
 from proxy.errors import FailureKind, UpstreamError
 from proxy.http.client import ResponseSink
+from proxy.http.h2_engine import CANCEL, REFUSED_STREAM, H2Engine, H2Error, error_name
 from proxy.http.h2_flow import next_piece
 from proxy.http.headers import X_REQUEST_ID, connection_tokens
 from proxy.message import HOP_BY_HOP, Headers, RequestHead, ResponseHead, reason_phrase
@@ -281,7 +274,7 @@ class H2UpstreamStream(UpstreamStream):
     def abort(self) -> None:
         """Reset this stream (the connection goes on carrying the others)."""
         if not self.closed and self.stream_id and not (self._complete and self._sent_end):
-            self.conn.reset(self.stream_id, ErrorCodes.CANCEL)
+            self.conn.reset(self.stream_id, CANCEL)
         self._release()
 
     def close(self) -> None:
@@ -327,8 +320,7 @@ class H2ClientConnection(asyncio.Protocol):
         self.max_head_bytes = max_head_bytes
         self.scheme = b"https" if tls else b"http"
         self.transport: asyncio.Transport | None = None
-        self._h2 = h2.connection.H2Connection(config=h2.config.H2Configuration(
-            client_side=True, header_encoding=None, validate_inbound_headers=True))
+        self._h2 = H2Engine(self, True, 0, STREAM_WINDOW, STREAM_WINDOW * CONNECTION_WINDOW_STREAMS, max_head_bytes)
         self._streams: dict[int, H2UpstreamStream] = {}
         # Streams handed out and not yet done (those not yet sent have no id): what counts against the limit.
         self._reserved = 0
@@ -349,7 +341,7 @@ class H2ClientConnection(asyncio.Protocol):
         await asyncio.shield(self._ready)
 
     def can_open(self) -> bool:
-        limit = self._h2.remote_settings.max_concurrent_streams
+        limit = self._h2.remote_max_streams
         return not (self.closed or self.goaway or self.draining) and self._reserved < limit
 
     def open_stream(self) -> UpstreamStream:
@@ -372,11 +364,9 @@ class H2ClientConnection(asyncio.Protocol):
         return not (self.closed or self.goaway)
 
     def start_stream(self, stream: H2UpstreamStream, fields: Headers, end: bool) -> int:
-        """Send a request head on a new stream; its id, or 0 when h2 refused it."""
-        stream_id: int = self._h2.get_next_available_stream_id()
-        try:
-            self._h2.send_headers(stream_id, fields, end_stream=end)
-        except h2.exceptions.ProtocolError:
+        """Send a request head on a new stream; its id, or 0 when the connection is closed."""
+        stream_id = self._h2.next_stream_id()
+        if not self._h2.send_headers(stream_id, fields, end):
             return 0
         self._streams[stream_id] = stream
         self._last_stream = stream_id
@@ -384,38 +374,28 @@ class H2ClientConnection(asyncio.Protocol):
         return stream_id
 
     def window(self, stream_id: int) -> int:
-        conn = self._h2
-        try:
-            return min(conn.local_flow_control_window(stream_id), conn.max_outbound_frame_size)
-        except h2.exceptions.ProtocolError:
-            return 0
+        return self._h2.window(stream_id)
 
     def send_data(self, stream_id: int, data: bytes) -> None:
-        if not self.closed:
-            with contextlib.suppress(h2.exceptions.ProtocolError):
-                self._h2.send_data(stream_id, data)
+        if not self.closed and self._h2.send_data(stream_id, data, False):
             self.flush()
 
     def end_stream(self, stream_id: int, trailers: Headers | None) -> None:
         if self.closed:
             return
-        with contextlib.suppress(h2.exceptions.ProtocolError):
-            if trailers:
-                self._h2.send_headers(stream_id, trailers, end_stream=True)
-            else:
-                self._h2.end_stream(stream_id)
+        if trailers:
+            self._h2.send_headers(stream_id, trailers, True)
+        else:
+            self._h2.end_stream(stream_id)
         self.flush()
 
     def acknowledge(self, stream_id: int, flow: int) -> None:
         if flow and not self.closed:
-            with contextlib.suppress(h2.exceptions.ProtocolError):
-                self._h2.acknowledge_received_data(flow, stream_id)
+            self._h2.acknowledge(stream_id, flow)
             self.flush()
 
-    def reset(self, stream_id: int, code: ErrorCodes) -> None:
-        if not self.closed:
-            with contextlib.suppress(h2.exceptions.ProtocolError):
-                self._h2.reset_stream(stream_id, code)
+    def reset(self, stream_id: int, code: int) -> None:
+        if not self.closed and self._h2.reset_stream(stream_id, code):
             self.flush()
 
     def stream_done(self, stream: H2UpstreamStream, flow: int) -> None:
@@ -424,14 +404,13 @@ class H2ClientConnection(asyncio.Protocol):
             self._streams.pop(stream.stream_id, None)
             if flow and not self.closed:
                 # The connection window its unread bytes held (the stream is closed or reset).
-                with contextlib.suppress(h2.exceptions.ProtocolError):
-                    self._h2.acknowledge_received_data(flow, stream.stream_id)
+                self._h2.acknowledge(stream.stream_id, flow)
                 self.flush()
         if self._reserved == 0 and (self.draining or self.goaway):
             self.close()
 
     def flush(self) -> None:
-        """Write what h2 has queued once per loop iteration (the frames of many streams in one write)."""
+        """Write what the engine has queued once per loop iteration (the frames of many streams in one write)."""
         if not self._flush_pending:
             self._flush_pending = True
             self.loop.call_soon(self.flush_now)
@@ -451,14 +430,7 @@ class H2ClientConnection(asyncio.Protocol):
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        conn = self._h2
-        conn.local_settings = h2.settings.Settings(client=True, initial_values={
-            h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: STREAM_WINDOW,
-            h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: self.max_head_bytes,
-            h2.settings.SettingCodes.ENABLE_PUSH: 0,
-        })
-        conn.initiate_connection()
-        conn.increment_flow_control_window(STREAM_WINDOW * CONNECTION_WINDOW_STREAMS - 65535)
+        self._h2.initiate()
         self.flush_now()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -478,39 +450,39 @@ class H2ClientConnection(asyncio.Protocol):
         if self.closed:
             return
         try:
-            events = self._h2.receive_data(data)
-        except h2.exceptions.ProtocolError as exc:
+            self._h2.receive(data)
+        except H2Error as exc:
             self._protocol_error(str(exc))
             return
-        for event in events:
-            self._event(event)
         self.flush_now()
 
-    def _event(self, event: h2.events.Event) -> None:
-        if isinstance(event, h2.events.DataReceived):
-            stream = self._streams.get(event.stream_id)
-            if stream is None or stream.closed:
-                self.acknowledge(event.stream_id, event.flow_controlled_length)
-            else:
-                stream.on_data(event.data, event.flow_controlled_length)
-        elif isinstance(event, h2.events.ResponseReceived):
-            self._head(event.stream_id, event.headers, event.stream_ended is not None)
-        elif isinstance(event, h2.events.TrailersReceived):
-            stream = self._streams.get(event.stream_id)
-            if stream is not None:
-                stream.on_trailers(event.headers)
-        elif isinstance(event, h2.events.StreamEnded):
-            stream = self._streams.get(event.stream_id)
-            if stream is not None:
-                stream.on_end()
-        elif isinstance(event, (h2.events.WindowUpdated, h2.events.RemoteSettingsChanged)):
-            self._window_opened(event)
-        elif isinstance(event, h2.events.StreamReset):
-            self._stream_reset(event.stream_id, event.error_code)
-        elif isinstance(event, h2.events.ConnectionTerminated):
-            self._goaway(event.last_stream_id or 0, int(event.error_code or 0))
+    # -- what the upstream sent (H2Events) ---------------------------------------------------------------
 
-    def _head(self, stream_id: int, fields: Headers, ended: bool) -> None:
+    def h2_data(self, stream_id: int, data: bytes, flow: int) -> None:
+        stream = self._streams.get(stream_id)
+        if stream is None or stream.closed:
+            self.acknowledge(stream_id, flow)
+        else:
+            stream.on_data(data, flow)
+
+    def h2_trailers(self, stream_id: int, fields: Headers) -> None:
+        stream = self._streams.get(stream_id)
+        if stream is not None:
+            stream.on_trailers(fields)
+
+    def h2_end(self, stream_id: int) -> None:
+        stream = self._streams.get(stream_id)
+        if stream is not None:
+            stream.on_end()
+
+    def h2_ping(self) -> None:
+        pass
+
+    def h2_settings(self) -> None:
+        if not self._ready.done():
+            self._ready.set_result(None)
+
+    def h2_headers(self, stream_id: int, fields: Headers, end: bool) -> None:
         stream = self._streams.get(stream_id)
         if stream is None:
             return
@@ -520,12 +492,9 @@ class H2ClientConnection(asyncio.Protocol):
                                       f"{self.context}: response head over max_response_headers"))
             stream.abort()
             return
-        stream.on_head(fields, ended)
+        stream.on_head(fields, end)
 
-    def _window_opened(self, event: h2.events.Event) -> None:
-        if isinstance(event, h2.events.RemoteSettingsChanged) and not self._ready.done():
-            self._ready.set_result(None)
-        stream_id = getattr(event, "stream_id", 0)
+    def h2_window(self, stream_id: int) -> None:
         if stream_id:
             stream = self._streams.get(stream_id)
             if stream is not None:
@@ -534,22 +503,22 @@ class H2ClientConnection(asyncio.Protocol):
         for stream in list(self._streams.values()):
             stream.send_pending()
 
-    def _stream_reset(self, stream_id: int, code: int) -> None:
+    def h2_reset(self, stream_id: int, code: int, remote: bool) -> None:
         stream = self._streams.get(stream_id)
         if stream is None:
             return
         # REFUSED_STREAM: the upstream did not process it (RFC 9113 section 8.7), so it may be sent again.
-        refused = code == ErrorCodes.REFUSED_STREAM
-        stream.fail(UpstreamError(FailureKind.RESET, f"{self.context}: stream reset by the upstream ({code!s})",
-                                  stale=refused))
+        refused = code == REFUSED_STREAM
+        who = "the upstream" if remote else "us (a malformed response)"
+        stream.fail(UpstreamError(FailureKind.RESET,
+                                  f"{self.context}: stream reset by {who} ({error_name(code)})", stale=refused))
 
-    def _goaway(self, last_stream_id: int, code: int) -> None:
+    def h2_goaway(self, last_stream_id: int, code: int) -> None:
         """The upstream's GOAWAY: no new streams here; those above `last_stream_id` were never processed
         (retriable resets); those at or below it still get their answers."""
         self.goaway = True
-        # h2 closes its state machine on a received GOAWAY; streams under way still need their frames.
-        self._h2.state_machine.state = h2.connection.ConnectionState.CLIENT_OPEN
-        error = UpstreamError(FailureKind.RESET, f"{self.context}: HTTP/2 GOAWAY ({code!s}): stream not processed",
+        error = UpstreamError(FailureKind.RESET,
+                              f"{self.context}: HTTP/2 GOAWAY ({error_name(code)}): stream not processed",
                               stale=True)
         for stream_id, stream in list(self._streams.items()):
             if stream_id > last_stream_id:

@@ -1,12 +1,12 @@
 """The downstream side of HTTP/2: one `Http2Connection` (an asyncio.Protocol) per connection that spoke HTTP/2.
 
-Owns the HTTP/2 codec towards clients, on the `h2` state machine: the connection (settings, PING answers,
-GOAWAY on drain with the last stream id, so in-flight streams finish), its streams (`H2Stream`, one
-`RequestStream` each, handed to the listener's `handle` like an HTTP/1 exchange), request bodies with flow
-control (`H2RequestBody`: a window is given back only for bytes the upstream has taken, so a slow upstream
-holds the client's window, not our memory), responses sent within the client's windows (a slow reader pauses
-the upstream), trailers both ways, RST_STREAM both ways (a client reset cancels the request: 499), and the
-protections, each answered with RST_STREAM or GOAWAY and counted by the listener
+Owns the HTTP/2 codec towards clients, on our HTTP/2 engine (`proxy.http.h2_engine`): the connection
+(settings, PING answers, GOAWAY on drain with the last stream id, so in-flight streams finish), its streams
+(`H2Stream`, one `RequestStream` each, handed to the listener's `handle` like an HTTP/1 exchange), request
+bodies with flow control (`H2RequestBody`: a window is given back only for bytes the upstream has taken, so a
+slow upstream holds the client's window, not our memory), responses sent within the client's windows (a slow
+reader pauses the upstream), trailers both ways, RST_STREAM both ways (a client reset cancels the request:
+499), and the protections, each answered with RST_STREAM or GOAWAY and counted by the listener
 (`sidecar_http2_protections_total{listener,reason}`): rapid reset, CONTINUATION flood, SETTINGS and PING
 floods, streams beyond `max_concurrent_streams` (REFUSED_STREAM, never queued), oversize header lists.
 
@@ -15,25 +15,26 @@ connection's first bytes (prior-knowledge h2c, or `h2` chosen by ALPN under TLS)
 over. Every request head goes through `accept_head`, as HTTP/1 heads do, so routing sees the same
 `RequestHead` whichever protocol carried it. Must not know routes, clusters or policy, or make request ids.
 
-Compiled with mypyc (H2Stream subclasses the native `RequestStream`); `h2` itself stays interpreted.
+Compiled with mypyc (H2Stream subclasses the native `RequestStream`), as the engine is.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable
 from typing import Protocol, cast
 
-import h2.config
-import h2.connection
-import h2.events
-import h2.exceptions
-import h2.settings
-from h2.errors import ErrorCodes
-from hyperframe.frame import GoAwayFrame
-
+from proxy.http.h2_engine import (
+    ENHANCE_YOUR_CALM,
+    HEADER_LIST_SIZE,
+    INTERNAL_ERROR,
+    NO_ERROR,
+    REFUSED_STREAM,
+    STREAM_LIMIT,
+    H2Engine,
+    H2Error,
+)
 from proxy.http.h2_flow import next_piece
 from proxy.http.request_head import BadRequest, accept_head
 from proxy.http.settings import Http2Settings, ServerSettings
@@ -53,17 +54,12 @@ from proxy.stream import (
 
 log = logging.getLogger("proxy.http.h2_server")
 
-# The client connection preface (RFC 9113 section 3.4).
-PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 # Response body bytes held per stream (beyond what the client's window lets out) before its upstream pauses.
 STREAM_HIGH_WATER = 64 * 1024
 # PING and SETTINGS frames a client may send per second before the connection is closed (a flood makes us
 # write an answer for each).
 MAX_PINGS_PER_SECOND = 100
 MAX_SETTINGS_PER_SECOND = 100
-# h2 itself refuses the connection (GOAWAY) when a client opens more than this many streams over the advertised
-# limit before it has seen our SETTINGS; up to it, streams over the limit are refused one by one.
-STREAM_LIMIT_SLACK = 100
 # The connection-level receive window: this many streams' initial windows (the memory a connection's request
 # bodies can hold before they are taken).
 CONNECTION_WINDOW_STREAMS = 16
@@ -75,11 +71,8 @@ _DROPPED_OUT = HOP_BY_HOP | {b"connection", b"keep-alive", b"proxy-connection", 
                              b"content-length"}
 
 RAPID_RESET = "rapid_reset"
-CONTINUATION_FLOOD = "continuation_flood"
 SETTINGS_FLOOD = "settings_flood"
 PING_FLOOD = "ping_flood"
-STREAM_LIMIT = "stream_limit"
-HEADER_LIST_SIZE = "header_list_size"
 
 
 class H2Listener(Protocol):
@@ -355,7 +348,7 @@ class H2Stream(RequestStream):
         self.aborted = True
         if not self.response_done:
             self.response_done = True
-            self.conn.reset(self.stream_id, ErrorCodes.INTERNAL_ERROR)
+            self.conn.reset(self.stream_id, INTERNAL_ERROR)
             self.conn.stream_done(self)
 
     def client_reset(self) -> None:
@@ -366,7 +359,7 @@ class H2Stream(RequestStream):
 
 
 class Http2Connection(asyncio.Protocol):
-    """One HTTP/2 client connection: its `h2` state machine, streams, timer and protections."""
+    """One HTTP/2 client connection: its engine, streams, timer and protections (the engine's `H2Events`)."""
 
     __slots__ = (
         "_closing",
@@ -408,8 +401,10 @@ class Http2Connection(asyncio.Protocol):
         self.peer_identity = peer_identity
         self.client_cert = client_cert
         self.transport: asyncio.Transport | None = None
-        self._h2 = h2.connection.H2Connection(config=h2.config.H2Configuration(
-            client_side=False, header_encoding=None, validate_inbound_headers=True))
+        config = self._http2
+        self._h2 = H2Engine(self, False, config.max_concurrent_streams, config.initial_stream_window,
+                            config.initial_stream_window * CONNECTION_WINDOW_STREAMS,
+                            listener.settings.max_head_bytes)
         self._streams: dict[int, H2Stream] = {}
         self._timer: asyncio.TimerHandle | None = None
         self._closing = False
@@ -435,25 +430,9 @@ class Http2Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
         settings = self.listener.settings
-        config = self._http2
-        conn = self._h2
-        values = {
-            h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: config.max_concurrent_streams,
-            h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: config.initial_stream_window,
-            h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: settings.max_head_bytes,
-            h2.settings.SettingCodes.ENABLE_PUSH: 0,
-        }
-        conn.local_settings = h2.settings.Settings(client=False, initial_values=values)
-        conn.initiate_connection()
-        # The SETTINGS frame advertises the limit; h2 itself enforces a higher one, so streams over the
-        # advertised limit (a client may open them before it has read our SETTINGS) are refused one by one
-        # (REFUSED_STREAM, see _request) instead of failing the whole connection.
-        values[h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS] = config.max_concurrent_streams + STREAM_LIMIT_SLACK
-        conn.local_settings = h2.settings.Settings(client=False, initial_values=values)
-        conn.decoder.max_header_list_size = settings.max_head_bytes
-        extra = config.initial_stream_window * CONNECTION_WINDOW_STREAMS - 65535
-        if extra > 0:
-            conn.increment_flow_control_window(extra)
+        # Streams over the advertised limit (a client may open them before it has read our SETTINGS) are
+        # refused one by one (REFUSED_STREAM, see h2_headers), not by failing the whole connection.
+        self._h2.initiate()
         self.listener.connection_opened(self)
         self.flush_now()
         self._arm(self.now() + min(settings.idle_timeout, settings.header_read_timeout))
@@ -495,67 +474,44 @@ class Http2Connection(asyncio.Protocol):
             return
         self.rx += len(data)
         try:
-            events = self._h2.receive_data(data)
-        except h2.exceptions.ProtocolError as exc:
+            self._h2.receive(data)
+        except H2Error as exc:
             self._protocol_error(exc)
             return
-        for event in events:
-            self._event(event)
-            if self._closing:
-                return
-        self.flush_now()
+        if not self._closing:
+            self.flush_now()
 
-    # -- events --------------------------------------------------------------------------------------
+    # -- what the client sent (H2Events) ---------------------------------------------------------------
 
-    def _event(self, event: h2.events.Event) -> None:
-        if isinstance(event, h2.events.DataReceived):
-            self._data(event)
-        elif isinstance(event, h2.events.RequestReceived):
-            self._request(event)
-        elif isinstance(event, h2.events.StreamEnded):
-            self._body_end(event.stream_id, None)
-        elif isinstance(event, h2.events.WindowUpdated):
-            self._window_updated(event.stream_id)
-        elif isinstance(event, h2.events.TrailersReceived):
-            self._body_end(event.stream_id, event.headers)
-        elif isinstance(event, h2.events.StreamReset):
-            self._stream_reset(event)
-        elif isinstance(event, h2.events.PingReceived):
-            self._pings += 1
-            self._flood_check(self._pings, MAX_PINGS_PER_SECOND, PING_FLOOD)
-        elif isinstance(event, h2.events.RemoteSettingsChanged):
-            self._settings_seen += 1
-            self._flood_check(self._settings_seen, MAX_SETTINGS_PER_SECOND, SETTINGS_FLOOD)
-            if h2.settings.SettingCodes.INITIAL_WINDOW_SIZE in event.changed_settings:
-                self._window_updated(0)
-        elif isinstance(event, h2.events.ConnectionTerminated):
-            self._client_goaway()
+    def h2_ping(self) -> None:
+        self._pings += 1
+        self._flood_check(self._pings, MAX_PINGS_PER_SECOND, PING_FLOOD)
 
-    def _client_goaway(self) -> None:
+    def h2_settings(self) -> None:
+        self._settings_seen += 1
+        self._flood_check(self._settings_seen, MAX_SETTINGS_PER_SECOND, SETTINGS_FLOOD)
+
+    def h2_goaway(self, last_stream_id: int, code: int) -> None:
         """The client's GOAWAY: it opens no more streams, and the ones under way still get their responses
-        (RFC 9113 section 6.8). h2 closes its state machine on a received GOAWAY and would refuse to send
-        them, so it is put back to open; nothing new is accepted (`draining`), and the connection closes
-        once those streams are done."""
-        self._h2.state_machine.state = h2.connection.ConnectionState.SERVER_OPEN
+        (RFC 9113 section 6.8): nothing new is accepted (`draining`), and the connection closes once those
+        streams are done."""
         self.drain()
 
-    def _request(self, event: h2.events.RequestReceived) -> None:
-        stream_id = event.stream_id
+    def h2_headers(self, stream_id: int, fields: Headers, end: bool) -> None:
         config = self._http2
         if self.draining or len(self._streams) >= config.max_concurrent_streams:
             # Over the advertised limit (or after our GOAWAY): refused, never queued; the client may retry it.
             if not self.draining:
                 self.listener.http2_protection(STREAM_LIMIT)
-            self._h2.reset_stream(stream_id, ErrorCodes.REFUSED_STREAM)
+            self._h2.reset_stream(stream_id, REFUSED_STREAM)
             return
         now = self.now()
-        fields = event.headers
         stream = H2Stream(self, stream_id, _EMPTY_HEAD, now)
         self._streams[stream_id] = stream
         self._last_stream = max(self._last_stream, stream_id)
         self.idle_since = now
         try:
-            reply = self._accept(stream, fields, event.stream_ended is None)
+            reply = self._accept(stream, fields, not end)
         except BadRequest as refused:
             reply = refused.reply()
         if reply is not None:
@@ -606,15 +562,12 @@ class Http2Connection(asyncio.Protocol):
                 stream.abort()
         self.flush()
 
-    def _data(self, event: h2.events.DataReceived) -> None:
-        stream_id = event.stream_id
-        flow = event.flow_controlled_length
+    def h2_data(self, stream_id: int, data: bytes, flow: int) -> None:
         stream = self._streams.get(stream_id)
         body = stream.h2_body if stream is not None else None
         if stream is None or body is None or body.complete:
             self.acknowledge(stream_id, flow)  # a stream already answered or reset: only the window matters
             return
-        data = event.data
         limit = self.listener.settings.max_request_body
         if limit and body.received + len(data) > limit:
             self.acknowledge(stream_id, flow)
@@ -622,6 +575,12 @@ class Http2Connection(asyncio.Protocol):
             return
         stream.last_activity = self.now()
         body.feed(data, flow)
+
+    def h2_end(self, stream_id: int) -> None:
+        self._body_end(stream_id, None)
+
+    def h2_trailers(self, stream_id: int, fields: Headers) -> None:
+        self._body_end(stream_id, fields)
 
     def _body_end(self, stream_id: int, trailers: Headers | None) -> None:
         stream = self._streams.get(stream_id)
@@ -636,9 +595,9 @@ class Http2Connection(asyncio.Protocol):
         else:
             stream.cancel(BODY_ERROR, reply)
 
-    def _stream_reset(self, event: h2.events.StreamReset) -> None:
-        stream = self._streams.pop(event.stream_id, None)
-        if event.remote_reset:
+    def h2_reset(self, stream_id: int, code: int, remote: bool) -> None:
+        stream = self._streams.pop(stream_id, None)
+        if remote:
             self._resets += 1
             if self._flood_check(self._resets, self._http2.max_resets_per_second, RAPID_RESET):
                 return
@@ -662,7 +621,7 @@ class Http2Connection(asyncio.Protocol):
         stream.task = None
         self.listener.refuse(stream, None)
 
-    def _window_updated(self, stream_id: int) -> None:
+    def h2_window(self, stream_id: int) -> None:
         if stream_id:
             stream = self._streams.get(stream_id)
             if stream is not None:
@@ -684,27 +643,22 @@ class Http2Connection(asyncio.Protocol):
         if count <= limit:
             return False
         self.listener.http2_protection(reason)
-        self._goaway(ErrorCodes.ENHANCE_YOUR_CALM)
+        self._goaway(ENHANCE_YOUR_CALM)
         return True
 
-    def _protocol_error(self, exc: h2.exceptions.ProtocolError) -> None:
-        """h2 refused what the client sent and queued its GOAWAY: count a protection it stands for, close."""
-        reason = ""
-        if isinstance(exc, h2.exceptions.DenialOfServiceError):
-            reason = HEADER_LIST_SIZE
-        elif isinstance(exc, h2.exceptions.TooManyStreamsError):
-            reason = STREAM_LIMIT
-        elif "continuation" in str(exc).lower():
-            reason = CONTINUATION_FLOOD
-        if reason:
-            self.listener.http2_protection(reason)
+    def _protocol_error(self, exc: H2Error) -> None:
+        """The engine refused what the client sent and queued its GOAWAY: count the protection it stands for
+        (header_list_size, continuation_flood, stream_limit), close."""
+        if exc.protection:
+            self.listener.http2_protection(exc.protection)
         log.debug("HTTP/2 connection from %s closed: %s", self.peer_ip.decode("latin-1"), exc)
         self.flush_now()
         self._close_now()
 
-    def _goaway(self, code: ErrorCodes) -> None:
+    def _goaway(self, code: int) -> None:
         """Send GOAWAY with `code` and close: the connection is over (streams under way are reset)."""
-        self._h2.close_connection(error_code=code, last_stream_id=self._last_stream)
+        self._h2.goaway(code, self._last_stream)
+        self._h2.stop()
         self.flush_now()
         self._close_now()
 
@@ -718,51 +672,36 @@ class Http2Connection(asyncio.Protocol):
 
     def acknowledge(self, stream_id: int, flow: int) -> None:
         if flow and not self._closing:
-            with contextlib.suppress(h2.exceptions.ProtocolError):
-                self._h2.acknowledge_received_data(flow, stream_id)
+            self._h2.acknowledge(stream_id, flow)
             # Out at once: an acknowledgement made outside a read (a sink attached by the handler, an upstream
             # resuming) is what a client waiting on its window needs.
             self.flush()
 
     def window(self, stream_id: int) -> int:
-        conn = self._h2
-        try:
-            return min(conn.local_flow_control_window(stream_id), conn.max_outbound_frame_size)
-        except h2.exceptions.ProtocolError:
-            return 0
+        return self._h2.window(stream_id)
 
     # A stream the client has just reset (its RST_STREAM read in the same loop turn as the handler's write)
-    # is closed in h2: what is written to it is dropped, as on a socket that is gone (h2's ProtocolError,
-    # StreamClosedError among them, never reaches a handler).
+    # is gone from the engine: what is written to it is dropped, as on a socket that is gone.
 
     def send_headers(self, stream_id: int, fields: Headers, end: bool) -> None:
-        if not self._closing:
-            with contextlib.suppress(h2.exceptions.ProtocolError):
-                self._h2.send_headers(stream_id, fields, end_stream=end)
+        if not self._closing and self._h2.send_headers(stream_id, fields, end):
             self.flush()
 
     def send_data(self, stream_id: int, data: bytes, end: bool) -> None:
-        if not self._closing:
-            with contextlib.suppress(h2.exceptions.ProtocolError):
-                self._h2.send_data(stream_id, data, end_stream=end)
+        if not self._closing and self._h2.send_data(stream_id, data, end):
             self.flush()
 
     def end_stream(self, stream_id: int, trailers: Headers | None) -> None:
         if self._closing:
             return
-        with contextlib.suppress(h2.exceptions.ProtocolError):
-            if trailers:
-                self._h2.send_headers(stream_id, trailers, end_stream=True)
-            else:
-                self._h2.end_stream(stream_id)
+        if trailers:
+            self._h2.send_headers(stream_id, trailers, True)
+        else:
+            self._h2.end_stream(stream_id)
         self.flush()
 
-    def reset(self, stream_id: int, code: ErrorCodes) -> None:
-        if not self._closing:
-            try:
-                self._h2.reset_stream(stream_id, code)
-            except h2.exceptions.ProtocolError:
-                return
+    def reset(self, stream_id: int, code: int) -> None:
+        if not self._closing and self._h2.reset_stream(stream_id, code):
             self.flush()
 
     def _report_traffic(self) -> None:
@@ -778,7 +717,7 @@ class Http2Connection(asyncio.Protocol):
         body = stream.h2_body
         if body is not None and not body.complete and not stream.aborted and not self._closing:
             # Answered before the client finished its body (a 413, or an early answer): it may stop sending.
-            with_suppressed_reset(self._h2, stream.stream_id)
+            self._h2.reset_stream(stream.stream_id, NO_ERROR)
         self.acknowledge(stream.stream_id, stream.release_window())
         self.flush()
         if not self._streams:
@@ -787,7 +726,7 @@ class Http2Connection(asyncio.Protocol):
                 self.close()
 
     def flush(self) -> None:
-        """Write what h2 has queued, once per loop iteration: the frames of every stream answered in one
+        """Write what the engine has queued, once per loop iteration: the frames of every stream answered in one
         iteration (many handlers finish together under load) go out in one write."""
         if not self._flush_pending:
             self._flush_pending = True
@@ -808,14 +747,8 @@ class Http2Connection(asyncio.Protocol):
         if self.draining or self._closing:
             return
         self.draining = True
+        self._h2.goaway(NO_ERROR, self._last_stream)
         self.flush_now()
-        # Written by hand: h2 refuses to send anything after its own GOAWAY, and streams under way still
-        # need their responses.
-        frame = GoAwayFrame(stream_id=0, last_stream_id=self._last_stream, error_code=0)
-        if self.transport is not None:
-            raw = frame.serialize()
-            self.tx += len(raw)
-            self.transport.write(raw)
         if not self._streams:
             self.close()
 
@@ -824,11 +757,13 @@ class Http2Connection(asyncio.Protocol):
         if not self._closing and transport is not None:
             self.flush_now()
             self._closing = True
+            self._h2.stop()
             transport.close()
 
     def abort(self) -> None:
         if self.transport is not None:
             self._closing = True
+            self._h2.stop()
             self.transport.abort()
 
     # -- timer ---------------------------------------------------------------------------------------------
@@ -871,12 +806,6 @@ class Http2Connection(asyncio.Protocol):
         return now + idle
 
 
-def with_suppressed_reset(conn: h2.connection.H2Connection, stream_id: int) -> None:
-    """RST_STREAM(NO_ERROR) on a stream whose answer is complete while its request body is still coming."""
-    with contextlib.suppress(h2.exceptions.ProtocolError):
-        conn.reset_stream(stream_id, ErrorCodes.NO_ERROR)
-
-
 def request_fields(fields: Headers) -> tuple[bytes, bytes, Headers]:
     """An HTTP/2 request's fields -> (method, target, HTTP/1-style headers with Host): what `accept_head`
     takes. `:authority` becomes Host (a Host that differs is refused), `:path` the target (CONNECT's is its
@@ -887,7 +816,7 @@ def request_fields(fields: Headers) -> tuple[bytes, bytes, Headers]:
     host: bytes | None = None
     for name, value in fields:
         if name[:1] == b":":
-            pseudo[name] = value  # h2 has refused repeated, unknown or misplaced pseudo-header fields
+            pseudo[name] = value  # the engine has refused repeated, unknown or misplaced pseudo-header fields
         elif name == b"host":
             if host is not None and host != value:
                 raise BadRequest("repeated Host header")

@@ -22,7 +22,8 @@ from typing import Protocol, cast
 
 import httptools
 
-from proxy.http.h2_server import PREFACE, H2Listener, Http2Connection
+from proxy.http.h2_engine import PREFACE
+from proxy.http.h2_server import H2Listener, Http2Connection
 from proxy.http.headers import (
     chunk,
     content_length_line,

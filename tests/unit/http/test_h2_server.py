@@ -15,7 +15,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from proxy.http.h2_server import PREFACE, Http2Connection, request_fields
+from proxy.http.h2_engine import PREFACE
+from proxy.http.h2_server import Http2Connection, request_fields
 from proxy.http.request_head import BadRequest
 from proxy.http.settings import Http2Settings, ServerSettings
 from proxy.local_reply import LocalReply
