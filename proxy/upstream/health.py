@@ -10,10 +10,13 @@ snapshot or puts it back); and the /clusters view of it (`snapshot`).
 A check: a fresh connection (never a pooled one: a check must see whether the endpoint accepts a new
 connection now, and must not take a connection a request could use), opened by the endpoint's pool, so a
 cluster with `tls:` is checked over TLS with exactly the pools' client context, SNI and identity check;
-then `GET <path> HTTP/1.1` with `Host: <endpoint>`, `User-Agent: horizon-sidecar-health-check` and
-`Connection: close`; the answer's status line, read within the first 8 KiB. It passes on any 2xx status;
-a connect or handshake failure, a refused identity, a timeout, a closed connection or a malformed answer
-fails it.
+then `GET <path>` with `User-Agent: horizon-sidecar-health-check`, in the protocol the cluster's requests
+use: HTTP/1.1 (`Host: <endpoint>`, `Connection: close`; the answer's status line, read within the first 8
+KiB), or HTTP/2 for `protocol: http2` and for `protocol: auto` when ALPN chose `h2` (the connection preface
+and SETTINGS, one stream with `:authority <endpoint>`; the answer's response HEADERS, on our HTTP/2 engine).
+A gRPC service that speaks only HTTP/2 is checked as it is called. It passes on any 2xx status; a connect
+or handshake failure, a refused identity, a timeout, a closed connection, a reset stream, a GOAWAY before
+the answer or a malformed answer fails it.
 
 Thresholds: a healthy endpoint turns unhealthy after `unhealthy_threshold` consecutive failures, an
 unhealthy one healthy after `healthy_threshold` consecutive passes. A new endpoint (never checked) is
@@ -36,6 +39,8 @@ from typing import Final, cast
 from proxy.clock import Clock
 from proxy.config.model import HealthCheckConfig
 from proxy.errors import UpstreamError
+from proxy.http.h2_engine import DEFAULT_WINDOW, H2Engine, H2Error, error_name
+from proxy.message import Headers
 from proxy.upstream.cluster import Cluster
 from proxy.upstream.endpoint import DRAINING, Endpoint
 
@@ -151,23 +156,26 @@ class HealthChecker:
     async def http_probe(self, endpoint: Endpoint) -> str | None:
         """The HTTP check of one endpoint: None when it answers 2xx within `timeout`, else why not."""
         config = self.config
-        answer = _StatusLine(asyncio.get_running_loop())
+        answer = _Answer(asyncio.get_running_loop())
         transport: asyncio.BaseTransport | None = None
+        pool = endpoint.pool
         try:
             async with asyncio.timeout(config.timeout):
-                transport, _ = await endpoint.pool.open_unpooled(lambda: answer)
-                # Written only now: for a TLS cluster, after the pool admitted the upstream's identity.
-                cast(asyncio.WriteTransport, transport).write(_request(config.path, endpoint.address))
-                line = await answer.line
+                transport, _ = await pool.open_unpooled(lambda: answer)
+                # Asked only now: for a TLS cluster, after the pool admitted the upstream's identity.
+                http2 = _speaks_http2(pool.settings.multiplexed is not None, pool.settings.negotiate, transport)
+                scheme = b"https" if pool.settings.tls is not None else b"http"
+                answer.ask(cast(asyncio.WriteTransport, transport), http2, scheme, config.path, endpoint.address)
+                status = await answer.status
         except TimeoutError:
             return f"no answer within {config.timeout:g}s"
         except (OSError, UpstreamError, _BadAnswer) as exc:
             return _failure(exc)
         finally:
-            answer.line.cancel()  # settled either way: a late connection_lost sets nothing nobody reads
+            answer.status.cancel()  # settled either way: a late connection_lost sets nothing nobody reads
             if transport is not None:
                 transport.close()
-        return _verdict(line)
+        return _verdict(status)
 
     def snapshot(self) -> dict[str, object]:
         """What /clusters shows as the cluster's `health_check`: its settings and, per endpoint address, the
@@ -193,13 +201,19 @@ def _request(path: str, host: str) -> bytes:
             "\r\n").encode("ascii")
 
 
-def _verdict(line: bytes) -> str | None:
-    """A status line's verdict: None for 2xx, else why it fails."""
-    found = _STATUS_LINE.fullmatch(line)
-    if found is None:
-        return "malformed answer (no HTTP/1 status line)"
-    status = int(found.group(1))
+def _verdict(status: int) -> str | None:
+    """An answer's verdict: None for 2xx, else why it fails."""
     return None if 200 <= status <= 299 else f"status {status}"
+
+
+def _speaks_http2(multiplexed: bool, negotiate: bool, transport: asyncio.BaseTransport) -> bool:
+    """Whether a check asks in HTTP/2: as the cluster's requests would on this connection."""
+    if not multiplexed:
+        return False
+    if not negotiate:
+        return True
+    ssl_object = transport.get_extra_info("ssl_object")
+    return ssl_object is not None and ssl_object.selected_alpn_protocol() == "h2"
 
 
 def _failure(exc: Exception) -> str:
@@ -219,24 +233,100 @@ class _BadAnswer(Exception):
     """The answer ended, or grew past its bound, before a status line."""
 
 
-class _StatusLine(asyncio.Protocol):
-    """Collects an answer until its status line is complete (at most MAX_ANSWER_BYTES)."""
+class _Answer(asyncio.Protocol):
+    """Reads a check's answer until its status is known: an HTTP/1 status line (within MAX_ANSWER_BYTES), or
+    over HTTP/2 the response HEADERS of the one stream (our engine's `H2Events`; the rest is ignored)."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.line: asyncio.Future[bytes] = loop.create_future()
+        self.status: asyncio.Future[int] = loop.create_future()
         self._buffer = bytearray()
+        self._transport: asyncio.WriteTransport | None = None
+        self._engine: H2Engine | None = None
+
+    def ask(self, transport: asyncio.WriteTransport, http2: bool, scheme: bytes, path: str, host: str) -> None:
+        """Send the request (bytes that came before it, an HTTP/2 server's SETTINGS, are read now)."""
+        self._transport = transport
+        if not http2:
+            transport.write(_request(path, host))
+        else:
+            engine = self._engine = H2Engine(self, True, 0, DEFAULT_WINDOW, DEFAULT_WINDOW, MAX_ANSWER_BYTES)
+            engine.initiate()
+            engine.send_headers(engine.next_stream_id(), [
+                (b":method", b"GET"), (b":scheme", scheme), (b":authority", host.encode("ascii")),
+                (b":path", path.encode("ascii")), (b"user-agent", USER_AGENT.encode("ascii"))], True)
+            transport.write(engine.data_to_send())
+        early, self._buffer = bytes(self._buffer), bytearray()
+        if early:
+            self.data_received(early)
 
     def data_received(self, data: bytes) -> None:
-        if self.line.done():
+        if self.status.done():
             return
+        if self._transport is None:
+            if len(self._buffer) + len(data) > MAX_ANSWER_BYTES:
+                self._fail(f"malformed answer ({MAX_ANSWER_BYTES} bytes before the check asked)")
+            self._buffer += data
+            return
+        engine = self._engine
+        if engine is None:
+            self._status_line(data)
+            return
+        try:
+            engine.receive(data)
+        except H2Error as exc:
+            self._fail(f"HTTP/2 protocol error ({exc})")
+        out = engine.data_to_send()  # SETTINGS and PING acknowledgements
+        if out:
+            self._transport.write(out)
+
+    def _status_line(self, data: bytes) -> None:
         buffer = self._buffer
         buffer += data
         end = buffer.find(b"\n", 0, MAX_ANSWER_BYTES)
         if end >= 0:
-            self.line.set_result(bytes(buffer[:end]).rstrip(b"\r"))
+            found = _STATUS_LINE.fullmatch(bytes(buffer[:end]).rstrip(b"\r"))
+            if found is None:
+                self._fail("malformed answer (no HTTP/1 status line)")
+            else:
+                self.status.set_result(int(found.group(1)))
         elif len(buffer) >= MAX_ANSWER_BYTES:
-            self.line.set_exception(_BadAnswer(f"malformed answer (no status line in {MAX_ANSWER_BYTES} bytes)"))
+            self._fail(f"malformed answer (no status line in {MAX_ANSWER_BYTES} bytes)")
+
+    def _fail(self, why: str) -> None:
+        if not self.status.done():
+            self.status.set_exception(_BadAnswer(why))
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if not self.line.done():
-            self.line.set_exception(_BadAnswer("connection closed before a status line"))
+        self._fail("connection closed before a status line" if self._engine is None
+                   else "connection closed before the response HEADERS")
+
+    # -- H2Events: only the answer's head and what ends the stream matter --------------------------------
+
+    def h2_headers(self, stream_id: int, fields: Headers, end: bool) -> None:
+        if not self.status.done():
+            self.status.set_result(int(fields[0][1]))  # the engine checked it is a three-digit :status
+
+    def h2_reset(self, stream_id: int, code: int, remote: bool) -> None:
+        self._fail(f"stream reset ({error_name(code)})")
+
+    def h2_goaway(self, last_stream_id: int, code: int) -> None:
+        if last_stream_id < 1:
+            self._fail(f"GOAWAY before the answer ({error_name(code)})")
+
+    def h2_trailers(self, stream_id: int, fields: Headers) -> None:
+        pass
+
+    def h2_data(self, stream_id: int, data: bytes, flow: int) -> None:
+        pass
+
+    def h2_end(self, stream_id: int) -> None:
+        pass
+
+    def h2_window(self, stream_id: int) -> None:
+        pass
+
+    def h2_settings(self) -> None:
+        pass
+
+    def h2_ping(self) -> None:
+        pass

@@ -253,3 +253,94 @@ def test_validate_refuses_bad_health_check_settings_naming_the_key(tmp_path: Pat
                             text=True, timeout=30, cwd=REPO)
     assert result.returncode == 1
     assert f"{path}:4: {key}: {says}" in result.stderr
+
+
+class H2OnlyUpstream(asyncio.Protocol):
+    """An HTTP/2-only server (prior knowledge, the `h2` package): /healthz answers its server's `health`, other
+    paths its name; anything but the HTTP/2 preface closes the connection (as a gRPC server does)."""
+
+    def __init__(self, server: H2Only) -> None:
+        import h2.config
+        import h2.connection
+
+        self.server = server
+        self.conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False, header_encoding=None))
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.conn.initiate_connection()
+        transport.write(self.conn.data_to_send())  # type: ignore[attr-defined]
+
+    def data_received(self, data: bytes) -> None:
+        import h2.events
+        import h2.exceptions
+
+        assert self.transport is not None
+        try:
+            events = self.conn.receive_data(data)
+        except h2.exceptions.ProtocolError:
+            self.server.refused += 1
+            self.transport.close()
+            return
+        for event in events:
+            if isinstance(event, h2.events.RequestReceived):
+                fields = dict(event.headers)
+                if fields[b":path"] == b"/healthz":
+                    self.server.checks.append(fields)
+                    status, body = self.server.health, b"health"
+                else:
+                    status, body = 200, self.server.name.encode()
+                self.conn.send_headers(event.stream_id, [(b":status", b"%d" % status)])
+                self.conn.send_data(event.stream_id, body, end_stream=True)
+        self.transport.write(self.conn.data_to_send())
+
+
+class H2Only:
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.health = 200
+        self.checks: list[dict[bytes, bytes]] = []
+        self.refused = 0
+        self.server: asyncio.Server | None = None
+
+    async def start(self) -> H2Only:
+        self.server = await asyncio.get_running_loop().create_server(lambda: H2OnlyUpstream(self), "127.0.0.1", 0)
+        return self
+
+    @property
+    def address(self) -> str:
+        assert self.server is not None
+        return f"127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+
+
+async def test_an_http2_cluster_is_checked_over_http2(sidecar: Any) -> None:
+    """A `protocol: http2` cluster of HTTP/2-only servers (a gRPC service's kind) is checked in HTTP/2: the
+    check passes while /healthz answers 200, a 503 takes that endpoint out, a 200 puts it back."""
+    good, flaky = await H2Only("good").start(), await H2Only("flaky").start()
+    try:
+        running = await sidecar(outbound_config([good.address, flaky.address],
+                                                cluster_extra=f"protocol: http2\n        {CHECK}"))
+        await eventually(lambda: _async(len(good.checks) >= 2 and len(flaky.checks) >= 2))
+        assert (await endpoint_view(running, flaky.address))["state"] == "ready"
+        check = flaky.checks[0]
+        assert check[b":method"] == b"GET" and check[b":scheme"] == b"http"
+        assert check[b":authority"] == flaky.address.encode()
+        assert check[b"user-agent"] == b"horizon-sidecar-health-check"
+        assert good.refused == flaky.refused == 0  # never an HTTP/1.1 request
+        assert await served_by(running.url("/x"), 10) == {"good": 5, "flaky": 5}
+
+        flaky.health = 503
+        await eventually(state_is(running, flaky.address, "unhealthy"))
+        assert (await health_view(running))["endpoints"][flaky.address]["last_failure"] == "status 503"
+        assert await served_by(running.url("/x"), 6) == {"good": 6}
+        flaky.health = 200
+        await eventually(state_is(running, flaky.address, "ready"))
+    finally:
+        for server in (good, flaky):
+            assert server.server is not None
+            server.server.close()
+
+
+async def _async(value: bool) -> bool:
+    return value

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+from typing import cast
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -16,7 +17,7 @@ from proxy.discovery.snapshot import DiscoveredEndpoint
 from proxy.telemetry.metrics import Metrics
 from proxy.upstream.cluster import Cluster
 from proxy.upstream.endpoint import Endpoint
-from proxy.upstream.health import HealthChecker, _verdict
+from proxy.upstream.health import HealthChecker, _Answer, _BadAnswer, _verdict
 
 ADDRESSES = [("10.0.0.1", 80), ("10.0.0.2", 80)]
 
@@ -205,4 +206,25 @@ def test_the_cluster_view_shows_the_settings_when_the_wiring_hooks_it() -> None:
     (b"HTTP/1.1 20 OK", "malformed answer (no HTTP/1 status line)"),
 ])
 def test_2xx_passes_anything_else_fails(line: bytes, failure: str | None) -> None:
-    assert _verdict(line) == failure
+    loop = asyncio.new_event_loop()
+    try:
+        answer = _Answer(loop)
+        answer.ask(cast(asyncio.WriteTransport, _Sink()), False, b"http", "/healthz", "10.0.0.1:80")
+        answer.data_received(line + b"\r\nServer: x\r\n\r\n")
+        try:
+            verdict = _verdict(answer.status.result())
+        except _BadAnswer as exc:
+            verdict = str(exc)
+    finally:
+        loop.close()
+    assert verdict == failure
+
+
+class _Sink:
+    """A transport that takes what is written (the check's request)."""
+
+    def __init__(self) -> None:
+        self.written = b""
+
+    def write(self, data: bytes) -> None:
+        self.written += data
