@@ -42,6 +42,7 @@ COMPILED_MODULES = [
     "proxy/http/h2_fields.py",
     "proxy/http/h2_flow.py",
     "proxy/http/h2_server.py",
+    "proxy/http/hpack_decoder.py",
     "proxy/http/hpack_encoder.py",
     "proxy/http/headers.py",
     "proxy/http/path.py",

@@ -1,14 +1,16 @@
 """HTTP/2 and gRPC unary: the sidecar next to nginx (`listen ... http2`, `grpc_pass`), h2load, in one run.
 
-`python -m benchmarks.http2` builds the compare rig's pieces in a temp dir: the nginx backend, the gRPC
-upstream (benchmarks/grpc_upstream.py, grpcio) and h2load on the load CPU, and the proxies on the proxy CPU.
-HTTP/2: h2load (prior-knowledge h2c) to nginx with `listen ... http2` proxying to the backend, and to the
-compiled sidecar with the minimal config, on one connection of 100 streams and on 50 connections of 10.
-gRPC unary: h2load POSTing one gRPC message to `/svc.Echo/Say` through nginx (`grpc_pass`) and through the
-sidecar (a cluster with `protocol: http2`), and straight to the upstream (`direct`, its ceiling). It
-reports requests per second (median of alternating rounds) and the proxy's CPU per 1000 requests, as
-ratios sidecar / nginx, checks the 5,000 gRPC calls/s target, and writes JSON + markdown to
-benchmarks/results/. See benchmarks/README.md.
+`python -m benchmarks.http2` builds the compare rig's pieces in a temp dir: the nginx backend, the gRPC upstream
+(benchmarks/grpc_upstream.py, grpcio) and h2load on the load CPU, and the proxies on the proxy CPU. HTTP/2:
+h2load (prior-knowledge h2c) to nginx with `listen ... http2` proxying to the backend, and to the compiled
+sidecar with the minimal config, on one connection of 100 streams and on 50 connections of 10. gRPC unary:
+h2load POSTing one gRPC message to `/svc.Echo/Say` through nginx (`grpc_pass`) and through the sidecar (a
+cluster with `protocol: http2`), and straight to the upstream (`direct`, its ceiling), against two upstreams:
+the grpcio server (a real gRPC server; its ~160 us of CPU per call shares the load CPU with h2load and sets the
+pace) and a static one (nginx answering a ready-made gRPC response, configs/nginx-grpc-static.conf, so the
+proxy's own core sets the pace; the target is judged there). It reports requests per second (median of
+alternating rounds) and the proxy's CPU per 1000 requests, as ratios sidecar / nginx, checks the 5,000 gRPC
+calls/s target, and writes JSON + markdown to benchmarks/results/. See benchmarks/README.md.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import struct
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,6 +70,7 @@ class Scenario:
     kind: str  # "http2" (GET / to the nginx backend) or "grpc" (a unary call to the gRPC upstream)
     connections: int
     streams: int
+    upstream: str = ""  # gRPC: "grpcio" (benchmarks/grpc_upstream.py) or "static" (nginx, a ready-made answer)
 
     @property
     def label(self) -> str:
@@ -76,9 +80,13 @@ class Scenario:
 SCENARIOS = (
     Scenario("http2-c1-m100", "http2", 1, 100),
     Scenario("http2-c50-m10", "http2", 50, 10),
-    Scenario("grpc-c1-m100", "grpc", 1, 100),
-    Scenario("grpc-c10-m10", "grpc", 10, 10),
+    Scenario("grpc-c1-m100", "grpc", 1, 100, "grpcio"),
+    Scenario("grpc-c10-m10", "grpc", 10, 10, "grpcio"),
+    Scenario("grpc-static-c1-m100", "grpc", 1, 100, "static"),
+    Scenario("grpc-static-c10-m10", "grpc", 10, 10, "static"),
 )
+# The scenario the gRPC target is judged on: one connection of 100 streams, the proxy's core setting the pace.
+TARGET_SCENARIO = "grpc-static-c1-m100"
 
 
 @dataclass(frozen=True)
@@ -158,6 +166,21 @@ def start_sidecar_http2(rig: Rig, name: str, upstream_port: int, grpc: bool) -> 
     conf = write_config(rig, f"{name}.yaml", text)
     proc = rig.start(name, [sys.executable, "-m", "proxy", "run", "-c", str(conf)], rig.pinning.proxy,
                      cwd=rig.sidecar_tree)
+    return Started(name, proc, port)
+
+
+def start_static_grpc_upstream(rig: Rig) -> Started:
+    """nginx answering every call with a ready-made gRPC response (configs/nginx-grpc-static.conf), on the load
+    CPU (with h2load)."""
+    nginx = which("nginx")
+    if nginx is None:
+        raise Skip("nginx not found (Debian package: nginx)")
+    (rig.workdir / "grpc-answer.bin").write_bytes(grpc_frame(PAYLOAD))
+    port = free_port()
+    name = "grpc-static"
+    conf = write_config(rig, f"{name}.conf", render("nginx-grpc-static.conf", user=nginx_user(), dir=rig.workdir,
+                                                    name=name, port=port))
+    proc = rig.start(name, [nginx, "-p", str(rig.workdir), "-c", str(conf)], rig.pinning.load)
     return Started(name, proc, port)
 
 
@@ -277,7 +300,7 @@ def summarize(results: dict) -> None:
         summary[name] = ratios
         for target, t in targets.items():
             if target != "direct" and (t.get("upstream_busy") or 0) > UPSTREAM_BUSY:
-                notes.append(f"{name}, {target}: the grpcio upstream was {t['upstream_busy']:.0%} busy (CPU / wall "
+                notes.append(f"{name}, {target}: the upstream was {t['upstream_busy']:.0%} busy (CPU / wall "
                              "time): it, not the proxy, may set the pace")
             elif target != "direct" and (t.get("busy") or 0) > PROXY_BUSY:
                 upstream = "" if t["upstream_busy"] is None else f" (the upstream {t['upstream_busy']:.0%})"
@@ -285,11 +308,12 @@ def summarize(results: dict) -> None:
                              "sets the pace")
     results["summary"] = summary
     results["notes"] = notes
-    grpc = results.get("scenarios", {}).get("grpc-c1-m100", {}).get("sidecar", {})
+    grpc = results.get("scenarios", {}).get(TARGET_SCENARIO, {}).get("sidecar", {})
     calls = grpc.get("rps_median")
     per_core = 1000 / grpc["vcpu_s_per_1000"] if grpc.get("vcpu_s_per_1000") else None
     results["targets"] = [{
-        "what": "gRPC unary calls per second, sidecar on one core (h2load -c 1 -m 100)", "target": ">= 5,000",
+        "what": "gRPC unary calls per second, sidecar on one core (h2load -c 1 -m 100, static upstream)",
+        "target": ">= 5,000",
         "value": calls, "one_core_from_cpu": per_core,
         "compiled": results.get("sidecar_build", "").startswith("compiled"),
         "met": None if calls is None else calls >= GRPC_TARGET_CALLS}]
@@ -316,12 +340,13 @@ def markdown(results: dict) -> str:
              "| --- | --- | ---: | --- | ---: | ---: | ---: | ---: |"]
     scenarios = {s.name: s for s in SCENARIOS}
     for name, targets in results.get("scenarios", {}).items():
-        shape = f"{scenarios[name].kind} {scenarios[name].label}"
+        scenario = scenarios[name]
+        shape = " ".join(part for part in (scenario.kind, scenario.upstream, scenario.label) if part)
         for target, t in targets.items():
             runs = ", ".join(f"{r:,.0f}" for r in t["rps_runs"])
             busy = "-" if t["upstream_busy"] is None else f"{t['upstream_busy']:.0%}"
             own = "-" if t.get("busy") is None else f"{t['busy']:.0%}"
-            label = "direct (grpcio upstream)" if target == "direct" else target
+            label = f"direct ({scenario.upstream} upstream)" if target == "direct" else target
             lines.append(f"| {shape} | {label} | {t['rps_median']:,.0f} | {runs} | {_fmt(t['vcpu_s_per_1000'])} | "
                          f"{own} | {busy} | {t['failed'] + t['non_2xx']} |")
     lines += ["", "| scenario | req/s, sidecar / nginx | CPU per request, sidecar / nginx |", "| --- | ---: | ---: |"]
@@ -364,9 +389,9 @@ def _start(rig: Rig, results: dict, name: str, starter: object) -> Started | Non
 
 
 def _run_group(rig: Rig, results: dict, kind: str, targets: dict[str, Started], plan: Plan, data: Path,
-               upstream: Proc | None) -> None:
+               upstream: Proc | None, upstream_kind: str = "") -> None:
     for scenario in SCENARIOS:
-        if scenario.kind != kind:
+        if scenario.kind != kind or scenario.upstream != upstream_kind:
             continue
         say(f"{scenario.name}: {scenario.label} -n {plan.requests[kind]}, {plan.rounds} round(s), alternating")
         try:
@@ -374,6 +399,24 @@ def _run_group(rig: Rig, results: dict, kind: str, targets: dict[str, Started], 
         except LoadError as exc:
             say(f"{scenario.name} failed: {exc}")
             results["skipped"][scenario.name] = str(exc)[:300]
+
+
+def _run_grpc(rig: Rig, results: dict, kind: str, starter: Callable[[Rig], Started], plan: Plan,
+              data: Path) -> None:
+    """The gRPC scenarios against one upstream: it, nginx and the sidecar in front of it; all stopped after."""
+    upstream = _start(rig, results, f"grpc-{kind}-upstream", lambda: wait_grpc(rig, starter(rig)))
+    if upstream is None:
+        return
+    group = {name: started for name, started in (
+        ("direct", upstream),
+        ("nginx", _start(rig, results, f"nginx-grpc-{kind}", lambda: wait_grpc(
+            rig, start_nginx_http2(rig, f"nginx-grpc-{kind}", upstream.port, grpc=True)))),
+        ("sidecar", _start(rig, results, f"sidecar-grpc-{kind}", lambda: wait_grpc(
+            rig, start_sidecar_http2(rig, f"sidecar-grpc-{kind}", upstream.port, grpc=True)))),
+    ) if started is not None}
+    _run_group(rig, results, "grpc", group, plan, data, upstream.proc, kind)
+    for started in group.values():
+        rig.stop(started.proc)
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -416,16 +459,8 @@ def run(args: argparse.Namespace) -> dict:
             _run_group(rig, results, "http2", group, plan, data, None)
             for started in group.values():
                 rig.stop(started.proc)
-            upstream = _start(rig, results, "grpc-upstream", lambda: wait_grpc(rig, start_grpc_upstream(rig)))
-            if upstream is not None:
-                group = {name: started for name, started in (
-                    ("direct", upstream),
-                    ("nginx", _start(rig, results, "nginx-grpc", lambda: wait_grpc(
-                        rig, start_nginx_http2(rig, "nginx-grpc", upstream.port, grpc=True)))),
-                    ("sidecar", _start(rig, results, "sidecar-grpc", lambda: wait_grpc(
-                        rig, start_sidecar_http2(rig, "sidecar-grpc", upstream.port, grpc=True)))),
-                ) if started is not None}
-                _run_group(rig, results, "grpc", group, plan, data, upstream.proc)
+            for kind, starter in (("grpcio", start_grpc_upstream), ("static", start_static_grpc_upstream)):
+                _run_grpc(rig, results, kind, starter, plan, data)
         finally:
             rig.close()
     summarize(results)

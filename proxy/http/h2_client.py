@@ -454,7 +454,7 @@ class H2ClientConnection(asyncio.Protocol):
         except H2Error as exc:
             self._protocol_error(str(exc))
             return
-        self.flush_now()
+        self.flush()  # with the rest of this loop iteration's frames, in one write
 
     # -- what the upstream sent (H2Events) ---------------------------------------------------------------
 

@@ -3,7 +3,7 @@
 Owns framing (reading frames out of what a socket delivered, writing frames into one outgoing buffer), the
 connection preface, SETTINGS (ours sent, the peer's applied and acknowledged), PING answers, stream states
 and ids, HEADERS + CONTINUATION assembly (bounded in bytes and in frames: the 2024 CONTINUATION flood),
-HPACK (decoding by `hpack.Decoder`, encoding by `proxy.http.hpack_encoder`), the well-formedness of every
+HPACK (`proxy.http.hpack_decoder`, `proxy.http.hpack_encoder`), the well-formedness of every
 field section (`proxy.http.h2_fields`), flow control both ways (the peer's windows bound what we send; ours
 bound what the peer may send, enforced, and are given back in batches of half a window as the codec reports
 bytes consumed), RST_STREAM and GOAWAY both ways. A GOAWAY, sent or received, stops new streams only:
@@ -23,12 +23,10 @@ A connection error raises `H2Error` out of `receive` (its GOAWAY is queued alrea
 from __future__ import annotations
 
 import struct
-from typing import Protocol, cast
-
-from hpack import Decoder
-from hpack.exceptions import HPACKError, OversizedHeaderListError
+from typing import Protocol
 
 from proxy.http.h2_fields import request_problem, response_problem, trailers_problem
+from proxy.http.hpack_decoder import HeaderDecoder, HpackError
 from proxy.http.hpack_encoder import encode_fields
 from proxy.message import Headers
 
@@ -167,7 +165,7 @@ class H2Engine:
         self._preface_pending = not client
         # A client's decoder allows twice the advertised size: an upstream's head a little over it fails that
         # one stream (the codec's check), not the connection every other stream shares.
-        self._decoder = Decoder(max_header_list_size=max_header_list_size * (2 if client else 1))
+        self._decoder = HeaderDecoder(max_header_list_size * (2 if client else 1))
         self.max_header_list_size = max_header_list_size
         self._max_continuations = max(MIN_CONTINUATIONS, max_header_list_size // DEFAULT_FRAME_SIZE + 2)
         # Ours: advertised in the first SETTINGS (max_concurrent_streams 0 = not advertised).
@@ -360,15 +358,13 @@ class H2Engine:
 
     def _decode(self, block: bytes) -> Headers:
         try:
-            # A list of (bytes, bytes) tuples (hpack's HeaderTuple subclasses tuple) when raw.
-            fields = cast(Headers, self._decoder.decode(block, raw=True))
-        except OversizedHeaderListError:
-            self._connection_error(ENHANCE_YOUR_CALM, "a header list over max_header_list_size", HEADER_LIST_SIZE)
-            raise
-        except (HPACKError, ValueError, IndexError) as exc:
+            return self._decoder.decode(block)
+        except HpackError as exc:
+            if exc.oversized:
+                self._connection_error(ENHANCE_YOUR_CALM, "a header list over max_header_list_size",
+                                       HEADER_LIST_SIZE)
             self._connection_error(COMPRESSION_ERROR, f"HPACK: {exc}")
             raise
-        return fields
 
     def _header_block(self, stream_id: int, block: bytes, end: bool) -> None:
         fields = self._decode(block)  # always: the decoder's table must follow the peer's encoder

@@ -199,7 +199,8 @@ class H2Stream(RequestStream):
     upstream pauses when its write buffer fills with this request's body (acknowledgements stop)."""
 
     __slots__ = ("_end_pending", "_ended", "_out", "_out_size", "_trailers_out", "_unsent", "conn", "h2_body",
-                 "handler_started", "head_only", "last_activity", "read_paused", "stream_id", "unacked")
+                 "handler_started", "head_only", "last_activity", "read_paused", "stream_id", "trailers_wanted",
+                 "unacked")
 
     def __init__(self, conn: Http2Connection, stream_id: int, head: RequestHead, started_at: float) -> None:
         super().__init__(head, None, conn.peer_ip, started_at, conn.peer_identity, conn.client_cert)
@@ -218,6 +219,9 @@ class H2Stream(RequestStream):
         self._ended = False
         # Response body bytes of the declared length not sent yet (-1: length unknown).
         self._unsent = -1
+        # The client takes trailers (gRPC, or `te: trailers`): an HTTP/2 upstream may send them after a body of
+        # declared length, so END_STREAM waits for the end of the response, not the body's last byte.
+        self.trailers_wanted = False
         self._trailers_out: Headers | None = None
 
     # -- request body flow control (ReadControl) ---------------------------------------------------
@@ -289,7 +293,8 @@ class H2Stream(RequestStream):
         # A response known to have no body, or whose declared body ends with its last DATA frame, carries
         # END_STREAM there: no empty DATA frame to end it (a third of the frames of a small response).
         self._ended = bodiless and status >= 200
-        self._unsent = content_length if content_length is not None and status >= 200 else -1
+        self._unsent = (content_length if content_length is not None and status >= 200 and not self.trailers_wanted
+                        else -1)
         self.conn.send_headers(self.stream_id, fields, self._ended)
         if first and not bodiless:
             self.write_body(first)
@@ -478,8 +483,10 @@ class Http2Connection(asyncio.Protocol):
         except H2Error as exc:
             self._protocol_error(exc)
             return
+        # At the end of this loop iteration, with whatever else the iteration queued (the answers of other
+        # streams, what the upstream side delivered): one write, not one per read.
         if not self._closing:
-            self.flush_now()
+            self.flush()
 
     # -- what the client sent (H2Events) ---------------------------------------------------------------
 
@@ -531,6 +538,7 @@ class Http2Connection(asyncio.Protocol):
         stream.head = accepted.head
         # A gRPC call (HTTP/2 carries them): gRPC-shaped local replies, grpc-status verdicts, grpc-timeout.
         stream.grpc = is_grpc(first_header(headers, b"content-type"))
+        stream.trailers_wanted = stream.grpc or first_header(headers, b"te") == b"trailers"
         stream.head_only = method == b"HEAD"
         if has_body:
             body = H2RequestBody(stream, accepted.content_length)

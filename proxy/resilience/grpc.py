@@ -66,12 +66,16 @@ _UNITS: Final[dict[int, float]] = {
 _MAX_DIGITS: Final = 8
 
 
+# Every status by its code (an index: calling the enum class costs a Python-level lookup per call).
+_STATUSES: tuple[GrpcStatus, ...] = tuple(sorted(GrpcStatus))
+
+
 def grpc_status_of(value: bytes | None) -> GrpcStatus | None:
     """A `grpc-status` value parsed; None when absent, not a number, or not one of the 17 codes."""
     if value is None or not value.isdigit() or len(value) > 2:
         return None
     code = int(value)
-    return GrpcStatus(code) if code <= GrpcStatus.UNAUTHENTICATED else None
+    return _STATUSES[code] if code < len(_STATUSES) else None
 
 
 def parse_grpc_timeout(value: bytes | None) -> float | None:

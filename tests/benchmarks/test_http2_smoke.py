@@ -1,6 +1,7 @@
 """The HTTP/2 and gRPC benchmark must not rot: its quick mode runs end to end (h2load through nginx with
 `listen ... http2` and through the sidecar, then gRPC unary calls through nginx's `grpc_pass` and the sidecar's
-`protocol: http2` cluster to a grpcio upstream) and every request succeeded with a 2xx.
+`protocol: http2` cluster to a grpcio upstream and to the static nginx one) and every request succeeded with a
+2xx.
 
 No speed is asserted (BENCHMARKS.md: benchmarks are not tests). The full run takes minutes and is run by
 hand (`python -m benchmarks.http2`), never here.
@@ -41,7 +42,8 @@ def test_quick_http2_writes_results(tmp_path: Path) -> None:
     assert results["mode"] == "quick"
     assert results["skipped"] == {}, results["skipped"]
     scenarios = results["scenarios"]
-    assert set(scenarios) == {"http2-c1-m100", "http2-c50-m10", "grpc-c1-m100", "grpc-c10-m10"}
+    assert set(scenarios) == {"http2-c1-m100", "http2-c50-m10", "grpc-c1-m100", "grpc-c10-m10",
+                              "grpc-static-c1-m100", "grpc-static-c10-m10"}
     for name, targets in scenarios.items():
         expected = {"nginx", "sidecar"} | ({"direct"} if name.startswith("grpc") else set())
         assert set(targets) == expected, (name, targets)
@@ -55,7 +57,8 @@ def test_quick_http2_writes_results(tmp_path: Path) -> None:
     assert results["targets"][0]["value"] > 0
     table = (tmp_path / "latest-http2-quick.md").read_text()
     assert table.startswith("## HTTP/2 and gRPC: sidecar vs nginx")
-    assert "| grpc h2load -c 1 -m 100 | sidecar |" in done.stdout
+    assert "| grpc grpcio h2load -c 1 -m 100 | sidecar |" in done.stdout
+    assert "| grpc static h2load -c 1 -m 100 | sidecar |" in done.stdout
     assert "| http2 h2load -c 1 -m 100 | nginx |" in done.stdout
     if compiled:
         assert results["sidecar_build"].startswith("compiled"), results["sidecar_build"]

@@ -320,8 +320,16 @@ class H2Upstream(asyncio.Protocol):
         if self.transport.is_closing():
             return
         body = b"conn%d-stream%d" % (self.index, stream_id)
-        self.h2.send_headers(stream_id, [(b":status", b"200"), (b"content-length", b"%d" % len(body))])
-        self.h2.send_data(stream_id, body, end_stream=True)
+        if self.server.grpc_answer:
+            # A gRPC answer of declared length, then its trailers (as nginx serving a static answer sends it).
+            body = b"\x00" + len(body).to_bytes(4, "big") + body
+            self.h2.send_headers(stream_id, [(b":status", b"200"), (b"content-type", b"application/grpc"),
+                                             (b"content-length", b"%d" % len(body))])
+            self.h2.send_data(stream_id, body)
+            self.h2.send_headers(stream_id, [(b"grpc-status", b"0"), (b"x-trailer", b"kept")], end_stream=True)
+        else:
+            self.h2.send_headers(stream_id, [(b":status", b"200"), (b"content-length", b"%d" % len(body))])
+            self.h2.send_data(stream_id, body, end_stream=True)
         self.transport.write(self.h2.data_to_send())
         self.active -= 1
         if self.goaway_sent:
@@ -336,6 +344,7 @@ class H2Server:
         self.connections: list[H2Upstream] = []
         self.peak = 0
         self.big_size = 0
+        self.grpc_answer = False
         self.sent = 0
         self.server: asyncio.Server | None = None
 
@@ -359,6 +368,27 @@ async def _get_all(running: Any, count: int) -> list[tuple[int, bytes]]:
                 return reply.status, await reply.read()
 
         return await asyncio.gather(*(one(i) for i in range(count)))
+
+
+async def test_trailers_after_a_body_of_declared_length_reach_a_grpc_caller(sidecar: Any) -> None:
+    """An HTTP/2 upstream may send content-length, the body, then trailers: the sidecar must not end the
+    caller's stream with the body's last byte (grpcio fails a call without trailers)."""
+    upstream = H2Server()
+    upstream.grpc_answer = True
+    address = await upstream.start()
+    try:
+        running = await sidecar(config(address))
+
+        def use(channel: grpc.Channel) -> tuple[bytes, dict[str, str]]:
+            reply, call = channel.unary_unary(f"/{SERVICE}/Say").with_call(b"hi", timeout=TIMEOUT)
+            return reply, dict(call.trailing_metadata())
+
+        reply, trailing = await run(running.port(), use)
+        assert reply == b"conn0-stream1"
+        assert trailing.get("x-trailer") == "kept"
+        assert await metric(running, "sidecar_grpc_requests_total", grpc_status="0") == 1
+    finally:
+        await upstream.stop()
 
 
 async def test_a_new_connection_opens_when_the_peer_stream_limit_is_reached(sidecar: Any) -> None:
