@@ -311,7 +311,8 @@ class H2ClientConnection(asyncio.Protocol):
     """One HTTP/2 connection to an upstream endpoint, and its streams."""
 
     __slots__ = ("_flush_pending", "_h2", "_last_stream", "_ready", "_reserved", "_streams", "closed", "context",
-                 "draining", "goaway", "loop", "max_head_bytes", "on_lost", "rx", "scheme", "transport", "tx")
+                 "draining", "goaway", "loop", "max_head_bytes", "on_lost", "rx", "scheme", "streams_opened",
+                 "transport", "tx")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, context: str, max_head_bytes: int, max_headers: int,
                  tls: bool = False) -> None:
@@ -333,6 +334,8 @@ class H2ClientConnection(asyncio.Protocol):
         self.on_lost: Callable[[Any], None] | None = None
         self.rx = 0
         self.tx = 0
+        # Streams handed out over the connection's life (the pool's max_requests_per_connection counts them).
+        self.streams_opened = 0
 
     # -- what the pool asks ------------------------------------------------------------------------
 
@@ -346,6 +349,7 @@ class H2ClientConnection(asyncio.Protocol):
 
     def open_stream(self) -> UpstreamStream:
         self._reserved += 1
+        self.streams_opened += 1
         return H2UpstreamStream(self)
 
     @property

@@ -63,6 +63,8 @@ class MuxConnection(Protocol):
     rx: int
     tx: int
     on_lost: Callable[[Any], None] | None
+    # Streams opened over the connection's life.
+    streams_opened: int
 
     async def ready(self) -> None:
         """Wait until the peer's settings (its stream limit) are known."""
@@ -256,10 +258,19 @@ class Pool:
         for conn in self._mux:
             if conn.can_open():
                 self._mux_idle.pop(conn, None)
-                stream = conn.open_stream()
-                stream.on_idle = self._mux_release
-                return stream
+                return self._mux_open(conn)
         return None
+
+    def _mux_open(self, conn: MuxConnection) -> UpstreamStream:
+        """A stream on `conn`; the connection's last when max_requests_per_connection counts it (then it takes
+        no new streams and closes once those under way are done, as an HTTP/1.1 connection closes after its last
+        request)."""
+        stream = conn.open_stream()
+        stream.on_idle = self._mux_release
+        limit = self.settings.max_requests_per_connection
+        if limit and conn.streams_opened >= limit:
+            conn.drain()
+        return stream
 
     async def _mux_connect(self) -> UpstreamStream:
         """A stream on a connection with room: waits for a connect under way (its streams may fit there; its
@@ -298,9 +309,7 @@ class Pool:
             self.settings.traffic.opened()
         if self._closed:
             conn.drain()
-        stream = conn.open_stream()
-        stream.on_idle = self._mux_release
-        return stream
+        return self._mux_open(conn)
 
     def _mux_protocol(self) -> asyncio.Protocol:
         settings = self.settings
@@ -318,8 +327,13 @@ class Pool:
             if traffic is not None:
                 traffic.add(conn.rx, conn.tx)
                 conn.rx = conn.tx = 0
-            if conn.active_streams == 0 and conn not in self._mux_idle:
+            if conn.active_streams == 0 and conn not in self._mux_idle and not conn.closed:
                 self._mux_idle[conn] = now
+        idle = self._mux_idle
+        while len(idle) > self.settings.max_idle:  # max_idle_per_endpoint: the longest idle close first
+            oldest = min(idle, key=idle.__getitem__)
+            del idle[oldest]
+            oldest.close()
         if self._mux_idle and self._timer is None:
             self._timer = self._clock.call_at(now + self.settings.idle_timeout, self._mux_sweep)
 

@@ -391,6 +391,25 @@ async def test_trailers_after_a_body_of_declared_length_reach_a_grpc_caller(side
         await upstream.stop()
 
 
+async def test_max_requests_per_connection_counts_streams(sidecar: Any) -> None:
+    """`pool.max_requests_per_connection: 2` on an HTTP/2 cluster: a connection takes two streams, then no
+    more, and closes once they are done (the next request opens another)."""
+    upstream = H2Server()
+    address = await upstream.start()
+    try:
+        running = await sidecar(config(address, cluster_extra="pool: {max_requests_per_connection: 2}"))
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=TIMEOUT)) as session:
+            for i in range(5):
+                async with session.get(running.url(f"/{SERVICE}/Get{i}")) as reply:
+                    assert reply.status == 200
+        assert [len(conn.streams) for conn in upstream.connections] == [2, 2, 1]
+        await asyncio.sleep(0.1)
+        assert [conn.transport is not None and conn.transport.is_closing() for conn in upstream.connections][:2] \
+            == [True, True]
+    finally:
+        await upstream.stop()
+
+
 async def test_a_new_connection_opens_when_the_peer_stream_limit_is_reached(sidecar: Any) -> None:
     upstream = H2Server(max_streams=2, delay=0.3)
     address = await upstream.start()
