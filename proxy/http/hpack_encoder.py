@@ -9,7 +9,7 @@ table's compression of repeated custom fields: a few dozen bytes per block, on a
 Literals are never Huffman-coded (the CPU is worth more than the bytes here). Credentials (`authorization`,
 `proxy-authorization`, `cookie`) are "never indexed" literals, so no intermediary may put them in a table.
 
-Decoding stays with `hpack.Decoder` (a peer's blocks may use its dynamic table). Must not do I/O or know
+Decoding is `proxy.http.hpack_decoder` (a peer's blocks may use its dynamic table). Must not do I/O or know
 streams. Compiled with mypyc.
 """
 
