@@ -345,7 +345,12 @@ class H2ClientConnection(asyncio.Protocol):
 
     def can_open(self) -> bool:
         limit = self._h2.remote_max_streams
-        return not (self.closed or self.goaway or self.draining) and self._reserved < limit
+        if self.closed or self.goaway or self.draining or self._reserved >= limit:
+            return False
+        if self._h2.stream_ids_left() <= self._reserved:
+            self.drain()  # stream ids run out at 2^31: a fresh connection takes the next streams
+            return False
+        return True
 
     def open_stream(self) -> UpstreamStream:
         self._reserved += 1

@@ -74,6 +74,7 @@ SETTINGS_MAX_HEADER_LIST_SIZE = 6
 
 DEFAULT_WINDOW = 65535
 MAX_WINDOW = 2**31 - 1
+MAX_STREAM_ID = 2**31 - 1
 DEFAULT_FRAME_SIZE = 16384  # ours, never raised: no frame we read is bigger
 UNLIMITED_STREAMS = 2**31 - 1
 
@@ -138,8 +139,8 @@ class H2Events(Protocol):
 class StreamState:
     """What the engine keeps per open stream."""
 
-    __slots__ = ("ack_pending", "expected_length", "heads", "local_closed", "received_length", "remote_closed",
-                 "window_in", "window_out")
+    __slots__ = ("ack_pending", "expected_length", "head_request", "heads", "local_closed", "received_length",
+                 "remote_closed", "window_in", "window_out")
 
     def __init__(self, window_out: int, window_in: int) -> None:
         self.window_out = window_out  # what we may still send
@@ -148,8 +149,9 @@ class StreamState:
         self.local_closed = False
         self.remote_closed = False
         self.heads = 0  # header blocks received (a second one is trailers)
-        self.expected_length = -1  # the request's content-length (server side)
+        self.expected_length = -1  # the declared content-length of what the peer sends (-1: none)
         self.received_length = 0
+        self.head_request = False  # client side: a HEAD request's response has no body whatever its length
 
 
 class H2Engine:
@@ -192,6 +194,15 @@ class H2Engine:
         self.goaway_sent = False
         self.goaway_received = False
         self.closed = False
+        # Server side: requests reset as malformed as they opened (the codec counts them against its budget).
+        self.malformed_streams = 0
+        # Until the peer acknowledges our SETTINGS it may assume the default stream window (65535): a smaller
+        # one of ours is enforced only from then on.
+        self._stream_window_in = max(initial_window, DEFAULT_WINDOW)
+        self._settings_acked = False
+        # The peer's SETTINGS_HEADER_TABLE_SIZE arrived: our next header block starts with a table size update
+        # (to 0: we never index), as RFC 7541 section 4.2 asks of an encoder whose limit changed.
+        self._table_update_due = False
 
     # -- starting ----------------------------------------------------------------------------------
 
@@ -305,9 +316,10 @@ class H2Engine:
                 self._stream_error(stream_id, STREAM_CLOSED, True)
             return
         stream.window_in -= flow
-        if stream.window_in < 0:
+        if stream.window_in < 0 or stream.heads == 0:
+            # Past our window, or (an upstream's) body before its response head.
             self._acknowledge_connection(flow)
-            self._stream_error(stream_id, FLOW_CONTROL_ERROR, True)
+            self._stream_error(stream_id, FLOW_CONTROL_ERROR if stream.heads else PROTOCOL_ERROR, True)
             return
         if stream.expected_length >= 0:
             stream.received_length += len(data)
@@ -374,6 +386,8 @@ class H2Engine:
                 if stream_id >= self._next_stream or stream_id % 2 == 0:
                     self._connection_error(PROTOCOL_ERROR, "HEADERS on a stream we did not open")
                 return  # a stream we reset: its response is dropped
+            if stream_id % 2 and stream_id <= self.highest_remote:
+                return  # a stream we reset or refused: what was in flight is ignored (RFC 9113 section 5.1)
             self._open_remote(stream_id, fields, end)
             return
         if stream.remote_closed:
@@ -381,13 +395,8 @@ class H2Engine:
             return
         events = self.events
         if stream.heads == 0:
-            if self.client:
-                problem = response_problem(fields)
-                if problem is not None:
-                    self._stream_error(stream_id, PROTOCOL_ERROR, True)
-                    return
-                if fields[0][1][:1] == b"1":
-                    return  # an informational response (100 Continue, 103): the final one follows
+            if self.client and not self._response_head(stream_id, stream, fields, end):
+                return
             stream.heads = 1
             events.h2_headers(stream_id, fields, end)
             if end:
@@ -403,6 +412,25 @@ class H2Engine:
         events.h2_trailers(stream_id, fields)
         self._remote_end(stream_id, stream)
 
+    def _response_head(self, stream_id: int, stream: StreamState, fields: Headers, end: bool) -> bool:
+        """Whether a response's HEADERS are its final head (an informational one is skipped; a malformed one
+        resets the stream); its declared length is what the DATA must add up to."""
+        problem, length = response_problem(fields)
+        if problem is not None:
+            self._stream_error(stream_id, PROTOCOL_ERROR, True)
+            return False
+        status = fields[0][1]
+        if status[:1] == b"1":
+            if end:  # an informational response cannot end the stream
+                self._stream_error(stream_id, PROTOCOL_ERROR, True)
+            return False  # 100 Continue, 103 Early Hints: the final response follows
+        if not stream.head_request and status != b"204" and status != b"304":
+            stream.expected_length = length
+            if end and length > 0:
+                self._stream_error(stream_id, PROTOCOL_ERROR, True)
+                return False
+        return True
+
     def _open_remote(self, stream_id: int, fields: Headers, end: bool) -> None:
         """A client's new stream (server side)."""
         if stream_id % 2 == 0 or stream_id <= self.highest_remote:
@@ -411,15 +439,17 @@ class H2Engine:
         self.highest_remote = stream_id
         problem, length = request_problem(fields)
         if problem is not None:
+            self.malformed_streams += 1
             self._reset_frame(stream_id, PROTOCOL_ERROR)
             return
         if self.local_max_streams and len(self.streams) > self.local_max_streams * 2 + 100:
             # The codec refuses streams over the advertised limit at once; this many open means it cannot.
             self._connection_error(ENHANCE_YOUR_CALM, "too many open streams", STREAM_LIMIT)
-        stream = StreamState(self.remote_initial_window, self.local_initial_window)
+        stream = StreamState(self.remote_initial_window, self._stream_window_in)
         stream.heads = 1
         stream.expected_length = length
         if end and length > 0:
+            self.malformed_streams += 1
             self._reset_frame(stream_id, PROTOCOL_ERROR)
             return
         self.streams[stream_id] = stream
@@ -475,6 +505,7 @@ class H2Engine:
         if flags & ACK:
             if payload:
                 self._connection_error(FRAME_SIZE_ERROR, "a SETTINGS ACK with a payload")
+            self._our_settings_acknowledged()
             return
         if len(payload) % 6:
             self._connection_error(FRAME_SIZE_ERROR, "a SETTINGS frame not a multiple of 6 bytes")
@@ -503,14 +534,27 @@ class H2Engine:
             return delta
         if key == SETTINGS_MAX_CONCURRENT_STREAMS:
             self.remote_max_streams = value
+        elif key == SETTINGS_HEADER_TABLE_SIZE:
+            self._table_update_due = True
         elif key == SETTINGS_MAX_FRAME_SIZE:
             if value < DEFAULT_FRAME_SIZE or value > 2**24 - 1:
                 self._connection_error(PROTOCOL_ERROR, "SETTINGS_MAX_FRAME_SIZE out of range")
             self.remote_max_frame = value
         elif key == SETTINGS_ENABLE_PUSH and value > 1:
             self._connection_error(PROTOCOL_ERROR, "SETTINGS_ENABLE_PUSH not 0 or 1")
-        # HEADER_TABLE_SIZE: our encoder never uses the dynamic table; MAX_HEADER_LIST_SIZE: advisory.
+        # MAX_HEADER_LIST_SIZE: advisory.
         return 0
+
+    def _our_settings_acknowledged(self) -> None:
+        """The peer applies our SETTINGS from now on: a stream window below the default is ours to enforce."""
+        if self._settings_acked:
+            return
+        self._settings_acked = True
+        delta = self.local_initial_window - self._stream_window_in
+        self._stream_window_in = self.local_initial_window
+        if delta:
+            for stream in self.streams.values():
+                stream.window_in += delta
 
     def _ping(self, flags: int, stream_id: int, payload: bytes) -> None:
         if stream_id != 0 or len(payload) != 8:
@@ -556,18 +600,26 @@ class H2Engine:
     def next_stream_id(self) -> int:
         return self._next_stream
 
+    def stream_ids_left(self) -> int:
+        """How many more streams this (client) connection can open before its ids run out."""
+        return (MAX_STREAM_ID - self._next_stream) // 2 + 1 if self._next_stream <= MAX_STREAM_ID else 0
+
     def send_headers(self, stream_id: int, fields: Headers, end: bool) -> bool:
         """A head or trailers; the client's first HEADERS on `next_stream_id()` opens that stream."""
         stream = self.streams.get(stream_id)
         if stream is None:
-            if not self.client or stream_id != self._next_stream or self.closed:
+            if not self.client or stream_id != self._next_stream or self.closed or stream_id > MAX_STREAM_ID:
                 return False
-            stream = StreamState(self.remote_initial_window, self.local_initial_window)
+            stream = StreamState(self.remote_initial_window, self._stream_window_in)
+            stream.head_request = fields[0] == (b":method", b"HEAD")
             self.streams[stream_id] = stream
             self._next_stream += 2
         elif stream.local_closed:
             return False
         block = encode_fields(fields)
+        if self._table_update_due:
+            self._table_update_due = False
+            block = b"\x20" + block
         limit = self.remote_max_frame
         flags = END_STREAM if end else 0
         if len(block) <= limit:

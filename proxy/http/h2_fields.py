@@ -18,6 +18,10 @@ from proxy.message import Headers
 _TOKEN = b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyz"
 # ... and every byte a field value may hold (visible ASCII, SP, HTAB, obs-text).
 _VALUE = bytes([9]) + bytes(range(0x20, 0x7F)) + bytes(range(0x80, 0x100))
+# A method is a token (RFC 9110 section 9.1: case-sensitive, so upper case too).
+_METHOD = _TOKEN + b"ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+# Visible ASCII: what a path, an authority and a scheme are made of.
+_VISIBLE = bytes(range(0x21, 0x7F))
 _CONNECTION_SPECIFIC = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding",
                                   b"upgrade"})
 _REQUEST_PSEUDO = frozenset({b":method", b":scheme", b":authority", b":path"})
@@ -49,9 +53,15 @@ def _pseudo_problem(name: bytes, value: bytes, regular: bool, seen: set[bytes]) 
     if regular or name not in _REQUEST_PSEUDO or name in seen:
         return f"pseudo-header field {name.decode('latin-1')} unknown, repeated or misplaced"
     seen.add(name)
-    if value.translate(None, _VALUE):
-        return f"{name.decode('latin-1')} has a forbidden byte"
-    return None
+    # What becomes an HTTP/1.1 request line upstream must not be able to split it: a token method, a path
+    # of visible ASCII starting with / (or *), an authority and scheme without spaces or controls.
+    if name == b":method":
+        bad = not value or bool(value.translate(None, _METHOD))
+    elif name == b":path":
+        bad = not (value[:1] == b"/" or value == b"*") or bool(value.translate(None, _VISIBLE))
+    else:
+        bad = bool(value.translate(None, _VISIBLE))
+    return f"{name.decode('latin-1')} {value[:40]!r} is not well-formed" if bad else None
 
 
 def request_problem(fields: Headers) -> tuple[str | None, int]:
@@ -87,22 +97,28 @@ def request_problem(fields: Headers) -> tuple[str | None, int]:
     return None, length
 
 
-def response_problem(fields: Headers) -> str | None:
+def response_problem(fields: Headers) -> tuple[str | None, int]:
+    """(what is wrong with a response's fields or None, its content-length or -1)."""
     status = 0
     regular = False
+    length = -1
     for name, value in fields:
         if name[:1] == b":":
             if regular or name != b":status" or status:
-                return f"pseudo-header field {name.decode('latin-1')} unknown, repeated or misplaced"
+                return f"pseudo-header field {name.decode('latin-1')} unknown, repeated or misplaced", -1
             if len(value) != 3 or not value.isdigit():
-                return f":status {value[:20]!r} is not three digits"
+                return f":status {value[:20]!r} is not three digits", -1
             status = int(value)
             continue
         regular = True
         problem = _regular_problem(name, value)
         if problem is not None:
-            return problem
-    return None if status else "no :status"
+            return problem, -1
+        if name == b"content-length":
+            length = _content_length(value, length)
+            if length == -2:
+                return "content-length is not one number", -1
+    return (None, length) if status else ("no :status", -1)
 
 
 def trailers_problem(fields: Headers) -> str | None:

@@ -373,6 +373,7 @@ class Http2Connection(asyncio.Protocol):
         "_h2",
         "_last_stream",
         "_loop",
+        "_malformed_seen",
         "_pings",
         "_resets",
         "_settings_seen",
@@ -421,6 +422,7 @@ class Http2Connection(asyncio.Protocol):
         # Flood accounting: frames of each kind since `_counts_since` (a one-second window).
         self._counts_since = loop.time()
         self._resets = 0
+        self._malformed_seen = 0
         self._pings = 0
         self._settings_seen = 0
         self.idle_since = loop.time()
@@ -461,13 +463,19 @@ class Http2Connection(asyncio.Protocol):
         return None
 
     def pause_writing(self) -> None:
+        # The client is not reading: stop reading it too (what it sends can make us write: RST_STREAMs,
+        # PING and SETTINGS acknowledgements), and stop the upstreams feeding its streams.
         self.write_paused = True
+        if self.transport is not None:
+            self.transport.pause_reading()
         for stream in self._streams.values():
             if stream.upstream_reader is not None:
                 stream.upstream_reader.pause_reading()
 
     def resume_writing(self) -> None:
         self.write_paused = False
+        if self.transport is not None and not self._closing:
+            self.transport.resume_reading()
         for stream in list(self._streams.values()):
             stream.send_pending()
             if stream.upstream_reader is not None and not stream.write_paused:
@@ -478,11 +486,18 @@ class Http2Connection(asyncio.Protocol):
         if self._closing:
             return
         self.rx += len(data)
+        engine = self._h2
         try:
-            self._h2.receive(data)
+            engine.receive(data)
         except H2Error as exc:
             self._protocol_error(exc)
             return
+        if engine.malformed_streams != self._malformed_seen:
+            # Requests the engine reset as malformed count against the reset budget like refused ones.
+            self._resets += engine.malformed_streams - self._malformed_seen - 1
+            self._malformed_seen = engine.malformed_streams
+            if self._count_reset():
+                return
         # At the end of this loop iteration, with whatever else the iteration queued (the answers of other
         # streams, what the upstream side delivered): one write, not one per read.
         if not self._closing:
@@ -511,6 +526,7 @@ class Http2Connection(asyncio.Protocol):
             if not self.draining:
                 self.listener.http2_protection(STREAM_LIMIT)
             self._h2.reset_stream(stream_id, REFUSED_STREAM)
+            self._count_reset()
             return
         now = self.now()
         stream = H2Stream(self, stream_id, _EMPTY_HEAD, now)
@@ -605,13 +621,20 @@ class Http2Connection(asyncio.Protocol):
 
     def h2_reset(self, stream_id: int, code: int, remote: bool) -> None:
         stream = self._streams.pop(stream_id, None)
-        if remote:
-            self._resets += 1
-            if self._flood_check(self._resets, self._http2.max_resets_per_second, RAPID_RESET):
-                return
         if stream is not None:
+            # Before the flood check: a connection it closes no longer knows this stream, whose upstream
+            # call must stop too.
             self._client_gone(stream)
             self.acknowledge(stream.stream_id, stream.release_window())
+        if remote:
+            self._count_reset()
+
+    def _count_reset(self) -> bool:
+        """A stream that ended without an answer: reset by the client, refused by us, or malformed. More
+        than max_resets_per_second of them close the connection (rapid reset; and each of ours queues a
+        RST_STREAM for a client that may not read them)."""
+        self._resets += 1
+        return self._flood_check(self._resets, self._http2.max_resets_per_second, RAPID_RESET)
 
     def _client_gone(self, stream: H2Stream) -> None:
         if stream.response_done:

@@ -383,6 +383,26 @@ async def test_rapid_reset_gets_goaway(env: Env) -> None:
     await assert_still_serving(env)
 
 
+async def test_a_flood_of_malformed_requests_gets_goaway(env: Env) -> None:
+    """Each malformed request costs us a RST_STREAM to write: they count against the reset budget, so a client
+    that sends them without end (and need not read) is cut off, not fed an ever longer write buffer."""
+    from hyperframe.frame import HeadersFrame
+
+    reader, writer = await asyncio.open_connection("127.0.0.1", env.port)
+    client = RawClient(reader, writer)
+    try:
+        for i in range(150):
+            frame = HeadersFrame(2 * i + 1, flags=["END_HEADERS", "END_STREAM"])
+            frame.data = b"\x82"  # only `:method: GET`: no :scheme or :path
+            writer.write(frame.serialize())
+        await writer.drain()
+        await client.until(lambda: bool(client.frames_of(GoAwayFrame)) or client.closed)
+    finally:
+        client.close()
+    assert protections(env, "rapid_reset") == 1
+    await assert_still_serving(env)
+
+
 async def test_ping_flood_gets_goaway(env: Env) -> None:
     client = await RawClient.open(env.port)
     try:

@@ -186,7 +186,7 @@ def test_windows_are_given_back_in_halves_and_not_for_a_stream_that_ended() -> N
 
 def test_a_peer_sending_past_our_window_gets_its_stream_reset() -> None:
     engine, heard = server(window=100)
-    engine.receive(PREFACE + SettingsFrame(0).serialize())
+    engine.receive(PREFACE + SettingsFrame(0).serialize() + SettingsFrame(0, flags=["ACK"]).serialize())
     headers = HeadersFrame(1, flags=["END_HEADERS"])
     headers.data = encode_fields(REQUEST)
     engine.receive(headers.serialize() + DataFrame(1, data=b"x" * 101).serialize())
@@ -305,6 +305,110 @@ def test_a_changed_initial_window_moves_open_streams_windows() -> None:
     peer.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 100})
     exchange(engine, peer)
     assert engine.window(1) == 100
+
+
+def client_engine() -> tuple[H2Engine, Recorder, h2.connection.H2Connection]:
+    recorder = Recorder()
+    engine = H2Engine(recorder, True, 0, 1 << 18, 1 << 22, 65536)
+    engine.initiate()
+    peer = h2_peer(client=False)
+    exchange(engine, peer)
+    return engine, recorder, peer
+
+
+def test_an_upstream_body_before_its_head_resets_the_stream() -> None:
+    engine, heard, peer = client_engine()
+    engine.send_headers(1, REQUEST, True)
+    exchange(engine, peer)
+    engine.receive(DataFrame(1, data=b"hello", flags=["END_STREAM"]).serialize())
+    assert heard.of("reset") == [("reset", 1, PROTOCOL_ERROR, False)]
+    assert not heard.of("data") and not heard.of("end")
+
+
+def test_an_informational_response_cannot_end_the_stream() -> None:
+    engine, heard, peer = client_engine()
+    engine.send_headers(1, REQUEST, True)
+    exchange(engine, peer)
+    peer.send_headers(1, [(b":status", b"100")])
+    exchange(engine, peer)
+    assert not heard.of("reset")  # skipped: the final response follows
+    headers = HeadersFrame(1, flags=["END_HEADERS", "END_STREAM"])
+    headers.data = encode_fields([(b":status", b"103")])
+    engine.receive(headers.serialize())
+    assert heard.of("reset") == [("reset", 1, PROTOCOL_ERROR, False)]
+
+
+def test_a_response_body_must_match_its_content_length_except_for_head() -> None:
+    engine, heard, peer = client_engine()
+    engine.send_headers(1, REQUEST, True)
+    engine.send_headers(3, [(b":method", b"HEAD"), (b":scheme", b"http"), (b":authority", b"svc"),
+                            (b":path", b"/")], True)
+    exchange(engine, peer)
+    peer.send_headers(1, [(b":status", b"200"), (b"content-length", b"3")])
+    peer.send_headers(3, [(b":status", b"200"), (b"content-length", b"3")], end_stream=True)
+    exchange(engine, peer)
+    engine.receive(DataFrame(1, data=b"four").serialize())
+    assert heard.of("reset") == [("reset", 1, PROTOCOL_ERROR, False)]
+    assert ("end", 3) in heard.events  # the HEAD response declares a length and has no body
+
+
+def test_a_bad_content_length_from_an_upstream_resets_only_its_stream() -> None:
+    engine, heard, peer = client_engine()
+    engine.send_headers(1, REQUEST, True)
+    exchange(engine, peer)
+    headers = HeadersFrame(1, flags=["END_HEADERS"])
+    headers.data = encode_fields([(b":status", b"200"), (b"content-length", b"1_0")])
+    engine.receive(headers.serialize())
+    assert heard.of("reset") == [("reset", 1, PROTOCOL_ERROR, False)] and not heard.of("headers")
+
+
+def test_frames_in_flight_for_a_stream_we_reset_are_ignored() -> None:
+    engine, heard = server()
+    engine.receive(PREFACE + SettingsFrame(0).serialize())
+    headers = HeadersFrame(1, flags=["END_HEADERS"])
+    headers.data = encode_fields(REQUEST)
+    engine.receive(headers.serialize())
+    assert engine.reset_stream(1, 0)  # answered early: the rest of the request is not wanted
+    trailers = HeadersFrame(1, flags=["END_HEADERS", "END_STREAM"])
+    trailers.data = encode_fields([(b"x-trailer", b"t")])
+    engine.receive(DataFrame(1, data=b"late").serialize() + trailers.serialize())
+    assert not engine.closed and not heard.of("trailers")
+
+
+def test_a_peer_table_size_setting_gets_a_size_update_in_our_next_block() -> None:
+    engine, _ = server()
+    peer = h2_peer(client=True)
+    peer.update_settings({h2.settings.SettingCodes.HEADER_TABLE_SIZE: 0})
+    exchange(engine, peer)
+    peer.send_headers(1, REQUEST, end_stream=True)
+    exchange(engine, peer)
+    engine.send_headers(1, [(b":status", b"200")], True)
+    raw = engine.data_to_send()
+    headers = next(f for f in frames(raw) if isinstance(f, HeadersFrame))
+    assert headers.data[:1] == b"\x20"  # dynamic table size update to 0
+    events = peer.receive_data(raw)  # and h2 (like nghttp2) takes the block
+    assert any(isinstance(e, h2.events.ResponseReceived) for e in events)
+
+
+def test_a_small_stream_window_is_enforced_only_once_our_settings_are_acknowledged() -> None:
+    engine, heard = server(window=1000)
+    engine.receive(PREFACE + SettingsFrame(0).serialize())
+    headers = HeadersFrame(1, flags=["END_HEADERS"])
+    headers.data = encode_fields(REQUEST)
+    engine.receive(headers.serialize() + DataFrame(1, data=b"x" * 5000).serialize())
+    assert not heard.of("reset")  # the client may still assume 65535
+    engine.receive(SettingsFrame(0, flags=["ACK"]).serialize())
+    engine.receive(DataFrame(1, data=b"x" * 10).serialize())
+    assert heard.of("reset") == [("reset", 1, 3, False)]  # 5,000 already past 1,000: FLOW_CONTROL_ERROR
+
+
+def test_client_stream_ids_run_out_at_two_to_the_31() -> None:
+    engine, _, _ = client_engine()
+    engine._next_stream = 2**31 - 1
+    assert engine.stream_ids_left() == 1
+    assert engine.send_headers(2**31 - 1, REQUEST, True)
+    assert engine.stream_ids_left() == 0
+    assert not engine.send_headers(engine.next_stream_id(), REQUEST, True)
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])

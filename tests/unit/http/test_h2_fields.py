@@ -28,10 +28,26 @@ def test_each_refusal_says_what_is_wrong() -> None:
     assert request_problem([(b":scheme", b"http"), (b":path", b"/")])[0] == "no :method"
 
 
+def test_pseudo_header_values_cannot_reshape_an_http1_request_line() -> None:
+    def problem(name: bytes, value: bytes) -> str | None:
+        fields = [(n, value if n == name else v) for n, v in GET]
+        return request_problem(fields)[0]
+
+    assert problem(b":method", b"GET /admin HTTP/1.1") is not None
+    assert problem(b":path", b"/public HTTP/1.1\r\nx: y") is not None
+    assert problem(b":path", b"/caf\xc3\xa9") is not None  # raw non-ASCII (percent-encode it)
+    assert problem(b":path", b"relative") is not None
+    assert problem(b":authority", b"svc evil") is not None
+    assert problem(b":method", b"PROPFIND") is None
+    assert request_problem([(b":method", b"OPTIONS"), (b":scheme", b"http"), (b":path", b"*")])[0] is None
+
+
 def test_responses_and_trailers() -> None:
-    assert response_problem([(b":status", b"200"), (b"grpc-status", b"0")]) is None
-    assert response_problem([(b"content-type", b"text/plain")]) == "no :status"
-    assert response_problem([(b":status", b"2000")]) is not None
-    assert response_problem([(b":status", b"200"), (b":status", b"204")]) is not None
+    assert response_problem([(b":status", b"200"), (b"grpc-status", b"0")]) == (None, -1)
+    assert response_problem([(b":status", b"200"), (b"content-length", b"12")]) == (None, 12)
+    assert response_problem([(b":status", b"200"), (b"content-length", b"1_0")])[0] is not None
+    assert response_problem([(b"content-type", b"text/plain")]) == ("no :status", -1)
+    assert response_problem([(b":status", b"2000")])[0] is not None
+    assert response_problem([(b":status", b"200"), (b":status", b"204")])[0] is not None
     assert trailers_problem([(b"grpc-status", b"0"), (b"grpc-message", b"ok")]) is None
     assert trailers_problem([(b":status", b"200")]) == "pseudo-header field in trailers"
