@@ -35,6 +35,9 @@ STREAM_WINDOW = 256 * 1024
 CONNECTION_WINDOW_STREAMS = 16
 # Request body bytes held per stream beyond the peer's window before the client's reading is paused.
 STREAM_HIGH_WATER = 64 * 1024
+# A connection carrying streams that has heard nothing for this long is asked for a sign of life (a PING).
+KEEPALIVE_IDLE = 30.0
+_PING_PAYLOAD = b"liveness"
 
 # Request fields that do not exist in HTTP/2 (`te` is kept only as `te: trailers`).
 _DROPPED_OUT = HOP_BY_HOP | {b"host", b"content-length", b"http2-settings"}
@@ -275,6 +278,9 @@ class H2UpstreamStream(UpstreamStream):
         """Reset this stream (the connection goes on carrying the others)."""
         if not self.closed and self.stream_id and not (self._complete and self._sent_end):
             self.conn.reset(self.stream_id, CANCEL)
+            if not self._complete:
+                # Given up on before its answer (a timeout, usually): is the connection itself still alive?
+                self.conn.check_alive()
         self._release()
 
     def close(self) -> None:
@@ -310,9 +316,30 @@ class H2UpstreamStream(UpstreamStream):
 class H2ClientConnection(asyncio.Protocol):
     """One HTTP/2 connection to an upstream endpoint, and its streams."""
 
-    __slots__ = ("_flush_pending", "_h2", "_last_stream", "_ready", "_reserved", "_streams", "closed", "context",
-                 "draining", "goaway", "loop", "max_head_bytes", "on_lost", "rx", "scheme", "streams_opened",
-                 "transport", "tx")
+    __slots__ = (
+        "_flush_pending",
+        "_h2",
+        "_keepalive",
+        "_last_rx",
+        "_last_stream",
+        "_probe",
+        "_ready",
+        "_reserved",
+        "_streams",
+        "closed",
+        "context",
+        "draining",
+        "goaway",
+        "loop",
+        "max_head_bytes",
+        "on_lost",
+        "ping_timeout",
+        "rx",
+        "scheme",
+        "streams_opened",
+        "transport",
+        "tx",
+    )
 
     def __init__(self, loop: asyncio.AbstractEventLoop, context: str, max_head_bytes: int, max_headers: int,
                  tls: bool = False) -> None:
@@ -336,6 +363,12 @@ class H2ClientConnection(asyncio.Protocol):
         self.tx = 0
         # Streams handed out over the connection's life (the pool's max_requests_per_connection counts them).
         self.streams_opened = 0
+        # Liveness: when the peer last sent anything, the PING awaiting an answer, the idle check's timer. A
+        # silent peer (a host gone without a FIN or RST) would otherwise keep taking every new stream.
+        self.ping_timeout = 5.0  # the pool sets the cluster's connect_timeout
+        self._last_rx = loop.time()
+        self._probe: asyncio.TimerHandle | None = None
+        self._keepalive: asyncio.TimerHandle | None = None
 
     # -- what the pool asks ------------------------------------------------------------------------
 
@@ -355,7 +388,41 @@ class H2ClientConnection(asyncio.Protocol):
     def open_stream(self) -> UpstreamStream:
         self._reserved += 1
         self.streams_opened += 1
+        if self._keepalive is None:
+            self._keepalive = self.loop.call_later(KEEPALIVE_IDLE, self._keepalive_check)
         return H2UpstreamStream(self)
+
+    # -- liveness ------------------------------------------------------------------------------------
+
+    def check_alive(self) -> None:
+        """Send a PING (unless one is out): the peer must send something within ping_timeout, or the connection
+        is closed and its streams fail as resets (the pool opens a fresh one for the next)."""
+        if self._probe is not None or self.closed or self.transport is None:
+            return
+        self._h2.ping(_PING_PAYLOAD)
+        self.flush()
+        self._probe = self.loop.call_later(self.ping_timeout, self._probe_expired, self.loop.time())
+
+    def _probe_expired(self, sent: float) -> None:
+        self._probe = None
+        if self.closed or self._last_rx >= sent:
+            return
+        silent = f"no answer to a PING in {self.ping_timeout:g}s"
+        error = UpstreamError(FailureKind.RESET, f"{self.context}: HTTP/2 connection silent ({silent})")
+        for stream in list(self._streams.values()):
+            stream.fail(error)
+        self.abort()
+
+    def _keepalive_check(self) -> None:
+        """While streams are open: nothing heard for KEEPALIVE_IDLE asks for a sign of life."""
+        self._keepalive = None
+        if self.closed or self._reserved == 0:
+            return
+        idle = self.loop.time() - self._last_rx
+        if idle >= KEEPALIVE_IDLE:
+            self.check_alive()
+            idle = 0.0
+        self._keepalive = self.loop.call_later(KEEPALIVE_IDLE - idle, self._keepalive_check)
 
     @property
     def active_streams(self) -> int:
@@ -444,6 +511,10 @@ class H2ClientConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        for timer in (self._probe, self._keepalive):
+            if timer is not None:
+                timer.cancel()
+        self._probe = self._keepalive = None
         if not self._ready.done():
             self._ready.set_exception(UpstreamError(FailureKind.CONNECT_REFUSED,
                                                     f"{self.context}: closed before its HTTP/2 SETTINGS"))
@@ -456,6 +527,7 @@ class H2ClientConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.rx += len(data)
+        self._last_rx = self.loop.time()
         if self.closed:
             return
         try:

@@ -65,6 +65,8 @@ class MuxConnection(Protocol):
     on_lost: Callable[[Any], None] | None
     # Streams opened over the connection's life.
     streams_opened: int
+    # How long a PING may go unanswered before the connection counts as dead (the pool sets connect_timeout).
+    ping_timeout: float
 
     async def ready(self) -> None:
         """Wait until the peer's settings (its stream limit) are known."""
@@ -315,8 +317,10 @@ class Pool:
         settings = self.settings
         multiplexed = settings.multiplexed
         assert multiplexed is not None
-        return cast(asyncio.Protocol, multiplexed(self._loop, self.context, settings.max_head_bytes,
-                                                  settings.max_headers, self._tls is not None))
+        conn = multiplexed(self._loop, self.context, settings.max_head_bytes, settings.max_headers,
+                           self._tls is not None)
+        conn.ping_timeout = settings.connect_timeout
+        return cast(asyncio.Protocol, conn)
 
     def _mux_release(self, stream: UpstreamStream) -> None:
         """A stream is done: the bytes its connections moved reach the cluster's counters, and a connection left

@@ -263,6 +263,7 @@ class H2Upstream(asyncio.Protocol):
         # Streams of a large answer still being sent (bytes left), within the windows the sidecar gives.
         self.big: dict[int, int] = {}
         self.goaway_sent = False
+        self.silent = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         import h2.settings
@@ -278,6 +279,8 @@ class H2Upstream(asyncio.Protocol):
         from hyperframe.frame import GoAwayFrame
 
         assert self.transport is not None
+        if self.silent:
+            return  # a host gone without a FIN or RST: nothing read, nothing answered
         for event in self.h2.receive_data(data):
             if isinstance(event, h2.events.WindowUpdated):
                 self.send_big()
@@ -406,6 +409,28 @@ async def test_max_requests_per_connection_counts_streams(sidecar: Any) -> None:
         await asyncio.sleep(0.1)
         assert [conn.transport is not None and conn.transport.is_closing() for conn in upstream.connections][:2] \
             == [True, True]
+    finally:
+        await upstream.stop()
+
+
+async def test_a_silent_connection_is_found_by_a_ping_and_replaced(sidecar: Any) -> None:
+    """An upstream connection that goes silent (no FIN, no RST) would take every new stream and time each one
+    out: a stream given up on sends a PING, no answer within connect_timeout closes the connection, and the
+    next request opens a fresh one."""
+    upstream = H2Server()
+    address = await upstream.start()
+    try:
+        running = await sidecar(config(address, route_extra="timeout: 300ms").replace(
+            "connect_timeout: 1s", "connect_timeout: 400ms"))
+        replies = await _get_all(running, 1)
+        assert replies[0][0] == 200
+        upstream.connections[0].silent = True
+        assert (await _get_all(running, 1))[0][0] == 504  # timed out on the silent connection
+        await asyncio.sleep(0.6)  # the PING went unanswered for connect_timeout: that connection is closed
+        replies = await _get_all(running, 2)
+        assert [status for status, _ in replies] == [200, 200]
+        assert len(upstream.connections) == 2
+        assert all(body.startswith(b"conn1-") for _, body in replies)
     finally:
         await upstream.stop()
 
