@@ -177,10 +177,11 @@ class AdminConfig(_Model):
 
 
 class Http2Config(_Model):
-    """HTTP/2 on a listener's port (validated now; `run` refuses it until HTTP/2 exists)."""
+    """HTTP/2 on a listener's port: its limits."""
 
     max_concurrent_streams: int = Field(default=100, ge=1)
-    initial_stream_window: Size = Field(default=64 * 1024, ge=1)
+    # The connection window is 16 stream windows, and no HTTP/2 window may pass 2^31 - 1: at most 128 MiB - 1.
+    initial_stream_window: Size = Field(default=64 * 1024, ge=1, le=(2**31 - 1) // 16)
     max_resets_per_second: int = Field(default=100, ge=1)
 
 

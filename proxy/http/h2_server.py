@@ -789,7 +789,10 @@ class Http2Connection(asyncio.Protocol):
             self.flush_now()
             self._closing = True
             self._h2.stop()
-            transport.close()
+            # Not from inside this read: uvloop's TLS transport, closed while it is delivering the bytes that
+            # come just before the client's close_notify (a GOAWAY, then the TLS close), runs its shutdown
+            # twice and fails the connection with "cannot switch state". Next iteration, the read is done.
+            self._loop.call_soon(transport.close)
 
     def abort(self) -> None:
         if self.transport is not None:

@@ -55,7 +55,7 @@ class ClusterStage:
                                   else policy.key(ctx.stream.head, ctx.stream.peer_ip))
             if picked is None:
                 ctx.answer(local_reply(Cause.UNAVAILABLE, f"cluster {cluster.name}: no endpoint available "
-                                       "(none known, ejected, or breakers open)"))
+                                       "(none known, or all unhealthy, ejected or with breakers open)"))
                 return None
             endpoint, token = picked
             if ctx.tried is not None:

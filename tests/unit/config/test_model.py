@@ -10,6 +10,7 @@ from proxy.config.model import (
     ClusterConfig,
     ClusterTlsConfig,
     HealthCheckConfig,
+    Http2Config,
     HttpConfig,
     RouteMatchConfig,
     StringMatcherConfig,
@@ -80,3 +81,10 @@ def test_health_check_defaults_are_the_contracts_example() -> None:
 def test_health_check_settings_are_checked(settings: dict[str, object], says: str) -> None:
     with pytest.raises(ValidationError, match=says):
         HealthCheckConfig.model_validate(settings)
+
+
+def test_an_http2_stream_window_keeps_the_connection_window_under_2_to_the_31() -> None:
+    # The connection window is 16 stream windows; no HTTP/2 window may pass 2^31 - 1.
+    assert Http2Config.model_validate({"initial_stream_window": 134217727}).initial_stream_window == 134217727
+    with pytest.raises(ValidationError, match="134217727"):
+        Http2Config.model_validate({"initial_stream_window": "128MiB"})
