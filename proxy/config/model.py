@@ -525,8 +525,10 @@ class HealthCheckConfig(_Model):
     """Active health checks of a cluster's endpoints (`proxy.upstream.health`). Defaults: the config
     contract's example, `{interval: 5s, timeout: 1s, healthy_threshold: 2, unhealthy_threshold: 3}`."""
 
-    # What is asked: `GET <path>`; a 2xx answer passes.
-    path: str
+    # What is asked: `GET <path>`, a 2xx answer passes; or, for a gRPC server, gRPC's health protocol
+    # (`grpc.health.v1.Health/Check` of this service, "" for the whole server), SERVING passes. One of the two.
+    path: str | None = None
+    grpc_service: str | None = None
     # How often every endpoint is checked (each round starts up to 10 % early: jitter).
     interval: Duration = 5.0
     # The bound on one check: connect (and TLS handshake), request, status line.
@@ -538,7 +540,9 @@ class HealthCheckConfig(_Model):
 
     @field_validator("path")
     @classmethod
-    def _path(cls, value: str) -> str:
+    def _path(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
         if not value.startswith("/"):
             raise ValueError(f"path must start with '/' (got {value!r})")
         if not value.isascii() or any(c <= " " or c == "\x7f" for c in value):
@@ -554,6 +558,8 @@ class HealthCheckConfig(_Model):
 
     @model_validator(mode="after")
     def _timeout_within_interval(self) -> HealthCheckConfig:
+        if (self.path is None) == (self.grpc_service is None):
+            raise ValueError("give exactly one of path (an HTTP GET) or grpc_service (gRPC health checking)")
         if self.timeout > self.interval:
             raise ValueError("timeout must not be longer than interval")
         return self
@@ -638,6 +644,8 @@ class ClusterConfig(_Model):
     def _one_source(self) -> ClusterConfig:
         if (self.endpoints is None) == (self.discovery is None):
             raise ValueError("give exactly one of endpoints or discovery")
+        if self.health_check is not None and self.health_check.grpc_service is not None and self.protocol == "http1":
+            raise ValueError("health_check.grpc_service needs protocol: http2 (or auto with tls): gRPC is HTTP/2")
         return self
 
 

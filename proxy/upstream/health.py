@@ -14,9 +14,11 @@ then `GET <path>` with `User-Agent: horizon-sidecar-health-check`, in the protoc
 use: HTTP/1.1 (`Host: <endpoint>`, `Connection: close`; the answer's status line, read within the first 8
 KiB), or HTTP/2 for `protocol: http2` and for `protocol: auto` when ALPN chose `h2` (the connection preface
 and SETTINGS, one stream with `:authority <endpoint>`; the answer's response HEADERS, on our HTTP/2 engine).
-A gRPC service that speaks only HTTP/2 is checked as it is called. It passes on any 2xx status; a connect
-or handshake failure, a refused identity, a timeout, a closed connection, a reset stream, a GOAWAY before
-the answer or a malformed answer fails it.
+It passes on any 2xx status; a connect or handshake failure, a refused identity, a timeout, a closed
+connection, a reset stream, a GOAWAY before the answer or a malformed answer fails it. With `grpc_service`
+(HTTP/2 clusters only) the check is gRPC's health protocol instead, as Envoy's `grpc_health_check` does:
+`POST /grpc.health.v1.Health/Check` with a HealthCheckRequest for that service; it passes when the answer
+ends with `grpc-status: 0` and its HealthCheckResponse says SERVING (a pure gRPC server resets plain GETs).
 
 Thresholds: a healthy endpoint turns unhealthy after `unhealthy_threshold` consecutive failures, an
 unhealthy one healthy after `healthy_threshold` consecutive passes. A new endpoint (never checked) is
@@ -40,7 +42,7 @@ from proxy.clock import Clock
 from proxy.config.model import HealthCheckConfig
 from proxy.errors import UpstreamError
 from proxy.http.h2_engine import DEFAULT_WINDOW, H2Engine, H2Error, error_name
-from proxy.message import Headers
+from proxy.message import Headers, first_header
 from proxy.upstream.cluster import Cluster
 from proxy.upstream.endpoint import DRAINING, Endpoint
 
@@ -164,8 +166,11 @@ class HealthChecker:
                 transport, _ = await pool.open_unpooled(lambda: answer)
                 # Asked only now: for a TLS cluster, after the pool admitted the upstream's identity.
                 http2 = _speaks_http2(pool.settings.multiplexed is not None, pool.settings.negotiate, transport)
+                if config.grpc_service is not None and not http2:
+                    return "gRPC health check, but ALPN chose HTTP/1.1"
                 scheme = b"https" if pool.settings.tls is not None else b"http"
-                answer.ask(cast(asyncio.WriteTransport, transport), http2, scheme, config.path, endpoint.address)
+                answer.ask(cast(asyncio.WriteTransport, transport), http2, scheme, endpoint.address, config.path,
+                           config.grpc_service)
                 status = await answer.status
         except TimeoutError:
             return f"no answer within {config.timeout:g}s"
@@ -183,6 +188,7 @@ class HealthChecker:
         config = self.config
         return {
             "path": config.path,
+            "grpc_service": config.grpc_service,
             "interval_seconds": config.interval,
             "timeout_seconds": config.timeout,
             "healthy_threshold": config.healthy_threshold,
@@ -204,6 +210,72 @@ def _request(path: str, host: str) -> bytes:
 def _verdict(status: int) -> str | None:
     """An answer's verdict: None for 2xx, else why it fails."""
     return None if 200 <= status <= 299 else f"status {status}"
+
+
+GRPC_HEALTH_PATH = b"/grpc.health.v1.Health/Check"
+# HealthCheckResponse.ServingStatus (grpc/health/v1/health.proto).
+SERVING = 1
+SERVING_NAMES = {0: "UNKNOWN", 1: "SERVING", 2: "NOT_SERVING", 3: "SERVICE_UNKNOWN"}
+
+
+def grpc_health_request(service: str) -> bytes:
+    """A HealthCheckRequest {service} as one gRPC message (protobuf field 1, a string; empty: left out)."""
+    name = service.encode("utf-8")
+    message = b"\x0a" + _varint(len(name)) + name if name else b""
+    return b"\x00" + len(message).to_bytes(4, "big") + message
+
+
+def grpc_health_status(frame: bytes) -> int:
+    """The `status` of the HealthCheckResponse in a gRPC message (0, UNKNOWN, when the field is absent); -1
+    when it is no such message (compressed, cut short, or not protobuf we can read)."""
+    if len(frame) < 5 or frame[0] != 0:
+        return -1
+    length = int.from_bytes(frame[1:5], "big")
+    message = frame[5:5 + length]
+    if len(message) != length:
+        return -1
+    status = 0
+    pos = 0
+    while pos < len(message):
+        key, pos = _read_varint(message, pos)
+        if key < 0:
+            return -1
+        if key & 7 == 0:  # a varint: field 1 is the status, others are skipped
+            value, pos = _read_varint(message, pos)
+            if value < 0:
+                return -1
+            if key >> 3 == 1:
+                status = value
+        elif key & 7 == 2:  # a length-delimited field (unknown to us): skipped
+            size, pos = _read_varint(message, pos)
+            if size < 0 or pos + size > len(message):
+                return -1
+            pos += size
+        else:
+            return -1
+    return status
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value >= 0x80:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
+    """(value, position after it), or (-1, pos) when cut short or longer than 10 bytes."""
+    value = shift = 0
+    while pos < len(data) and shift < 70:
+        byte = data[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return value, pos
+        shift += 7
+    return -1, pos
 
 
 def _speaks_http2(multiplexed: bool, negotiate: bool, transport: asyncio.BaseTransport) -> bool:
@@ -238,22 +310,34 @@ class _Answer(asyncio.Protocol):
     over HTTP/2 the response HEADERS of the one stream (our engine's `H2Events`; the rest is ignored)."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        # The answer's HTTP status (a gRPC health check: 200 once the service is SERVING).
         self.status: asyncio.Future[int] = loop.create_future()
         self._buffer = bytearray()
         self._transport: asyncio.WriteTransport | None = None
         self._engine: H2Engine | None = None
+        self._grpc = False
 
-    def ask(self, transport: asyncio.WriteTransport, http2: bool, scheme: bytes, path: str, host: str) -> None:
-        """Send the request (bytes that came before it, an HTTP/2 server's SETTINGS, are read now)."""
+    def ask(self, transport: asyncio.WriteTransport, http2: bool, scheme: bytes, host: str, path: str | None,
+            grpc_service: str | None = None) -> None:
+        """Send the request: `GET path`, or (HTTP/2 only) a gRPC health check of `grpc_service`. Bytes that came
+        before it (an HTTP/2 server's SETTINGS) are read now."""
         self._transport = transport
         if not http2:
-            transport.write(_request(path, host))
+            transport.write(_request(path or "/", host))
         else:
             engine = self._engine = H2Engine(self, True, 0, DEFAULT_WINDOW, DEFAULT_WINDOW, MAX_ANSWER_BYTES)
             engine.initiate()
-            engine.send_headers(engine.next_stream_id(), [
-                (b":method", b"GET"), (b":scheme", scheme), (b":authority", host.encode("ascii")),
-                (b":path", path.encode("ascii")), (b"user-agent", USER_AGENT.encode("ascii"))], True)
+            stream_id = engine.next_stream_id()
+            fields = [(b":scheme", scheme), (b":authority", host.encode("ascii")),
+                      (b"user-agent", USER_AGENT.encode("ascii"))]
+            if grpc_service is None:
+                engine.send_headers(stream_id, [(b":method", b"GET"), (b":path", (path or "/").encode("ascii")),
+                                                *fields], True)
+            else:
+                self._grpc = True
+                engine.send_headers(stream_id, [(b":method", b"POST"), (b":path", GRPC_HEALTH_PATH), *fields,
+                                                (b"content-type", b"application/grpc"), (b"te", b"trailers")], False)
+                engine.send_data(stream_id, grpc_health_request(grpc_service), True)
             transport.write(engine.data_to_send())
         early, self._buffer = bytes(self._buffer), bytearray()
         if early:
@@ -303,8 +387,13 @@ class _Answer(asyncio.Protocol):
     # -- H2Events: only the answer's head and what ends the stream matter --------------------------------
 
     def h2_headers(self, stream_id: int, fields: Headers, end: bool) -> None:
-        if not self.status.done():
-            self.status.set_result(int(fields[0][1]))  # the engine checked it is a three-digit :status
+        if self.status.done():
+            return
+        status = int(fields[0][1])  # the engine checked it is a three-digit :status
+        if not self._grpc or status != 200:
+            self.status.set_result(status)
+        elif end:
+            self._grpc_verdict(fields)  # trailers-only: an error status, or a server with no health service
 
     def h2_reset(self, stream_id: int, code: int, remote: bool) -> None:
         self._fail(f"stream reset ({error_name(code)})")
@@ -314,13 +403,31 @@ class _Answer(asyncio.Protocol):
             self._fail(f"GOAWAY before the answer ({error_name(code)})")
 
     def h2_trailers(self, stream_id: int, fields: Headers) -> None:
-        pass
+        if self._grpc:
+            self._grpc_verdict(fields)
 
     def h2_data(self, stream_id: int, data: bytes, flow: int) -> None:
-        pass
+        if self._grpc:
+            self._buffer += data
+            if len(self._buffer) > MAX_ANSWER_BYTES:
+                self._fail(f"gRPC health answer over {MAX_ANSWER_BYTES} bytes")
 
     def h2_end(self, stream_id: int) -> None:
-        pass
+        self._fail("stream ended without an answer")
+
+    def _grpc_verdict(self, trailers: Headers) -> None:
+        """A gRPC health check's end: grpc-status 0 and a SERVING response pass (status 200)."""
+        code = first_header(trailers, b"grpc-status")
+        if code != b"0":
+            message = (first_header(trailers, b"grpc-message") or b"").decode("latin-1")[:100]
+            self._fail(f"grpc-status {(code or b'none').decode('latin-1')}{': ' + message if message else ''}")
+            return
+        serving = grpc_health_status(bytes(self._buffer))
+        if serving == SERVING:
+            if not self.status.done():
+                self.status.set_result(200)
+        else:
+            self._fail(f"gRPC health {SERVING_NAMES.get(serving, 'answer malformed')}")
 
     def h2_window(self, stream_id: int) -> None:
         pass

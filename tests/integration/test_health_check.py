@@ -344,3 +344,77 @@ async def test_an_http2_cluster_is_checked_over_http2(sidecar: Any) -> None:
 
 async def _async(value: bool) -> bool:
     return value
+
+
+class GrpcHealth:
+    """A grpcio server (its own threads) with gRPC's health service for `svc.Echo`, answering `status` (1
+    SERVING, 2 NOT_SERVING), and an echo method; every plain HTTP GET it resets."""
+
+    def __init__(self) -> None:
+        from concurrent import futures
+
+        import grpc
+
+        self.status = 1
+        self.requests: list[bytes] = []
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=8), options=[("grpc.so_reuseport", 0)])
+
+        def check(request: bytes, context: Any) -> bytes:
+            self.requests.append(request)
+            if request != b"\x0a\x08svc.Echo":
+                context.abort(grpc.StatusCode.NOT_FOUND, "unknown service")
+            return b"\x08" + bytes((self.status,))
+
+        def say(request: bytes, _context: Any) -> bytes:
+            return b"echo:" + request
+
+        self.server.add_generic_rpc_handlers((
+            grpc.method_handlers_generic_handler("grpc.health.v1.Health",
+                                                 {"Check": grpc.unary_unary_rpc_method_handler(check)}),
+            grpc.method_handlers_generic_handler("svc.Echo", {"Say": grpc.unary_unary_rpc_method_handler(say)}),
+        ))
+        self.port = self.server.add_insecure_port("127.0.0.1:0")
+        self.server.start()
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+
+async def test_grpc_health_checking_of_a_grpc_server(sidecar: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`health_check: {grpc_service: svc.Echo}` on a `protocol: http2` cluster of grpcio servers: SERVING
+    passes, NOT_SERVING takes the endpoint out, SERVING again puts it back."""
+    for name in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "grpc_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    good, flaky = GrpcHealth(), GrpcHealth()
+    check = CHECK.replace("path: /healthz", "grpc_service: svc.Echo")
+    try:
+        running = await sidecar(outbound_config([good.address, flaky.address],
+                                                cluster_extra=f"protocol: http2\n        {check}"))
+        await eventually(lambda: _async(len(good.requests) >= 2 and len(flaky.requests) >= 2))
+        assert (await endpoint_view(running, flaky.address))["state"] == "ready"
+        assert flaky.requests[0] == b"\x0a\x08svc.Echo"  # a HealthCheckRequest for the service
+        flaky.status = 2  # NOT_SERVING
+        await eventually(state_is(running, flaky.address, "unhealthy"))
+        assert (await health_view(running))["endpoints"][flaky.address]["last_failure"] == "gRPC health NOT_SERVING"
+        assert (await health_view(running))["grpc_service"] == "svc.Echo"
+        flaky.status = 1
+        await eventually(state_is(running, flaky.address, "ready"))
+    finally:
+        good.server.stop(grace=None)
+        flaky.server.stop(grace=None)
+
+
+async def test_a_grpc_health_check_of_an_unknown_service_fails_with_its_status(
+        sidecar: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "grpc_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    server = GrpcHealth()
+    check = CHECK.replace("path: /healthz", "grpc_service: other")
+    try:
+        running = await sidecar(outbound_config([server.address], cluster_extra=f"protocol: http2\n        {check}"))
+        await eventually(state_is(running, server.address, "unhealthy"))
+        failure = (await health_view(running))["endpoints"][server.address]["last_failure"]
+        assert failure == "grpc-status 5: unknown service", failure
+    finally:
+        server.server.stop(grace=None)

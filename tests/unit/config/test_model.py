@@ -76,7 +76,8 @@ def test_health_check_defaults_are_the_contracts_example() -> None:
     ({"path": "/healthz", "interval": "1s", "timeout": "2s"}, "timeout must not be longer than interval"),
     ({"path": "/healthz", "healthy_threshold": 0}, "greater than or equal to 1"),
     ({"path": "/healthz", "unhealthy_threshold": 0}, "greater than or equal to 1"),
-    ({"interval": "1s"}, "Field required"),
+    ({"interval": "1s"}, "exactly one of path"),
+    ({"path": "/healthz", "grpc_service": ""}, "exactly one of path"),
 ])
 def test_health_check_settings_are_checked(settings: dict[str, object], says: str) -> None:
     with pytest.raises(ValidationError, match=says):
@@ -88,3 +89,12 @@ def test_an_http2_stream_window_keeps_the_connection_window_under_2_to_the_31() 
     assert Http2Config.model_validate({"initial_stream_window": 134217727}).initial_stream_window == 134217727
     with pytest.raises(ValidationError, match="134217727"):
         Http2Config.model_validate({"initial_stream_window": "128MiB"})
+
+
+def test_a_grpc_health_check_needs_an_http2_cluster() -> None:
+    check = {"grpc_service": "svc.Echo"}
+    cluster = ClusterConfig.model_validate({"name": "c", "endpoints": ["127.0.0.1:1"], "protocol": "http2",
+                                            "health_check": check})
+    assert cluster.health_check is not None and cluster.health_check.grpc_service == "svc.Echo"
+    with pytest.raises(ValidationError, match="grpc_service needs protocol: http2"):
+        ClusterConfig.model_validate({"name": "c", "endpoints": ["127.0.0.1:1"], "health_check": check})

@@ -161,6 +161,7 @@ SHOWN = {
     "clusters[].tls.ca", "clusters[].tls.expect_identity", "clusters[].tls.server_name",
     "tracing.otlp.endpoint", "access_log.path", "clusters[].ring_hash.header", "clusters[].ring_hash.cookie",
     "clusters[].health_check.path",
+    "clusters[].health_check.grpc_service",
 }
 
 

@@ -228,3 +228,17 @@ class _Sink:
 
     def write(self, data: bytes) -> None:
         self.written += data
+
+
+def test_grpc_health_messages_are_protobuf_in_grpc_frames() -> None:
+    from proxy.upstream.health import grpc_health_request, grpc_health_status
+
+    assert grpc_health_request("") == b"\x00\x00\x00\x00\x00"
+    assert grpc_health_request("svc.Echo") == b"\x00\x00\x00\x00\x0a\x0a\x08svc.Echo"
+    assert grpc_health_status(b"\x00\x00\x00\x00\x02\x08\x01") == 1  # SERVING
+    assert grpc_health_status(b"\x00\x00\x00\x00\x02\x08\x02") == 2  # NOT_SERVING
+    assert grpc_health_status(b"\x00\x00\x00\x00\x00") == 0  # the default: UNKNOWN
+    assert grpc_health_status(b"\x00\x00\x00\x00\x05\x12\x01x\x08\x01") == 1  # an unknown field skipped
+    assert grpc_health_status(b"\x01\x00\x00\x00\x02\x08\x01") == -1  # compressed
+    assert grpc_health_status(b"\x00\x00\x00\x00\x03\x08\x01") == -1  # cut short
+    assert grpc_health_status(b"\x00\x00\x00\x00\x01\x08") == -1
