@@ -178,7 +178,6 @@ class H2Engine:
         self.remote_max_streams = UNLIMITED_STREAMS
         self.remote_initial_window = DEFAULT_WINDOW
         self.remote_max_frame = DEFAULT_FRAME_SIZE
-        self.remote_settings_seen = False
         # Connection windows: what we may send, what the peer may send, what is consumed and not given back.
         self.window_out = DEFAULT_WINDOW
         self.window_in = DEFAULT_WINDOW
@@ -191,8 +190,6 @@ class H2Engine:
         self._block_end = False
         self._block = bytearray()
         self._block_frames = 0
-        self.goaway_sent = False
-        self.goaway_received = False
         self.closed = False
         # Server side: requests reset as malformed as they opened (the codec counts them against its budget).
         self.malformed_streams = 0
@@ -519,7 +516,6 @@ class H2Engine:
                 if stream.window_out > MAX_WINDOW:
                     self._connection_error(FLOW_CONTROL_ERROR, "a stream window over 2^31-1")
         self._frame(SETTINGS, ACK, 0, b"")
-        self.remote_settings_seen = True
         self.events.h2_settings()
         if delta:
             self.events.h2_window(0)
@@ -568,7 +564,6 @@ class H2Engine:
         if stream_id != 0 or len(payload) < 8:
             self._connection_error(PROTOCOL_ERROR, "a malformed GOAWAY frame")
         last, code = _U32_PAIR.unpack_from(payload, 0)
-        self.goaway_received = True
         self.events.h2_goaway(last & 0x7FFFFFFF, code)
 
     # -- errors --------------------------------------------------------------------------------------
@@ -699,7 +694,6 @@ class H2Engine:
     def goaway(self, code: int, last_stream_id: int = -1) -> None:
         """GOAWAY naming the last stream we processed (by default the peer's highest); streams under way go on."""
         last = self.highest_remote if last_stream_id < 0 else last_stream_id
-        self.goaway_sent = True
         self._frame(GOAWAY, 0, 0, _U32_PAIR.pack(last, code))
 
     def stop(self) -> None:

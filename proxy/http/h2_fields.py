@@ -41,6 +41,19 @@ def _regular_problem(name: bytes, value: bytes) -> str | None:
     return None
 
 
+def _regular_field(name: bytes, value: bytes, length: int) -> tuple[str | None, int]:
+    """A regular field of a request or response: what is wrong with it, and the declared content-length so far
+    (`length`, updated when this field is one)."""
+    problem = _regular_problem(name, value)
+    if problem is not None:
+        return problem, -1
+    if name == b"content-length":
+        length = _content_length(value, length)
+        if length == -2:
+            return "content-length is not one number", -1
+    return None, length
+
+
 def _content_length(value: bytes, seen: int) -> int:
     """The declared length (-2 when the value is not digits or differs from one seen before)."""
     if not value.isdigit() or len(value) > 18:
@@ -79,13 +92,9 @@ def request_problem(fields: Headers) -> tuple[str | None, int]:
                 method = value
             continue
         regular = True
-        problem = _regular_problem(name, value)
+        problem, length = _regular_field(name, value, length)
         if problem is not None:
             return problem, -1
-        if name == b"content-length":
-            length = _content_length(value, length)
-            if length == -2:
-                return "content-length is not one number", -1
     if not method:
         return "no :method", -1
     if method == b"CONNECT":
@@ -111,13 +120,9 @@ def response_problem(fields: Headers) -> tuple[str | None, int]:
             status = int(value)
             continue
         regular = True
-        problem = _regular_problem(name, value)
+        problem, length = _regular_field(name, value, length)
         if problem is not None:
             return problem, -1
-        if name == b"content-length":
-            length = _content_length(value, length)
-            if length == -2:
-                return "content-length is not one number", -1
     return (None, length) if status else ("no :status", -1)
 
 
@@ -130,7 +135,3 @@ def trailers_problem(fields: Headers) -> str | None:
             return problem
     return None
 
-
-def status_of(fields: Headers) -> int:
-    """A well-formed response's status (its first field is `:status`)."""
-    return int(fields[0][1])

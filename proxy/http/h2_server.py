@@ -492,11 +492,11 @@ class Http2Connection(asyncio.Protocol):
         except H2Error as exc:
             self._protocol_error(exc)
             return
-        if engine.malformed_streams != self._malformed_seen:
+        malformed = engine.malformed_streams - self._malformed_seen
+        if malformed:
             # Requests the engine reset as malformed count against the reset budget like refused ones.
-            self._resets += engine.malformed_streams - self._malformed_seen - 1
             self._malformed_seen = engine.malformed_streams
-            if self._count_reset():
+            if self._count_resets(malformed):
                 return
         # At the end of this loop iteration, with whatever else the iteration queued (the answers of other
         # streams, what the upstream side delivered): one write, not one per read.
@@ -526,7 +526,7 @@ class Http2Connection(asyncio.Protocol):
             if not self.draining:
                 self.listener.http2_protection(STREAM_LIMIT)
             self._h2.reset_stream(stream_id, REFUSED_STREAM)
-            self._count_reset()
+            self._count_resets(1)
             return
         now = self.now()
         stream = H2Stream(self, stream_id, _EMPTY_HEAD, now)
@@ -627,13 +627,13 @@ class Http2Connection(asyncio.Protocol):
             self._client_gone(stream)
             self.acknowledge(stream.stream_id, stream.release_window())
         if remote:
-            self._count_reset()
+            self._count_resets(1)
 
-    def _count_reset(self) -> bool:
+    def _count_resets(self, count: int) -> bool:
         """A stream that ended without an answer: reset by the client, refused by us, or malformed. More
         than max_resets_per_second of them close the connection (rapid reset; and each of ours queues a
         RST_STREAM for a client that may not read them)."""
-        self._resets += 1
+        self._resets += count
         return self._flood_check(self._resets, self._http2.max_resets_per_second, RAPID_RESET)
 
     def _client_gone(self, stream: H2Stream) -> None:

@@ -381,11 +381,17 @@ class GrpcHealth:
         return f"127.0.0.1:{self.port}"
 
 
-async def test_grpc_health_checking_of_a_grpc_server(sidecar: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    """`health_check: {grpc_service: svc.Echo}` on a `protocol: http2` cluster of grpcio servers: SERVING
-    passes, NOT_SERVING takes the endpoint out, SERVING again puts it back."""
+@pytest.fixture
+def _no_grpc_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
+    # grpcio honours http_proxy; the tests talk to 127.0.0.1 directly.
     for name in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "grpc_proxy"):
         monkeypatch.delenv(name, raising=False)
+
+
+@pytest.mark.usefixtures("_no_grpc_proxy")
+async def test_grpc_health_checking_of_a_grpc_server(sidecar: Any) -> None:
+    """`health_check: {grpc_service: svc.Echo}` on a `protocol: http2` cluster of grpcio servers: SERVING
+    passes, NOT_SERVING takes the endpoint out, SERVING again puts it back."""
     good, flaky = GrpcHealth(), GrpcHealth()
     check = CHECK.replace("path: /healthz", "grpc_service: svc.Echo")
     try:
@@ -405,10 +411,8 @@ async def test_grpc_health_checking_of_a_grpc_server(sidecar: Any, monkeypatch: 
         flaky.server.stop(grace=None)
 
 
-async def test_a_grpc_health_check_of_an_unknown_service_fails_with_its_status(
-        sidecar: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "grpc_proxy"):
-        monkeypatch.delenv(name, raising=False)
+@pytest.mark.usefixtures("_no_grpc_proxy")
+async def test_a_grpc_health_check_of_an_unknown_service_fails_with_its_status(sidecar: Any) -> None:
     server = GrpcHealth()
     check = CHECK.replace("path: /healthz", "grpc_service: other")
     try:

@@ -146,14 +146,15 @@ def _status(call: Callable[[], Any]) -> tuple[grpc.StatusCode, str]:
     return grpc.StatusCode.OK, ""
 
 
+def _say_hi(channel: grpc.Channel) -> tuple[bytes, dict[str, str]]:
+    """A unary `Say(b"hi")`: the reply and the trailing metadata."""
+    reply, call = channel.unary_unary(f"/{SERVICE}/Say").with_call(b"hi", timeout=TIMEOUT)
+    return reply, dict(call.trailing_metadata())
+
+
 async def test_unary_call_with_trailers(sidecar: Any, echo: EchoServer) -> None:
     running = await sidecar(config(echo.address))
-
-    def use(channel: grpc.Channel) -> tuple[bytes, dict[str, str]]:
-        reply, call = channel.unary_unary(f"/{SERVICE}/Say").with_call(b"hi", timeout=TIMEOUT)
-        return reply, dict(call.trailing_metadata())
-
-    reply, trailing = await run(running.port(), use)
+    reply, trailing = await run(running.port(), _say_hi)
     assert reply == b"echo:hi"
     assert trailing.get("echo-trailer") == "yes"
     assert await metric(running, "sidecar_grpc_requests_total", grpc_status="0") == 1
@@ -381,12 +382,7 @@ async def test_trailers_after_a_body_of_declared_length_reach_a_grpc_caller(side
     address = await upstream.start()
     try:
         running = await sidecar(config(address))
-
-        def use(channel: grpc.Channel) -> tuple[bytes, dict[str, str]]:
-            reply, call = channel.unary_unary(f"/{SERVICE}/Say").with_call(b"hi", timeout=TIMEOUT)
-            return reply, dict(call.trailing_metadata())
-
-        reply, trailing = await run(running.port(), use)
+        reply, trailing = await run(running.port(), _say_hi)
         assert reply == b"conn0-stream1"
         assert trailing.get("x-trailer") == "kept"
         assert await metric(running, "sidecar_grpc_requests_total", grpc_status="0") == 1

@@ -98,6 +98,19 @@ def exchange(engine: H2Engine, peer: h2.connection.H2Connection) -> list[h2.even
     raise AssertionError("the two sides never went quiet")
 
 
+def server_with_request(peer_settings: dict[int, int] | None = None,
+                        ) -> tuple[H2Engine, Recorder, h2.connection.H2Connection]:
+    """A server engine, an `h2` client peer (its `peer_settings` sent first) and stream 1's request, ended."""
+    engine, heard = server()
+    peer = h2_peer(client=True)
+    if peer_settings:
+        peer.update_settings(peer_settings)
+    exchange(engine, peer)
+    peer.send_headers(1, REQUEST, end_stream=True)
+    exchange(engine, peer)
+    return engine, heard, peer
+
+
 def test_a_request_with_body_and_trailers_and_a_response_with_trailers() -> None:
     engine, heard = server()
     peer = h2_peer(client=True)
@@ -151,12 +164,7 @@ def test_the_client_engine_under_an_h2_server() -> None:
 
 
 def test_sending_keeps_to_the_peers_windows_and_a_window_update_reopens_them() -> None:
-    engine, heard = server()
-    peer = h2_peer(client=True)
-    peer.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 1000})
-    exchange(engine, peer)
-    peer.send_headers(1, REQUEST, end_stream=True)
-    exchange(engine, peer)
+    engine, heard, peer = server_with_request({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 1000})
     engine.send_headers(1, [(b":status", b"200")], False)
     assert engine.window(1) == 1000
     engine.send_data(1, b"x" * 1000, False)
@@ -284,11 +292,7 @@ def test_a_peer_reset_reaches_the_codec_and_late_frames_only_return_the_window()
 
 
 def test_a_received_goaway_stops_nothing_under_way() -> None:
-    engine, heard = server()
-    peer = h2_peer(client=True)
-    exchange(engine, peer)
-    peer.send_headers(1, REQUEST, end_stream=True)
-    exchange(engine, peer)
+    engine, heard, peer = server_with_request()
     peer.close_connection(last_stream_id=0)
     exchange(engine, peer)
     assert heard.of("goaway") == [("goaway", 0, 0)]
@@ -296,11 +300,7 @@ def test_a_received_goaway_stops_nothing_under_way() -> None:
 
 
 def test_a_changed_initial_window_moves_open_streams_windows() -> None:
-    engine, _ = server()
-    peer = h2_peer(client=True)
-    exchange(engine, peer)
-    peer.send_headers(1, REQUEST, end_stream=True)
-    exchange(engine, peer)
+    engine, _, peer = server_with_request()
     assert engine.window(1) == 16384  # the frame size bounds it
     peer.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 100})
     exchange(engine, peer)
@@ -376,12 +376,7 @@ def test_frames_in_flight_for_a_stream_we_reset_are_ignored() -> None:
 
 
 def test_a_peer_table_size_setting_gets_a_size_update_in_our_next_block() -> None:
-    engine, _ = server()
-    peer = h2_peer(client=True)
-    peer.update_settings({h2.settings.SettingCodes.HEADER_TABLE_SIZE: 0})
-    exchange(engine, peer)
-    peer.send_headers(1, REQUEST, end_stream=True)
-    exchange(engine, peer)
+    engine, _, peer = server_with_request({h2.settings.SettingCodes.HEADER_TABLE_SIZE: 0})
     engine.send_headers(1, [(b":status", b"200")], True)
     raw = engine.data_to_send()
     headers = next(f for f in frames(raw) if isinstance(f, HeadersFrame))
